@@ -33,3 +33,31 @@ def test_finished_runs_are_skipped_and_keyed_by_hash_and_seed(tmp_path):
 def test_unknown_method_names_the_valid_ones(tmp_path):
     with pytest.raises(SystemExit, match="valid: .*Ent\\+Ent"):
         plan(SUITES["digits-smoke"], tmp_path, methods=["Nope"])
+
+
+def test_an_identical_finished_run_elsewhere_is_reused_under_this_runs_labels(tmp_path):
+    from simulations.compare import find_identical, reuse
+
+    suite = SUITES["digits-smoke"]
+    run = plan(suite, tmp_path, seeds=[0], methods=["Ent+Ent"])[0]
+    other = tmp_path / "another-suite" / "warm" / run.run_dir.name  # same hash and seed
+    assert find_identical(run, tmp_path) is None
+    other.mkdir(parents=True)
+    (other / "config.json").write_text(json.dumps({"method": "warm", "suite": "another-suite", "seed": 0,
+                                                    "config": {"method-name": "warm"}}))
+    (other / "rounds.jsonl").write_text('{"round": 0}\n')
+    (other / "summary.json").write_text(json.dumps({"completed": False}))
+    assert find_identical(run, tmp_path) is None  # unfinished: not the same result
+    (other / "summary.json").write_text(json.dumps({"completed": True}))
+    assert find_identical(run, tmp_path) == other
+    # a different seed is a different experiment
+    assert find_identical(plan(suite, tmp_path, seeds=[1], methods=["Ent+Ent"])[0], tmp_path) is None
+
+    reuse(run, other)
+    assert run.done
+    cfg = json.loads((run.run_dir / "config.json").read_text())
+    assert cfg["method"] == "Ent+Ent" and cfg["suite"] == "digits-smoke" and cfg["reused_from"] == str(other)
+    assert cfg["config"]["method-name"] == "Ent+Ent"
+    assert (run.run_dir / "rounds.jsonl").read_text() == '{"round": 0}\n'
+    assert json.loads((other / "config.json").read_text())["method"] == "warm"  # the source is untouched
+    assert find_identical(run, tmp_path) == other  # its own directory never counts as the source
