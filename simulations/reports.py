@@ -599,6 +599,11 @@ def phase_totals(runs: Iterable[Run], group_by: str = "method") -> dict[str, dic
     return out
 
 
+# Where a run wrote its files: differs per seed (run-name ends in -s<seed>) and for a run reused
+# from another suite, never between experiments.
+OUTPUT_KEYS = ("run-dir", "run-name")
+
+
 def mixed_config_keys(runs: Sequence[Run], group_by: str) -> dict[str, list[str]]:
     """Per group, config keys (other than seeds and the group key) whose values differ.
 
@@ -611,7 +616,8 @@ def mixed_config_keys(runs: Sequence[Run], group_by: str) -> dict[str, list[str]
         mixed = [
             k
             for k in keys
-            if "seed" not in k and k != group_by and len({json.dumps(r.config.get(k), sort_keys=True) for r in rs}) > 1
+            if "seed" not in k and k != group_by and k not in OUTPUT_KEYS
+            and len({json.dumps(r.config.get(k), sort_keys=True) for r in rs}) > 1
         ]
         for top in ("suite", "method"):
             if top != group_by and len({getattr(r, top) for r in rs}) > 1:

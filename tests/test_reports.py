@@ -260,7 +260,8 @@ def test_cli_end_to_end_and_errors(toy_root, tmp_path, capsys):
 def test_filter_and_mixed_config_note(tmp_path):
     for seed in range(2):
         for ds in ("mnist", "cifar10"):
-            write_run(tmp_path, f"{ds}/r{seed}", "Rand", seed, [0.5, 0.6], config={"dataset": ds})
+            write_run(tmp_path, f"{ds}/r{seed}", "Rand", seed, [0.5, 0.6],
+                      config={"dataset": ds, "run-name": f"h-s{seed}", "run-dir": f"x{seed}"})
             write_run(tmp_path, f"{ds}/o{seed}", "Ours", seed, [0.6, 0.7], config={"dataset": ds})
     runs = R.load_runs(tmp_path)
     assert R.mixed_config_keys(runs, "method") == {"Rand": ["dataset"], "Ours": ["dataset"]}
