@@ -7,8 +7,8 @@ engine, one results directory per run keyed by config hash and seed, resumable.
 Each run is a separate process (``python -m simulations.engine``): a fresh Ray cluster per run
 keeps runs independent and a crash in one from poisoning the rest. A finished run (its
 ``summary.json`` exists) is skipped, so an interrupted suite resumes where it stopped. Runs are
-sequential: on 2 cores a second concurrent simulation only competes for the same CPUs (each
-simulation already runs one client actor per core).
+sequential by default: each simulation already runs one client actor per core; ``--jobs 2``
+fills the gaps (server phases, stragglers) at the price of contended wall times.
 
 Reports are produced from the results files afterwards with ``python -m simulations.reports``.
 """
@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,7 +223,11 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra run-config values for every run, e.g. data-root=/data")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at a time (default 1; wall times recorded in results are then contended)")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs = {args.jobs} is invalid; valid: an integer >= 1")
     if args.list or not args.suite:
         for s in SUITES.values():
             print(f"{s.name:28s} {len(s.methods)} methods × {len(s.seeds)} seeds, {s.clients} clients — {s.description}")
@@ -251,16 +256,22 @@ def main(argv=None) -> int:
             print(f"reused {same[id(r)]} as {r.method.name} seed {r.seed} (same config hash and seed)")
     todo = [r for r in todo if not r.done]
     failures, t_start = 0, time.time()
-    for i, r in enumerate(todo, 1):
+
+    def one(r: PlannedRun) -> tuple[PlannedRun, int, float]:
         t0 = time.time()
-        code = run_one(r, r.run_dir / "log.txt")
-        took = time.time() - t0
-        eta = (time.time() - t_start) / i * (len(todo) - i)
-        status = "ok" if code == 0 and r.done else f"FAILED (exit {code}; see {r.run_dir / 'log.txt'})"
-        failures += status != "ok"
-        bar = "#" * int(30 * i / len(todo))
-        print(f"[{bar:30s}] {i}/{len(todo)} {r.method.name} seed {r.seed}: {status} in {took:.0f}s, "
-              f"ETA {eta / 60:.0f} min", flush=True)
+        return r, run_one(r, r.run_dir / "log.txt"), time.time() - t0
+
+    # --jobs > 1 runs whole simulations side by side (each its own Ray cluster); results do not
+    # depend on it, only the wall times recorded in them do, so timing suites should use 1
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for i, fut in enumerate(as_completed([pool.submit(one, r) for r in todo]), 1):
+            r, code, took = fut.result()
+            eta = (time.time() - t_start) / i * (len(todo) - i)
+            status = "ok" if code == 0 and r.done else f"FAILED (exit {code}; see {r.run_dir / 'log.txt'})"
+            failures += status != "ok"
+            bar = "#" * int(30 * i / len(todo))
+            print(f"[{bar:30s}] {i}/{len(todo)} {r.method.name} seed {r.seed}: {status} in {took:.0f}s, "
+                  f"ETA {eta / 60:.0f} min", flush=True)
     print(f"suite {suite.name}: {len(todo) - failures} runs completed, {failures} failed; "
           f"report: python -m simulations.reports {Path(args.results) / suite.name} --out <dir>")
     return 1 if failures else 0

@@ -61,3 +61,28 @@ def test_an_identical_finished_run_elsewhere_is_reused_under_this_runs_labels(tm
     assert (run.run_dir / "rounds.jsonl").read_text() == '{"round": 0}\n'
     assert json.loads((other / "config.json").read_text())["method"] == "warm"  # the source is untouched
     assert find_identical(run, tmp_path) == other  # its own directory never counts as the source
+
+
+def test_jobs_runs_every_planned_run_once_and_validates(tmp_path, monkeypatch, capsys):
+    import threading
+
+    import simulations.compare as C
+
+    seen, lock = [], threading.Lock()
+
+    def fake_run_one(run, log_file):  # stands in for a whole simulation
+        with lock:
+            seen.append((run.method.name, run.seed))
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "summary.json").write_text(json.dumps({"completed": True}))
+        return 0
+
+    monkeypatch.setattr(C, "run_one", fake_run_one)
+    assert C.main(["digits-smoke", "--results", str(tmp_path), "--jobs", "2"]) == 0
+    suite = SUITES["digits-smoke"]
+    assert sorted(seen) == sorted((m.name, s) for m in suite.methods for s in suite.seeds)
+    assert capsys.readouterr().out.count(": ok in") == len(seen)
+    seen.clear()
+    assert C.main(["digits-smoke", "--results", str(tmp_path), "--jobs", "2"]) == 0 and seen == []  # resumed
+    with pytest.raises(SystemExit, match="--jobs = 0 is invalid"):
+        C.main(["digits-smoke", "--jobs", "0"])
