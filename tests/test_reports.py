@@ -171,6 +171,24 @@ def test_training_time_and_speedup_hand_made(tmp_path):
                         command="CMD").read_text()
     assert "## Training time" in md
     assert "| finetune | 10.0 s (×1.00) | 12.0 s (×1.67) | 15.0 s (×2.00) |" in md
+    assert "| finetune | 3000 | 15.0 s | ×2.00 |" in md  # same curves: matched accuracy = matched labels
+
+
+def test_matched_accuracy_speedup_hand_made(tmp_path):
+    # retrain ends at 0.6 (reached first at 2000 labels after 20 s); "fast" reaches 0.6 at 1000
+    # labels after 5 s (×4), "slow" never reaches it
+    write_run(tmp_path, "re", "X", 0, [0.5, 0.6, 0.55, 0.6], train=[10.0] * 4, config={"training-mode": "retrain"})
+    write_run(tmp_path, "fa", "X", 0, [0.65, 0.7, 0.8, 0.9], train=[5.0] * 4, config={"training-mode": "fast"})
+    write_run(tmp_path, "sl", "X", 0, [0.1, 0.2, 0.3, 0.4], train=[1.0] * 4, config={"training-mode": "slow"})
+    runs = R.load_runs(tmp_path)
+    ms = R.matched_speedups(R.accuracy_table(runs, "training-mode"), R.training_times(runs, "training-mode"), "retrain")
+    assert ms["retrain"].target == pytest.approx(0.6)
+    assert (ms["retrain"].budget, ms["retrain"].time_s, ms["retrain"].speedup) == (2000, 20.0, 1.0)
+    assert (ms["fast"].budget, ms["fast"].time_s) == (1000, 5.0) and ms["fast"].speedup == pytest.approx(4.0)
+    assert ms["slow"].budget is None and ms["slow"].speedup is None
+    md = R.write_report(tmp_path, tmp_path / "o", baseline=None, group_by="training-mode",
+                        speedup_baseline="retrain", command="CMD").read_text()
+    assert "| slow | not reached | — | — |" in md and "| fast | 1000 | 5.0 s | ×4.00 |" in md
 
 
 def test_incomplete_runs_are_skipped_and_counted(toy_root):
