@@ -10,21 +10,32 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import numpy as np
+
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 
 class InProcessGrid:
     def __init__(self, client_app, num_clients: int, run_config: dict | None = None,
-                 on_reply: Callable[[Message, Message], None] | None = None, run_id: int = 1):
+                 on_reply: Callable[[Message, Message], None] | None = None, run_id: int = 1,
+                 wire_seed: int | None = None):
+        """``wire_seed``: as in Flower's simulation, node ids are random (unrelated to partition
+        ids and different every run) and replies arrive in no fixed order; the seed draws both, so
+        a test can check that results do not depend on them. None: node id 1000 + 7·pid, replies
+        in send order."""
         self.client_app = client_app
         self.run_id = run_id
-        # node ids deliberately not equal to partition ids, as in Flower's simulation
+        self.wire_rng = None if wire_seed is None else np.random.default_rng(wire_seed)
+        if self.wire_rng is None:
+            node_ids = [1000 + 7 * pid for pid in range(num_clients)]  # still not the partition ids
+        else:
+            node_ids = [int(v) for v in self.wire_rng.choice(2**62, size=num_clients, replace=False)]
         self.contexts = {
-            1000 + 7 * pid: Context(run_id=run_id, node_id=1000 + 7 * pid,
-                                    node_config={"partition-id": pid, "num-partitions": num_clients},
-                                    state=RecordDict(), run_config=dict(run_config or {}))
-            for pid in range(num_clients)
+            nid: Context(run_id=run_id, node_id=nid,
+                         node_config={"partition-id": pid, "num-partitions": num_clients},
+                         state=RecordDict(), run_config=dict(run_config or {}))
+            for pid, nid in enumerate(node_ids)
         }
         self.on_reply = on_reply
         self.sent = 0
@@ -46,10 +57,13 @@ class InProcessGrid:
             if self.on_reply is not None:
                 self.on_reply(msg, reply)
             replies.append(reply)
+        if self.wire_rng is not None:
+            replies = [replies[i] for i in self.wire_rng.permutation(len(replies))]
         return replies
 
 
-def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda s: None):
+def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda s: None,
+                  wire_seed: int | None = None):
     """Run the full AL protocol in-process; returns (rows, grid)."""
     from fedal.client_app import build_client_app
     from fedal.config import Config
@@ -59,7 +73,7 @@ def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda 
 
     cfg = Config.from_run_config(run_config)
     ds = load_dataset(cfg.dataset, cfg.data_root)
-    grid = InProcessGrid(build_client_app(run_config), num_clients, on_reply=on_reply)
+    grid = InProcessGrid(build_client_app(run_config), num_clients, on_reply=on_reply, wire_seed=wire_seed)
     x_test = model_inputs(cfg, ds.x_test, "test")
 
     def model_fn():

@@ -112,13 +112,16 @@ class FederatedActiveLearning:
         for fl_round in range(1, sched.fl_rounds + 1):
             replies = self._send("train", labeled, {"al-round": al_round, "server-round": fl_round,
                                                     "local-epochs": sched.local_epochs}, arrays)
-            arrays = aggregate_arrayrecords(self._ordered(replies), "num-examples")
+            arrays = aggregate_arrayrecords(self._ordered(replies, state), "num-examples")
         return arrays
 
     @staticmethod
-    def _ordered(replies: list[Message]) -> list[RecordDict]:
-        # float sums depend on order: aggregate in node-id order so runs are bit-reproducible
-        return [r.content for r in sorted(replies, key=lambda r: r.metadata.src_node_id)]
+    def _ordered(replies: list[Message], state: ALState) -> list[RecordDict]:
+        """Reply contents in partition-id order. FedAvg's float sums depend on the order, and
+        neither the arrival order nor the node ids (random in every Flower simulation) are
+        reproducible; the partition ids are, so runs under one seed are bit-reproducible."""
+        pid = {c.node_id: c.partition_id for c in state.clients.values()}
+        return [r.content for r in sorted(replies, key=lambda r: pid[r.metadata.src_node_id])]
 
     def evaluate(self, arrays: ArrayRecord) -> tuple[float, float]:
         model = self.model_fn()

@@ -59,6 +59,45 @@ def test_same_seed_same_picks_and_accuracy():
     assert strip(c) != strip(a)
 
 
+def test_results_do_not_depend_on_node_ids_or_reply_order(monkeypatch):
+    # Flower's simulation draws node ids at random every run and replies arrive in any order;
+    # FedAvg's float sums depend on the order, so it must come from the partition ids. The
+    # rows alone are too coarse to see a last-bit difference (float32 test loss), so every
+    # aggregated model is compared bit for bit.
+    import strategies.active_learning as AL
+
+    aggregated = []
+    real = AL.aggregate_arrayrecords
+
+    def spy(records, key):
+        out = real(records, key)
+        aggregated.append({k: v.numpy().copy() for k, v in out.items()})
+        return out
+
+    monkeypatch.setattr(AL, "aggregate_arrayrecords", spy)
+    rc = {**SMALL, "client-strategy": "entropy", "point-strategy": "entropy", "init-clients": 5}
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+    a, _ = run_inprocess(rc, M, wire_seed=1)
+    models_a, aggregated[:] = list(aggregated), []
+    b, _ = run_inprocess(rc, M, wire_seed=2)
+    assert strip(a) == strip(b)
+    assert len(models_a) == len(aggregated) > 0
+    for x, y in zip(models_a, aggregated):
+        assert all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def test_fedavg_order_is_by_partition_id():
+    from types import SimpleNamespace
+
+    from strategies.active_learning import ALState, ClientInfo, FederatedActiveLearning
+
+    state = ALState({pid: ClientInfo(node_id=nid, partition_id=pid, n_labeled=1, n_unlabeled=0)
+                     for pid, nid in [(0, 99), (1, 5), (2, 42)]})
+    replies = [SimpleNamespace(metadata=SimpleNamespace(src_node_id=nid), content=f"pid{pid}")
+               for pid, nid in [(2, 42), (0, 99), (1, 5)]]
+    assert FederatedActiveLearning._ordered(replies, state) == ["pid0", "pid1", "pid2"]
+
+
 ALLOWED_METRICS = {"partition-id", "n-labeled", "n-unlabeled", "num-classes", "num-examples",
                    "train-loss", "train-time", "g", "acquired", "acquire-time", "acquired-per-class"}
 
