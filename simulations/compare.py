@@ -58,6 +58,8 @@ ABLATION_METHODS = (
     Method("Ours rw-Laplacian", {"client-strategy": "diffusion", "point-strategy": "diffusion",
                                  "laplacian": "rw"}),
     Method("Ours+Ent points", {"client-strategy": "diffusion", "point-strategy": "entropy"}),
+    # the other half of the decomposition: the paper's local diffusion behind random clients
+    Method("Rand+Diffusion points", {"client-strategy": "random", "point-strategy": "diffusion"}),
 )
 
 # Selection is held fixed (Ent+Ent: a forward pass per probe) so that the modes differ only in
