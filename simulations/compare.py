@@ -171,25 +171,33 @@ def plan(suite: Suite, results: Path, seeds=None, methods=None, extra: dict | No
     return runs
 
 
-def find_identical(run: PlannedRun, results: Path) -> Path | None:
+def finished_runs(results: Path) -> dict[str, list[Path]]:
+    """Every finished run directory under ``results``, by directory name (``<hash>-s<seed>``):
+    one walk of the tree, however many runs are then looked up."""
+    index: dict[str, list[Path]] = {}
+    if not results.is_dir():
+        return index
+    for summary in sorted(results.rglob("summary.json")):
+        try:
+            finished = json.loads(summary.read_text()).get("completed") is True
+        except (OSError, ValueError):
+            finished = False  # a corrupted summary is not a finished run; the run is then made afresh
+        if finished:
+            index.setdefault(summary.parent.name, []).append(summary.parent)
+    return index
+
+
+def find_identical(run: PlannedRun, results: Path, index: dict[str, list[Path]] | None = None) -> Path | None:
     """A finished run elsewhere under ``results`` with the same experiment (config hash + seed).
 
     The hash leaves out only labels (method name, suite, output paths; ``NON_EXPERIMENT_KEYS``)
     and runs are deterministic under their seed, so such a run *is* this run: e.g. the
     training-modes suite's warm-start runs are the Ent+Ent runs of the warm-start comparisons.
+    ``index``: ``finished_runs(results)``, when many runs are looked up.
     """
-    if not results.is_dir():
-        return None
-    for summary in sorted(results.rglob(f"{run.run_dir.name}/summary.json")):
-        d = summary.parent
-        if d.resolve() == run.run_dir.resolve():
-            continue
-        try:
-            if json.loads(summary.read_text()).get("completed") is True:
-                return d
-        except (OSError, ValueError):
-            continue  # a corrupted summary is not a finished run; the run is then made afresh
-    return None
+    index = finished_runs(results) if index is None else index
+    own = run.run_dir.resolve()
+    return next((d for d in index.get(run.run_dir.name, []) if d.resolve() != own), None)
 
 
 def reuse(run: PlannedRun, source: Path) -> None:
@@ -243,7 +251,8 @@ def main(argv=None) -> int:
         extra[k] = v
     runs = plan(suite, Path(args.results), args.seeds, args.methods, extra)
     todo = [r for r in runs if not r.done]
-    same = {id(r): find_identical(r, Path(args.results)) for r in todo}
+    index = finished_runs(Path(args.results))
+    same = {id(r): find_identical(r, Path(args.results), index) for r in todo}
     print(f"suite {suite.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, "
           f"{sum(v is not None for v in same.values())} identical to finished runs elsewhere, "
           f"{sum(v is None for v in same.values())} to run")

@@ -52,6 +52,10 @@ def pick_stats(hist: np.ndarray, picks: list[int], final_labeled: list[int] | np
     return PickStats(dominant, tv, imb)
 
 
+# the run-config keys that decide which data each client holds
+DATA_KEYS = ("dataset", "data-root", "partition", "dirichlet-alpha", "shard-class-fraction", "seed")
+
+
 def client_histograms(run_config: dict, num_clients: int) -> np.ndarray:
     from fedal.config import Config
     from fedal.data import client_data, load_dataset
@@ -62,31 +66,28 @@ def client_histograms(run_config: dict, num_clients: int) -> np.ndarray:
 
 
 def main(argv=None) -> int:
+    from simulations.reports import ReportError, load_runs
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", help="a suite's results directory")
     ap.add_argument("--out", help="write the Markdown table here as well")
     ap.add_argument("--clients", type=int, default=100, help="number of clients of the suite (default 100)")
     args = ap.parse_args(argv)
-    root = Path(args.root)
-    if not root.is_dir():
-        raise SystemExit(f"results root {root} does not exist")
+    try:
+        runs = load_runs(args.root)  # completed runs only, validated as the reports read them
+    except ReportError as e:
+        raise SystemExit(str(e)) from None
+    if not runs:
+        raise SystemExit(f"no completed runs under {args.root}")
     cache: dict[str, np.ndarray] = {}
     per: dict[str, list[PickStats]] = defaultdict(list)
-    for summary in sorted(root.rglob("summary.json")):
-        d = summary.parent
-        if json.loads(summary.read_text()).get("completed") is not True:
-            continue
-        cfg = json.loads((d / "config.json").read_text())
-        rows = [json.loads(line) for line in (d / "rounds.jsonl").read_text().splitlines() if line.strip()]
-        rc = {k: v for k, v in cfg["config"].items() if k in ("dataset", "data-root", "partition",
-                                                             "dirichlet-alpha", "shard-class-fraction", "seed")}
+    for run in runs:
+        rc = {k: v for k, v in run.config.items() if k in DATA_KEYS}
         key = json.dumps(rc, sort_keys=True)
-        if key not in cache:
+        if key not in cache:  # one partition per (dataset, partition, seed), shared by all methods
             cache[key] = client_histograms(rc, args.clients)
-        picks = [p for r in rows for p in r["chosen_clients"]]
-        per[cfg["method"]].append(pick_stats(cache[key], picks, rows[-1]["labeled_per_class"]))
-    if not per:
-        raise SystemExit(f"no completed runs under {root}")
+        picks = [p for r in run.rounds for p in r.chosen_clients]
+        per[run.method].append(pick_stats(cache[key], picks, run.rounds[-1].labeled_per_class))
     lines = ["| method | runs | dominant share of picked clients | TV(picked class mix, population) | final imbalance (max/min class) |",
              "|---|---:|---:|---:|---:|"]
     for m, stats in sorted(per.items(), key=lambda kv: np.mean([s.tv_to_population for s in kv[1]])):

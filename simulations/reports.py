@@ -1095,7 +1095,7 @@ def write_report(
             rows.append(row)
         md += [_md_table([group_by, *map(str, bs)], rows), ""]
         if speedup_baseline is not None:
-            ms = matched_speedups(accuracy_table(runs, group_by), times, speedup_baseline)
+            ms = matched_speedups(table, times, speedup_baseline)
             tgt = ms[speedup_baseline].target
             md += [f"Speedup at matched accuracy (SPEC §6): training time until the mean accuracy first reaches "
                    f"{speedup_baseline}'s final mean accuracy ({100 * tgt:.2f}%), and {speedup_baseline}'s time "
