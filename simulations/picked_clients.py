@@ -12,6 +12,9 @@ representative each method's picks were. Per method (mean over runs):
   (pooled, with repeats) and that of the whole federation (0 = representative);
 - *final imbalance*: most / least labeled class of the labeled set after the last round.
 
+Below the table, Spearman's rank correlation across all runs between the TV distance and the final
+accuracy says whether unrepresentative picks go with worse models beyond a per-method average.
+
 Used to explain why uncertainty-driven client selection loses to random selection on
 MNIST-1D Dirichlet (README, "Comparing methods").
 """
@@ -52,6 +55,18 @@ def pick_stats(hist: np.ndarray, picks: list[int], final_labeled: list[int] | np
     return PickStats(dominant, tv, imb)
 
 
+def tv_accuracy_correlation(tvs, accuracies) -> tuple[float, float]:
+    """Spearman's rank correlation (and its two-sided p-value) between per-run TV distances and
+    final accuracies; ranks, because neither is expected to be linear in the other."""
+    from scipy.stats import spearmanr
+
+    tvs, accuracies = np.asarray(tvs, dtype=np.float64), np.asarray(accuracies, dtype=np.float64)
+    if tvs.shape != accuracies.shape or tvs.size < 3:
+        raise ValueError(f"need at least 3 runs with one TV and one accuracy each, got {tvs.size} and {accuracies.size}")
+    res = spearmanr(tvs, accuracies)
+    return float(res.statistic), float(res.pvalue)
+
+
 # the run-config keys that decide which data each client holds
 DATA_KEYS = ("dataset", "data-root", "partition", "dirichlet-alpha", "shard-class-fraction", "seed")
 
@@ -81,6 +96,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"no completed runs under {args.root}")
     cache: dict[str, np.ndarray] = {}
     per: dict[str, list[PickStats]] = defaultdict(list)
+    final_acc: dict[str, list[float]] = defaultdict(list)
     for run in runs:
         rc = {k: v for k, v in run.config.items() if k in DATA_KEYS}
         key = json.dumps(rc, sort_keys=True)
@@ -88,12 +104,18 @@ def main(argv=None) -> int:
             cache[key] = client_histograms(rc, args.clients)
         picks = [p for r in run.rounds for p in r.chosen_clients]
         per[run.method].append(pick_stats(cache[key], picks, run.rounds[-1].labeled_per_class))
-    lines = ["| method | runs | dominant share of picked clients | TV(picked class mix, population) | final imbalance (max/min class) |",
-             "|---|---:|---:|---:|---:|"]
+        final_acc[run.method].append(run.rounds[-1].accuracy)
+    lines = ["| method | runs | dominant share of picked clients | TV(picked class mix, population) | final imbalance (max/min class) | final accuracy |",
+             "|---|---:|---:|---:|---:|---:|"]
     for m, stats in sorted(per.items(), key=lambda kv: np.mean([s.tv_to_population for s in kv[1]])):
         a = np.array([[s.dominant_share, s.tv_to_population, s.final_imbalance] for s in stats])
         lines.append(f"| {m} | {len(stats)} | {a[:, 0].mean():.3f} | {a[:, 1].mean():.3f} ± {a[:, 1].std(ddof=1) if len(a) > 1 else 0:.3f} "
-                     f"| {a[:, 2].mean():.2f} |")
+                     f"| {a[:, 2].mean():.2f} | {100 * np.mean(final_acc[m]):.1f}% |")
+    tvs = [s.tv_to_population for m in per for s in per[m]]
+    if len(tvs) >= 3:
+        rho, p = tv_accuracy_correlation(tvs, [a for m in per for a in final_acc[m]])
+        lines += ["", f"Across all {len(tvs)} runs, Spearman's rank correlation between the TV distance and the "
+                      f"final accuracy is {rho:+.2f} (p = {p:.1g})."]
     text = "\n".join(lines)
     print(text)
     if args.out:

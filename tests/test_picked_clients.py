@@ -22,3 +22,15 @@ def test_bad_input_is_named():
         pick_stats(HIST, [], [1, 1])
     with pytest.raises(ValueError, match="holds no data"):
         pick_stats(np.array([[0, 0], [1, 1]]), [0], [1, 1])
+
+
+def test_tv_accuracy_correlation_ranks():
+    from simulations.picked_clients import tv_accuracy_correlation
+
+    # accuracy falls monotonically (not linearly) as TV grows: rank correlation exactly -1
+    rho, p = tv_accuracy_correlation([0.1, 0.2, 0.3, 0.5], [0.9, 0.5, 0.45, 0.1])
+    assert rho == pytest.approx(-1.0) and p < 0.01
+    rho, _ = tv_accuracy_correlation([0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
+    assert rho == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least 3 runs"):
+        tv_accuracy_correlation([0.1, 0.2], [0.5, 0.4])
