@@ -95,26 +95,27 @@ def main(argv=None) -> int:
     if not runs:
         raise SystemExit(f"no completed runs under {args.root}")
     cache: dict[str, np.ndarray] = {}
-    per: dict[str, list[PickStats]] = defaultdict(list)
-    final_acc: dict[str, list[float]] = defaultdict(list)
+    # per method: (pick statistics, final accuracy) of each run, kept together so the
+    # correlation below pairs every run's TV with its own accuracy
+    per: dict[str, list[tuple[PickStats, float]]] = defaultdict(list)
     for run in runs:
         rc = {k: v for k, v in run.config.items() if k in DATA_KEYS}
         key = json.dumps(rc, sort_keys=True)
         if key not in cache:  # one partition per (dataset, partition, seed), shared by all methods
             cache[key] = client_histograms(rc, args.clients)
         picks = [p for r in run.rounds for p in r.chosen_clients]
-        per[run.method].append(pick_stats(cache[key], picks, run.rounds[-1].labeled_per_class))
-        final_acc[run.method].append(run.rounds[-1].accuracy)
+        stats = pick_stats(cache[key], picks, run.rounds[-1].labeled_per_class)
+        per[run.method].append((stats, run.rounds[-1].accuracy))
     lines = ["| method | runs | dominant share of picked clients | TV(picked class mix, population) | final imbalance (max/min class) | final accuracy |",
              "|---|---:|---:|---:|---:|---:|"]
-    for m, stats in sorted(per.items(), key=lambda kv: np.mean([s.tv_to_population for s in kv[1]])):
-        a = np.array([[s.dominant_share, s.tv_to_population, s.final_imbalance] for s in stats])
-        lines.append(f"| {m} | {len(stats)} | {a[:, 0].mean():.3f} | {a[:, 1].mean():.3f} ± {a[:, 1].std(ddof=1) if len(a) > 1 else 0:.3f} "
-                     f"| {a[:, 2].mean():.2f} | {100 * np.mean(final_acc[m]):.1f}% |")
-    tvs = [s.tv_to_population for m in per for s in per[m]]
-    if len(tvs) >= 3:
-        rho, p = tv_accuracy_correlation(tvs, [a for m in per for a in final_acc[m]])
-        lines += ["", f"Across all {len(tvs)} runs, Spearman's rank correlation between the TV distance and the "
+    for m, rows in sorted(per.items(), key=lambda kv: np.mean([s.tv_to_population for s, _ in kv[1]])):
+        a = np.array([[s.dominant_share, s.tv_to_population, s.final_imbalance, acc] for s, acc in rows])
+        lines.append(f"| {m} | {len(rows)} | {a[:, 0].mean():.3f} | {a[:, 1].mean():.3f} ± {a[:, 1].std(ddof=1) if len(a) > 1 else 0:.3f} "
+                     f"| {a[:, 2].mean():.2f} | {100 * a[:, 3].mean():.1f}% |")
+    every = [(s.tv_to_population, acc) for rows in per.values() for s, acc in rows]
+    if len(every) >= 3:
+        rho, p = tv_accuracy_correlation(*zip(*every))
+        lines += ["", f"Across all {len(every)} runs, Spearman's rank correlation between the TV distance and the "
                       f"final accuracy is {rho:+.2f} (p = {p:.1g})."]
     text = "\n".join(lines)
     print(text)

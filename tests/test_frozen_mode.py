@@ -6,6 +6,7 @@ import pytest
 
 from simulations.inprocess import run_inprocess
 from tests.test_vision_data import _write_idx
+from tests.helpers import without_times
 
 
 @pytest.fixture
@@ -37,6 +38,5 @@ def test_frozen_backbone_protocol_trains_the_head_only_and_caches_features(fashi
     assert len(cached) == 5  # 4 clients + the server's test set, extracted once each
     mtimes = {p: p.stat().st_mtime_ns for p in cached}
     rows2, _ = run_inprocess({**rc, "seed": 0}, 4)
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "time_s"} for r in rs]
-    assert strip(rows2) == strip(rows)  # same seed, cached features: the same run
+    assert without_times(rows2) == without_times(rows)  # same seed, cached features: the same run
     assert {p: p.stat().st_mtime_ns for p in cached} == mtimes  # second run: cache hits only

@@ -10,6 +10,7 @@ from fedal.data import client_data
 from fedal.config import Config
 from fedal.pools import Pools
 from simulations.inprocess import run_inprocess
+from tests.helpers import without_times
 
 SMALL = {"dataset": "digits", "al-rounds": 2, "init-clients": 2, "init-points": 15,
          "clients-per-round": 2, "points-per-client": 12, "fl-rounds": 2, "local-epochs": 1,
@@ -53,10 +54,9 @@ def test_same_seed_same_picks_and_accuracy():
     rc = {**SMALL, "client-strategy": "diffusion", "point-strategy": "diffusion"}
     a, _ = run_inprocess(rc, M)
     b, _ = run_inprocess(rc, M)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
-    assert strip(a) == strip(b)
+    assert without_times(a) == without_times(b)
     c, _ = run_inprocess({**rc, "seed": 1}, M)
-    assert strip(c) != strip(a)
+    assert without_times(c) != without_times(a)
 
 
 def test_results_do_not_depend_on_node_ids_or_reply_order(monkeypatch):
@@ -76,11 +76,10 @@ def test_results_do_not_depend_on_node_ids_or_reply_order(monkeypatch):
 
     monkeypatch.setattr(AL, "aggregate_arrayrecords", spy)
     rc = {**SMALL, "client-strategy": "entropy", "point-strategy": "entropy", "init-clients": 5}
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
     a, _ = run_inprocess(rc, M, wire_seed=1)
     models_a, aggregated[:] = list(aggregated), []
     b, _ = run_inprocess(rc, M, wire_seed=2)
-    assert strip(a) == strip(b)
+    assert without_times(a) == without_times(b)
     assert len(models_a) == len(aggregated) > 0
     for x, y in zip(models_a, aggregated):
         assert all(np.array_equal(x[k], y[k]) for k in x)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedal.pools import Pools
+from tests.helpers import without_times
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"al-rounds": 2, "init-clients": 3, "init-points": 30, "clients-per-round": 3,
@@ -38,8 +39,7 @@ def test_simulation_engine_end_to_end(tmp_path, monkeypatch):
     # (FedAvg sums in partition-id order; node ids and reply order differ between the runs)
     monkeypatch.setenv("FEDAL_STATE_DIR", str(tmp_path / "state2"))
     again = read_rows(simulate({**rc, "run-dir": str(tmp_path / "runs2")}, num_clients=10))
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "time_s"} for r in rs]
-    assert strip(again) == strip(rows)
+    assert without_times(again) == without_times(rows)
 
 
 @pytest.mark.skipif(shutil.which("flwr", path=str(Path(sys.executable).parent)) is None,
