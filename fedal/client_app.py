@@ -4,7 +4,8 @@ Message types (server → client; every reply carries parameters or scalar stati
 - ``query.info``     → partition id, |L|, |U|, number of classes.
 - ``train``          → local training on L_z from the sent global weights; reply: weights + |L|.
 - ``query.probe``    → g (mean entropy over U_z), |U|, and for diffusion the pseudo-parameter
-                        updates m_t (SPEC §2), optionally sketched.
+                        update m_t from the sent model w(t), optionally sketched; for balanced
+                        diffusion also the mean prediction over U_z (C numbers).
 - ``query.acquire``  → run the point strategy on the client, ask the oracle for labels, update the
                         pools; reply: counts (and, if enabled, the class histogram of this batch).
 No handler holds algorithmic logic: they call ``fedal.training``, ``fedal.acquisition``, ``fedal.pools``.
@@ -28,7 +29,7 @@ from fedal.config import Config
 from fedal.data import client_data, load_dataset, model_inputs
 from fedal.devices import resolve_device
 from fedal.pools import Pools
-from fedal.training import build_model, predict, pseudo_updates, train_local
+from fedal.training import build_model, predict, pseudo_update, train_local
 from fedal.uncertainty import entropy
 
 # One thread per simulated client: Ray runs one actor per CPU (backend config), and torch's
@@ -183,22 +184,31 @@ def _train_continual(rt: ClientRuntime, pools: Pools, context: Context, model, a
 
 
 def probe(msg: Message, context: Context, run_config: dict) -> Message:
+    """Statistics of U_z under the sent global model w(t): g, and when asked the pseudo-update m_t
+    (one per recorded FL round t; the server averages q over them) and the mean prediction."""
     rt = runtime(context, run_config)
+    cfg = rt.cfg
     conf = msg.content["config"]
     pools = load_pools(rt, context)
     model = rt.model(msg.content["arrays"])
     x_u = rt.x[pools.unlabeled]
     probs, _ = predict(model, x_u)
-    g = float(entropy(probs).mean()) if len(probs) else 0.0  # SPEC §4: |U|=0 → g=0
+    g = float(entropy(probs).mean()) if len(probs) else 0.0  # |U|=0 → g=0
     metrics = {"partition-id": rt.partition_id, "g": g, "n-unlabeled": pools.n_unlabeled,
                "n-labeled": pools.n_labeled}
+    if bool(conf.get("need-mix", False)):
+        # the mean softmax over U: C numbers, an aggregate of model outputs (balanced diffusion)
+        mix = probs.mean(0) if len(probs) else np.zeros(rt.num_classes)
+        metrics["mix"] = [float(v) for v in mix]
     arrays = None
     if bool(conf["need-embeddings"]):
-        m = pseudo_updates(model, x_u, epochs=rt.cfg.pseudo_epochs, batch_size=rt.cfg.batch_size,
-                           lr=rt.cfg.learning_rate, scope=rt.cfg.pseudo_params,
-                           seed=_seed(rt.cfg, rt.partition_id, int(conf["al-round"]), 7), probs=probs)
-        if rt.cfg.sketch_dim > 0:
-            m = sketch(m, rt.cfg.sketch_dim, int(conf["sketch-seed"]))
+        m = pseudo_update(model, x_u, optimizer=cfg.pseudo_optimizer, epochs=cfg.pseudo_epochs,
+                          lr=cfg.pseudo_lr if cfg.pseudo_optimizer == "gd" else cfg.learning_rate,
+                          batch_size=cfg.batch_size, scope=cfg.pseudo_params, probs=probs,
+                          seed=_seed(cfg, rt.partition_id, int(conf["al-round"]), 7,
+                                     int(conf.get("fl-round", 0))))[None, :]
+        if cfg.sketch_dim > 0:
+            m = sketch(m, cfg.sketch_dim, int(conf["sketch-seed"]))
         arrays = {"pseudo": ArrayRecord({"m": Array(m.astype(np.float32))})}
     return _reply(msg, metrics, arrays)
 

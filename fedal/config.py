@@ -19,10 +19,11 @@ from typing import Any, Mapping
 # Choices are tuples so that error messages can list them.
 DATASETS = ("mnist1d", "digits", "cifar10", "cifar100", "fashion-mnist", "emnist-letters", "cinic10")
 PARTITIONS = ("dirichlet", "shard", "iid")
-CLIENT_STRATEGIES = ("random", "entropy", "diffusion")
+CLIENT_STRATEGIES = ("random", "entropy", "diffusion", "balanced-diffusion")
 LAPLACIANS = ("unnormalized", "rw", "sym")
 SIGMA_SCOPES = ("edges", "all")
 PSEUDO_PARAMS = ("head", "all")
+PSEUDO_OPTIMIZERS = ("gd", "adam")
 LOCAL_SPACES = ("embedding", "input")
 DEVICES = ("auto", "cpu", "cuda")
 BACKBONES = ("auto", "cnn1d", "mlp", "resnet18", "resnet50", "resnet101")
@@ -46,13 +47,15 @@ DEFAULTS: dict[str, Any] = {
     "client-strategy": "diffusion",
     "point-strategy": "diffusion",
     # federated training (SPEC §1: FedAvg weighted by labeled examples)
-    "training-mode": "retrain",
+    "training-mode": "warm-start",
     "fl-rounds": 15,
     "local-epochs": 2,
     "batch-size": 32,
     "learning-rate": 0.003,
-    # probing (SPEC §2)
-    "pseudo-epochs": 4,
+    # probing: pseudo-updates after each of the last ceil(T/4) FL rounds (docs/method.md)
+    "pseudo-optimizer": "gd",
+    "pseudo-epochs": 1,
+    "pseudo-lr": 0.001,
     "pseudo-params": "head",
     "sketch-dim": 0,
     # client graph and diffusion (SPEC §3-4)
@@ -83,6 +86,33 @@ DEFAULTS: dict[str, Any] = {
 # keys that name or place a run but do not change what it computes
 NON_EXPERIMENT_KEYS = ("seed", "run-dir", "run-name", "method-name", "suite")
 
+# keys read only by client strategies with a client graph, or only by the local-diffusion point
+# strategy: a run that uses neither computes the same whatever they hold, so they stay out of its
+# hash (and a finished Rand run is recognised as the same experiment after a new probe key appears)
+GRAPH_CLIENT_STRATEGIES = ("diffusion", "balanced-diffusion")
+CLIENT_GRAPH_KEYS = ("pseudo-optimizer", "pseudo-epochs", "pseudo-lr", "pseudo-params", "sketch-dim",
+                     "knn-k", "rho", "sigma-scope", "laplacian", "client-impact")
+LOCAL_DIFFUSION_KEYS = ("local-k", "local-space")
+DIFFUSION_KEYS = ("delta", "diffusion-steps")  # read by both levels
+
+
+def experiment_key(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a (complete, kebab-case) run config that decides what the run computes."""
+    graph = run_config.get("client-strategy") in GRAPH_CLIENT_STRATEGIES
+    local = run_config.get("point-strategy") == "diffusion"
+    drop = set(NON_EXPERIMENT_KEYS)
+    if not graph:
+        drop.update(CLIENT_GRAPH_KEYS)
+    if not local:
+        drop.update(LOCAL_DIFFUSION_KEYS)
+    if not (graph or local):
+        drop.update(DIFFUSION_KEYS)
+    return {k: v for k, v in run_config.items() if k not in drop}
+
+
+def experiment_hash(run_config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(experiment_key(run_config), sort_keys=True).encode()).hexdigest()[:12]
+
 
 class ConfigError(ValueError):
     """A run-config value is invalid. The message names the key, the value and the valid values."""
@@ -112,7 +142,9 @@ class Config:
     local_epochs: int
     batch_size: int
     learning_rate: float
+    pseudo_optimizer: str
     pseudo_epochs: int
+    pseudo_lr: float
     pseudo_params: str
     sketch_dim: int
     knn_k: int
@@ -171,9 +203,9 @@ class Config:
         return cfg
 
     def config_hash(self) -> str:
-        """Hash of everything that defines the experiment except the seed and output location."""
-        rc = {k: v for k, v in self.to_run_config().items() if k not in NON_EXPERIMENT_KEYS}
-        return hashlib.sha256(json.dumps(rc, sort_keys=True).encode()).hexdigest()[:12]
+        """Hash of everything that defines the experiment except the seed, the output location
+        and the keys its strategies never read (``experiment_key``)."""
+        return experiment_hash(self.to_run_config())
 
     @property
     def label_budget(self) -> int:
@@ -190,6 +222,7 @@ class Config:
         _choice("point-strategy", self.point_strategy, tuple(acquisition.available()))
         _choice("training-mode", self.training_mode, TRAINING_MODES)
         _choice("pseudo-params", self.pseudo_params, PSEUDO_PARAMS)
+        _choice("pseudo-optimizer", self.pseudo_optimizer, PSEUDO_OPTIMIZERS)
         _choice("sigma-scope", self.sigma_scope, SIGMA_SCOPES)
         _choice("laplacian", self.laplacian, LAPLACIANS)
         _choice("local-space", self.local_space, LOCAL_SPACES)
@@ -207,6 +240,12 @@ class Config:
         if self.sketch_dim < 0:
             raise ConfigError(f"sketch-dim = {self.sketch_dim} is invalid; valid range: 0 (off) or >= 1")
         _positive("learning-rate", self.learning_rate, "> 0")
+        _positive("pseudo-lr", self.pseudo_lr, "> 0")
+        if self.client_strategy == "balanced-diffusion" and not self.report_label_histogram:
+            raise ConfigError(
+                "client-strategy = 'balanced-diffusion' steers by the labeled set's class counts, which "
+                "clients report only with report-label-histogram = true; set it to true or choose "
+                "another client-strategy (random, entropy, diffusion)")
         if self.rho < 0:
             raise ConfigError(f"rho = {self.rho} is invalid; valid range: >= 0 (0 disables anisotropy)")
         if not 0 < self.delta < 1:

@@ -152,7 +152,8 @@ def _pick(s: np.ndarray, available: np.ndarray) -> int:
     return int(cand[np.argmax(vals >= best - tol)])
 
 
-def _greedy(impact_fn, g: np.ndarray, n: int, eligible: np.ndarray, record: bool = True) -> Selection:
+def _greedy(impact_fn, g: np.ndarray, n: int, eligible: np.ndarray, record: bool = True,
+            extra_term=None) -> Selection:
     """Algorithm 1 lines 6–15 (SPEC §4): impact and score from the current g, pick the maximiser
     among eligible, not-yet-chosen nodes, set its g to 0; P fixed within the round. Exclusion of
     chosen nodes is explicit: zeroing g alone would not stop a node with large impact from being
@@ -166,6 +167,10 @@ def _greedy(impact_fn, g: np.ndarray, n: int, eligible: np.ndarray, record: bool
     for i in range(n):
         v = impact_fn(g)
         s = score(g, v)
+        if extra_term is not None:
+            b = extra_term(order[:i])
+            if b.std() > 0:
+                s = s + b / b.std()
         o = _pick(s, available)
         order[i], chosen[i] = o, s[o]
         if record:
@@ -255,8 +260,10 @@ def client_graph(
     delta_g = None
     if prev_entropy is not None:
         delta_g = g - check_vector(prev_entropy, "prev_entropy", M)
+    # a client whose update is 0 at every recorded round has no direction: no edges (v = 0)
+    no_direction = ~np.any(x != 0, axis=(1, 2))
     graph = build_graph(x, k=k, delta=delta, delta_g=delta_g, rho=float(rho),
-                        sigma_scope=sigma_scope, laplacian_kind=laplacian)
+                        sigma_scope=sigma_scope, laplacian_kind=laplacian, without_edges=no_direction)
     return graph, g
 
 
@@ -306,8 +313,19 @@ def select_clients(
                             sigma_scope=sigma_scope, laplacian=laplacian)
     elig = _as_mask(eligible, len(g), "eligible")
     n = check_int(n, "n", 0, int(elig.sum()), "the number of eligible clients")
-    op = _Operator.of(graph, steps)
-    return _greedy(op.impact, g, n, elig)
+    return greedy_select(graph, g, n, steps=steps, eligible=elig)
+
+
+def greedy_select(graph: DiffusionGraph, g, n: int, *, steps: int, eligible=None, extra_term=None,
+                  record: bool = True) -> Selection:
+    """Algorithm 1 on a built graph. ``extra_term(picked)`` (optional) returns a vector b over the
+    nodes given the indices picked so far; the score becomes s + b/std(b) (a further
+    standardised term, as Eq. 12 combines g and v)."""
+    g = np.asarray(g, dtype=np.float64)
+    elig = _as_mask(eligible, len(g), "eligible")
+    n = check_int(n, "n", 0, int(elig.sum()), "the number of eligible nodes")
+    return _greedy(_Operator.of(graph, check_int(steps, "steps", 0)).impact, g, n, elig,
+                   record=record, extra_term=extra_term)
 
 
 def select_points(

@@ -687,8 +687,15 @@ def build_graph(
     sigma_scope: str = "edges",
     laplacian_kind: str = "unnormalized",
     block_rows: int | None = None,
+    without_edges: np.ndarray | None = None,
 ) -> DiffusionGraph:
     """Mutual kNN + Gaussian weights + anisotropy + Laplacian + P for points x (n, T, d).
+
+    ``without_edges`` (boolean, n): nodes that stay in the graph but get no edge and take no part
+    in the kNN or in the σ scales. A client whose pseudo-update is 0 at every recorded round has no
+    direction; as a point at the origin it would sit at distance 1 from every unit vector, nearer
+    than live clients are to each other (≈ √2 apart when nearly orthogonal), and become everyone's
+    neighbour (docs/method.md, "Client graph").
 
     Callers validate inputs; this checks only the choices (scope, kind, delta)."""
     if sigma_scope not in SIGMA_SCOPES:
@@ -696,6 +703,16 @@ def build_graph(
     if laplacian_kind not in LAPLACIANS:
         raise ValueError(f"laplacian must be one of {LAPLACIANS}; got {laplacian_kind!r}")
     x = x if x.ndim == 3 else x[:, None, :]
+    if without_edges is not None and np.any(without_edges):
+        live = np.flatnonzero(~np.asarray(without_edges, dtype=bool))
+        sub = build_graph(x[live], k=k, delta=delta, delta_g=None if delta_g is None else delta_g[live],
+                          rho=rho, sigma_scope=sigma_scope, laplacian_kind=laplacian_kind,
+                          block_rows=block_rows)
+        # the live subgraph's edges in the full graph's numbering (live is sorted, so i < j holds)
+        edges = Edges(x.shape[0], live[sub.edges.i], live[sub.edges.j], sub.edges.q)
+        L = laplacian(edges, sub.weights, laplacian_kind)
+        return DiffusionGraph(edges, sub.weights, L, diffusion_operator(L, delta), sub.sigma_w2,
+                              sub.sigma_gamma2, laplacian_kind, sub.knn_fallback_rows)
     nn_kw = {} if block_rows is None else {"block_rows": block_rows}
     knn_res = knn(x, k, **nn_kw)
     edges = _mutual_from_knn(knn_res, x.shape[0])

@@ -11,9 +11,13 @@ from typing import Any
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode())
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
 
 
@@ -25,16 +29,29 @@ class RunRecorder:
         self.dir.mkdir(parents=True, exist_ok=True)
         # a rerun into the same directory starts the rows afresh (a partial run is not resumable:
         # client pools live with the clients of that run)
-        for name in ("rounds.jsonl", "summary.json"):
+        for name in ("rounds.jsonl", "summary.json", "q.npz"):
             (self.dir / name).unlink(missing_ok=True)
         _atomic_write(self.dir / "config.json", json.dumps(config, indent=2, sort_keys=True))
         self.rows: list[dict[str, Any]] = []
+        self.arrays: dict[str, Any] = {}
 
     def add_round(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         with open(self.dir / "rounds.jsonl", "a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
             f.flush()
+
+    def add_arrays(self, arrays: dict[str, Any]) -> None:
+        """Adds named arrays to ``q.npz`` (per-round diagnostics too big for a JSON row, e.g. the
+        client graph's q matrix); the file is rewritten whole and atomically each time."""
+        import io
+
+        import numpy as np
+
+        self.arrays.update(arrays)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **self.arrays)
+        _atomic_write_bytes(self.dir / "q.npz", buf.getvalue())
 
     def finish(self, summary: dict[str, Any]) -> None:
         _atomic_write(self.dir / "summary.json", json.dumps({"completed": True, **summary}, indent=2))

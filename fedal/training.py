@@ -135,53 +135,77 @@ def pseudo_param_names(model: FedALModel, scope: str) -> list[str]:
     raise ValueError(f"pseudo-params = {scope!r} is not valid; valid values: head, all")
 
 
-def recorded_epochs(epochs: int) -> list[int]:
-    """Epochs whose updates are recorded: the last 25%, at least one (SPEC §2): E-ceil(E/4)+1..E."""
-    if epochs < 1:
-        raise ValueError(f"pseudo-epochs = {epochs} is invalid; valid range: >= 1")
-    return list(range(epochs - math.ceil(epochs / 4) + 1, epochs + 1))
+def recorded_rounds(fl_rounds: int) -> list[int]:
+    """FL rounds after which clients take a pseudo-update: the last 25% of the AL round's
+    training, at least one (the paper averages q "for the last 25% of the total epochs in each AL
+    round"; docs/method.md, "Pseudo-updates"): T − ⌈T/4⌉ + 1 .. T."""
+    if fl_rounds < 1:
+        raise ValueError(f"fl-rounds = {fl_rounds} is invalid; valid range: >= 1")
+    return list(range(fl_rounds - math.ceil(fl_rounds / 4) + 1, fl_rounds + 1))
 
 
-def pseudo_updates(model: FedALModel, x_unlabeled: np.ndarray, *, epochs: int, batch_size: int,
-                   lr: float, seed: int, scope: str = "head", probs: np.ndarray | None = None) -> np.ndarray:
-    """Normalised pseudo-parameter updates m_t (Eq. 4, SPEC §2), shape (T, D).
+PSEUDO_OPTIMIZERS = ("gd", "adam")
 
-    Pseudo-labels come once from f^r (before any local step); training then runs E epochs of
-    cross-entropy against them from w^r, and after each recorded epoch t we store
-    m_t = (w_t - w^r) / ||w_t - w^r|| over the chosen parameters (0 if the update is 0).
+
+def pseudo_update(model: FedALModel, x_unlabeled: np.ndarray, *, optimizer: str, epochs: int, lr: float,
+                  seed: int, scope: str = "head", batch_size: int = 32,
+                  probs: np.ndarray | None = None, chunk: int = 1024) -> np.ndarray:
+    """One normalised pseudo-parameter update m = d/‖d‖ (Eq. 3–4), shape (D,); 0 if d = 0.
+
+    Pseudo-labels ŷ = argmax f(x) over U come once from the model the update starts from, w_0.
+    ``optimizer``:
+    - ``"gd"``: the paper's Eq. 3 — ``epochs`` full-batch gradient-descent steps
+      w ← w − lr·∇J̃(w) on the *summed* pseudo-label cross-entropy of Eq. 4 (gradients summed
+      over chunks of ``chunk`` points, so memory does not grow with |U|);
+    - ``"adam"``: ``epochs`` epochs of mini-batch Adam (``batch_size``), as local training.
+    All trainable parameters move; ``scope`` only chooses which of them form d = w_E − w_0.
+    With gd, one step and ``scope = "head"`` the head's gradient does not depend on whether the
+    backbone could move, so the backbone runs without autograd: the same m, far cheaper.
     ``model`` is modified in place: pass a copy of the global model.
     """
+    if optimizer not in PSEUDO_OPTIMIZERS:
+        raise ValueError(f"pseudo-optimizer = {optimizer!r} is not valid; valid values: {', '.join(PSEUDO_OPTIMIZERS)}")
     names = pseudo_param_names(model, scope)
     params = dict(model.named_parameters())
     dim = sum(params[n].numel() for n in names)
-    record = recorded_epochs(epochs)
-    out = np.zeros((len(record), dim), dtype=np.float32)
     if len(x_unlabeled) == 0:
-        return out
-    if probs is None:  # the caller may already hold f^r's predictions on U (probe does)
+        return np.zeros(dim, dtype=np.float32)
+    if probs is None:  # the caller may already hold the model's predictions on U (probe does)
         probs, _ = predict(model, x_unlabeled)
-    y_hat = probs.argmax(1)
+    y_hat = torch.from_numpy(probs.argmax(1).astype(np.int64))
     w0 = torch.cat([params[n].detach().flatten() for n in names]).clone()
-    # all trainable parameters move, as in ordinary local training (SPEC §2); ``scope`` only
-    # chooses which of them form the recorded vector
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], lr)
-    gen = torch.Generator().manual_seed(seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     dev = _device(model)
-    xt, yt = _tensor(x_unlabeled), torch.from_numpy(y_hat.astype(np.int64))
-    loss_fn = nn.CrossEntropyLoss()
+    xt = _tensor(x_unlabeled)
     model.train()
-    row = 0
-    for epoch in range(1, epochs + 1):
-        perm = torch.randperm(len(xt), generator=gen)
-        for s in range(0, len(xt), batch_size):
-            b = perm[s:s + batch_size]
-            opt.zero_grad()
-            loss_fn(model(xt[b].to(dev)), yt[b].to(dev)).backward()
-            opt.step()
-        if epoch in record:
-            d = torch.cat([params[n].detach().flatten() for n in names]) - w0
-            norm = float(d.norm())
-            if norm > 0:
-                out[row] = (d / norm).cpu().numpy()
-            row += 1
-    return out
+    if optimizer == "gd":
+        head_only = epochs == 1 and scope == "head"
+        for _ in range(epochs):
+            for p in trainable:
+                p.grad = None
+            for s in range(0, len(xt), chunk):
+                xb, yb = xt[s:s + chunk].to(dev), y_hat[s:s + chunk].to(dev)
+                if head_only:
+                    with torch.no_grad():
+                        feats = model.backbone(xb)
+                    logits = model.head(feats)
+                else:
+                    logits = model(xb)
+                nn.functional.cross_entropy(logits, yb, reduction="sum").backward()
+            with torch.no_grad():
+                for p in trainable:
+                    if p.grad is not None:
+                        p -= lr * p.grad
+    else:
+        opt = make_optimizer(trainable, lr)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(epochs):
+            perm = torch.randperm(len(xt), generator=gen)
+            for s in range(0, len(xt), batch_size):
+                b = perm[s:s + batch_size]
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(xt[b].to(dev)), y_hat[b].to(dev)).backward()
+                opt.step()
+    d = torch.cat([params[n].detach().flatten() for n in names]) - w0
+    norm = float(d.norm())
+    return (d / norm).cpu().numpy().astype(np.float32) if norm > 0 else np.zeros(dim, dtype=np.float32)

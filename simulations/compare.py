@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedal.config import Config, ConfigError
+from fedal.config import GRAPH_CLIENT_STRATEGIES, Config, ConfigError, experiment_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,12 +98,43 @@ def _vision(name: str, dataset: str, partition: str, clients: int = 100, budget:
 COMPARISON_TRAINING = {"training-mode": "warm-start"}
 MNIST1D_DIRICHLET = {"dataset": "mnist1d", "partition": "dirichlet"}
 MNIST1D_SHARD = {"dataset": "mnist1d", "partition": "shard"}
+# The paper fine-tunes a pretrained backbone; for MNIST-1D ours is self-supervised on samples
+# generated with another seed (python -m simulations.pretrain; the weights are committed).
+PRETRAINED = {"backbone-weights": "weights/mnist1d-cnn1d-ssl.pt"}
+
+# Issue #11: the revised client geometry (probe after each of the last ⌈T/4⌉ FL rounds, exhausted
+# clients out of the graph) against the baselines, plus fedal's own balanced variant.
+GEOMETRY_METHODS = (
+    Method("Rand", {"client-strategy": "random", "point-strategy": "random"}),
+    Method("Rand+Ent", {"client-strategy": "random", "point-strategy": "entropy"}),
+    Method("Ent+Ent", {"client-strategy": "entropy", "point-strategy": "entropy"}),
+    Method("Rand+BASE", {"client-strategy": "random", "point-strategy": "base"}),
+    Method("Rand+LoGo", {"client-strategy": "random", "point-strategy": "logo"}),
+    Method("Ours", {"client-strategy": "diffusion", "point-strategy": "diffusion"}),
+    Method("Ours+Bal", {"client-strategy": "balanced-diffusion", "point-strategy": "diffusion"}),
+)
+# The probe's optimiser, measured by the alignment of q with the clients' true class mixes
+PROBE_METHODS = (
+    Method("Ours", {"client-strategy": "diffusion", "point-strategy": "diffusion"}),
+    Method("Ours adam-probe", {"client-strategy": "diffusion", "point-strategy": "diffusion",
+                               "pseudo-optimizer": "adam", "pseudo-epochs": 4}),
+)
 
 SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("mnist1d-dirichlet", "the paper's protocol on MNIST-1D, Dirichlet α=0.1, 100 clients, warm-start training",
           {**MNIST1D_DIRICHLET, **COMPARISON_TRAINING}, PAPER_METHODS),
     Suite("mnist1d-shard", "the paper's protocol on MNIST-1D, Shard (20% of the classes per client), warm-start training",
           {**MNIST1D_SHARD, **COMPARISON_TRAINING}, PAPER_METHODS),
+    Suite("mnist1d-dirichlet-scratch", "revised client geometry, MNIST-1D Dirichlet α=0.1, CNN from scratch",
+          {**MNIST1D_DIRICHLET, **COMPARISON_TRAINING}, GEOMETRY_METHODS),
+    Suite("mnist1d-dirichlet-pretrained", "revised client geometry, MNIST-1D Dirichlet α=0.1, self-supervised backbone",
+          {**MNIST1D_DIRICHLET, **COMPARISON_TRAINING, **PRETRAINED}, GEOMETRY_METHODS),
+    Suite("mnist1d-shard-scratch", "revised client geometry, MNIST-1D Shard (20% of classes), CNN from scratch",
+          {**MNIST1D_SHARD, **COMPARISON_TRAINING}, GEOMETRY_METHODS),
+    Suite("mnist1d-shard-pretrained", "revised client geometry, MNIST-1D Shard (20% of classes), self-supervised backbone",
+          {**MNIST1D_SHARD, **COMPARISON_TRAINING, **PRETRAINED}, GEOMETRY_METHODS),
+    Suite("mnist1d-probe", "the probe's optimiser (gd vs adam): alignment of q with true class mixes, Dirichlet α=0.1",
+          {**MNIST1D_DIRICHLET, **COMPARISON_TRAINING}, PROBE_METHODS, seeds=(0, 1)),
     Suite("mnist1d-dirichlet-retrain", "as mnist1d-dirichlet with SPEC's default retrain (about 4× the CPU)",
           MNIST1D_DIRICHLET, PAPER_METHODS),
     Suite("mnist1d-ablations", "ablations of the paper's method on MNIST-1D, Dirichlet α=0.1, warm-start training",
@@ -172,8 +203,9 @@ def plan(suite: Suite, results: Path, seeds=None, methods=None, extra: dict | No
 
 
 def finished_runs(results: Path) -> dict[str, list[Path]]:
-    """Every finished run directory under ``results``, by directory name (``<hash>-s<seed>``):
-    one walk of the tree, however many runs are then looked up."""
+    """Every finished run directory under ``results``, by ``<hash>-s<seed>`` with the hash
+    recomputed from its config.json (``fedal.config.experiment_hash``: runs made before a key
+    their strategies never read existed are still found): one walk of the tree."""
     index: dict[str, list[Path]] = {}
     if not results.is_dir():
         return index
@@ -183,15 +215,31 @@ def finished_runs(results: Path) -> dict[str, list[Path]]:
         except (OSError, ValueError):
             finished = False  # a corrupted summary is not a finished run; the run is then made afresh
         if finished:
-            index.setdefault(summary.parent.name, []).append(summary.parent)
+            index.setdefault(_identity(summary.parent), []).append(summary.parent)
     return index
+
+
+def _identity(run_dir: Path) -> str:
+    """``<experiment hash>-s<seed>`` of a finished run, from its config.json (the directory name
+    if that cannot be read)."""
+    try:
+        meta = json.loads((run_dir / "config.json").read_text())
+        rc = meta["config"]
+        if rc.get("client-strategy") in GRAPH_CLIENT_STRATEGIES and "pseudo-optimizer" not in rc:
+            # a client-graph run from before the revised probe (one probe after training, exhausted
+            # clients in the graph): no configuration today reproduces it
+            return f"{run_dir.name}-before-revised-probe"
+        return f"{experiment_hash(rc)}-s{int(meta['seed'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return run_dir.name
 
 
 def find_identical(run: PlannedRun, results: Path, index: dict[str, list[Path]] | None = None) -> Path | None:
     """A finished run elsewhere under ``results`` with the same experiment (config hash + seed).
 
-    The hash leaves out only labels (method name, suite, output paths; ``NON_EXPERIMENT_KEYS``)
-    and runs are deterministic under their seed, so such a run *is* this run: e.g. the
+    The hash leaves out labels (method name, suite, output paths; ``NON_EXPERIMENT_KEYS``) and keys
+    the run's strategies never read (``fedal.config.experiment_key``), and runs are deterministic
+    under their seed, so such a run *is* this run: e.g. the
     training-modes suite's warm-start runs are the Ent+Ent runs of the warm-start comparisons.
     ``index``: ``finished_runs(results)``, when many runs are looked up.
     """

@@ -63,8 +63,9 @@ class InProcessGrid:
 
 
 def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda s: None,
-                  wire_seed: int | None = None):
-    """Run the full AL protocol in-process; returns (rows, grid)."""
+                  wire_seed: int | None = None, record: bool = False):
+    """Run the full AL protocol in-process; returns (rows, grid). ``record``: also write the run
+    directory (config.json, rounds.jsonl, q.npz, summary.json) as the ServerApp does."""
     from fedal.client_app import build_client_app
     from fedal.config import Config
     from fedal.data import load_dataset, model_inputs
@@ -81,4 +82,11 @@ def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda 
                            cfg.backbone_weights, seed=cfg.seed, freeze_backbone=cfg.freeze_backbone)
 
     loop = FederatedActiveLearning(cfg, grid, model_fn, (x_test, ds.y_test), ds.num_classes, log=log)
-    return loop.run(None), grid
+    recorder = None
+    if record:
+        from fedal.results import RunRecorder
+        from fedal.server_app import run_directory
+
+        recorder = RunRecorder(run_directory(cfg), {"config": cfg.to_run_config(), "seed": cfg.seed,
+                                                    "config_hash": cfg.config_hash()})
+    return loop.run(recorder), grid

@@ -20,8 +20,8 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedal.config import Config
 from fedal.training import evaluate
-from strategies.client_selection import (NEEDS_EMBEDDINGS, ClientStats, DiffusionParams,
-                                         allocate_budget, plan_round)
+from strategies.client_selection import (NEEDS_EMBEDDINGS, NEEDS_PREDICTED_MIX, ClientStats,
+                                         DiffusionParams, allocate_budget, plan_round)
 
 
 class ClientFailure(RuntimeError):
@@ -58,7 +58,7 @@ class FederatedActiveLearning:
         # client-impact = false is the "no impact term" ablation: H = 0 makes v ≡ 0
         self.diffusion = DiffusionParams(cfg.knn_k, cfg.rho, cfg.delta,
                                          cfg.diffusion_steps if cfg.client_impact else 0,
-                                         cfg.sigma_scope, cfg.laplacian)
+                                         cfg.sigma_scope, cfg.laplacian, cfg.points_per_client)
 
     # ------------------------------------------------------------------ messaging helpers
     def _send(self, kind: str, targets: Iterable[ClientInfo], config: dict,
@@ -100,20 +100,43 @@ class FederatedActiveLearning:
         return ALState(dict(sorted(clients.items())))
 
     # ------------------------------------------------------------------ protocol steps
-    def train(self, state: ALState, start: ArrayRecord, al_round: int) -> ArrayRecord:
-        """FedAvg weighted by |L_z| over clients with labels (Eq. 2-3)."""
+    def train(self, state: ALState, start: ArrayRecord, al_round: int,
+              probe_round: int | None = None) -> tuple[ArrayRecord, list[list[Message]], float]:
+        """FedAvg weighted by |L_z| over clients with labels (Eq. 2-3).
+
+        ``probe_round`` (the AL round the next selection serves), when the client strategy needs
+        client statistics: after each FL round t whose global model w(t) the strategy reads,
+        every client with unlabeled data is probed with w(t) — for strategies with a client graph
+        the last ⌈T/4⌉ rounds (the paper's last 25% of the training epochs), else the last only.
+        Returns the final weights, the probe replies per recorded round and the probe seconds."""
         from fedal.continual import Schedule, resolve_schedule
+        from fedal.training import recorded_rounds
 
         # continual modes train fewer FL rounds after the first AL round (fedal.continual.SCHEDULES)
         sched = resolve_schedule(self.cfg.training_mode, Schedule(self.cfg.fl_rounds, self.cfg.local_epochs),
                                  al_round=al_round)
+        need = NEEDS_EMBEDDINGS[self.cfg.client_strategy]
+        probed: list[int] = []
+        if probe_round is not None and self.cfg.client_strategy != "random":
+            probed = recorded_rounds(sched.fl_rounds) if need else [sched.fl_rounds]
+            # one projection per AL round, the same on every client and recorded round
+            sketch_seed = int(self.rng.integers(2**31))
         arrays = start
         labeled = [c for c in state.clients.values() if c.n_labeled > 0]
+        replies, probe_time = [], 0.0
         for fl_round in range(1, sched.fl_rounds + 1):
-            replies = self._send("train", labeled, {"al-round": al_round, "server-round": fl_round,
-                                                    "local-epochs": sched.local_epochs}, arrays)
-            arrays = aggregate_arrayrecords(self._ordered(replies, state), "num-examples")
-        return arrays
+            got = self._send("train", labeled, {"al-round": al_round, "server-round": fl_round,
+                                                "local-epochs": sched.local_epochs}, arrays)
+            arrays = aggregate_arrayrecords(self._ordered(got, state), "num-examples")
+            if fl_round in probed:
+                t = time.perf_counter()
+                live = [c for c in state.clients.values() if c.n_unlabeled > 0]
+                replies.append(self._send("query.probe", live, {
+                    "al-round": probe_round, "fl-round": fl_round, "need-embeddings": need,
+                    "need-mix": NEEDS_PREDICTED_MIX[self.cfg.client_strategy],
+                    "sketch-seed": sketch_seed}, arrays))
+                probe_time += time.perf_counter() - t
+        return arrays, replies, probe_time
 
     @staticmethod
     def _ordered(replies: list[Message], state: ALState) -> list[RecordDict]:
@@ -128,26 +151,34 @@ class FederatedActiveLearning:
         model.load_state_dict(arrays.to_torch_state_dict())
         return evaluate(model, self.x_test, self.y_test)
 
-    def probe(self, state: ALState, arrays: ArrayRecord, al_round: int) -> ClientStats:
-        need = NEEDS_EMBEDDINGS[self.cfg.client_strategy]
+    def client_stats(self, state: ALState, probes: list[list[Message]]) -> ClientStats:
+        """ClientStats from the probe replies of the recorded FL rounds (the last gives g, as
+        f^r; the pseudo-updates of all of them stack into m_t, t = 1..T')."""
         pids = list(state.clients)
-        if self.cfg.client_strategy == "random":
-            # random selection needs only |U|, which the server already tracks from acquire replies
-            n_u = np.array([state.clients[p].n_unlabeled for p in pids])
+        n_u = np.array([state.clients[p].n_unlabeled for p in pids])
+        if not probes:  # random selection needs only |U|, tracked from acquire replies
             return ClientStats(entropy=np.zeros(len(pids)), n_unlabeled=n_u)
-        replies = self._send("query.probe", state.clients.values(),
-                             {"al-round": al_round, "need-embeddings": need,
-                              "sketch-seed": int(self.rng.integers(2**31))}, arrays)
-        by_pid = {int(r.content["metrics"]["partition-id"]): r.content for r in replies}
-        g = np.array([float(by_pid[p]["metrics"]["g"]) for p in pids])
-        n_u = np.array([int(by_pid[p]["metrics"]["n-unlabeled"]) for p in pids])
+        rounds = [{int(r.content["metrics"]["partition-id"]): r.content for r in got} for got in probes]
+        last = rounds[-1]
+        g = np.array([float(last[p]["metrics"]["g"]) if p in last else 0.0 for p in pids])
         prev = np.array([state.prev_entropy.get(p, np.nan) for p in pids])
-        emb = None
-        if need:
-            emb = np.stack([by_pid[p]["pseudo"]["m"].numpy() for p in pids]).astype(np.float64)
-        state.prev_entropy = dict(zip(pids, g.tolist()))
+        state.prev_entropy.update({p: float(last[p]["metrics"]["g"]) for p in last})
+        emb = mix = None
+        if NEEDS_EMBEDDINGS[self.cfg.client_strategy]:
+            dim = next(iter(last.values()))["pseudo"]["m"].numpy().shape[-1]
+            emb = np.zeros((len(pids), len(rounds), dim))  # rows of unprobed (|U| = 0) clients stay 0
+            for t, by_pid in enumerate(rounds):
+                for z, p in enumerate(pids):
+                    if p in by_pid:
+                        emb[z, t] = by_pid[p]["pseudo"]["m"].numpy().reshape(-1)
+        if NEEDS_PREDICTED_MIX[self.cfg.client_strategy]:
+            mix = np.zeros((len(pids), self.num_classes))
+            for z, p in enumerate(pids):
+                if p in last:
+                    mix[z] = np.asarray(last[p]["metrics"]["mix"], dtype=np.float64)
         return ClientStats(entropy=g, n_unlabeled=n_u, embeddings=emb,
-                           prev_entropy=None if np.all(np.isnan(prev)) else prev)
+                           prev_entropy=None if np.all(np.isnan(prev)) else prev,
+                           predicted_mix=mix, labeled_per_class=state.labeled_per_class)
 
     def acquire(self, state: ALState, plan: list[tuple[int, int]], arrays: ArrayRecord | None,
                 strategy: str, al_round: int) -> np.ndarray:
@@ -193,21 +224,21 @@ class FederatedActiveLearning:
                 times["acquire_initial"] = t_acq0
             t = time.perf_counter()
             start = initial if cfg.training_mode == "retrain" else arrays
-            arrays = self.train(state, start, r)
-            times["train"] = time.perf_counter() - t
+            state.labeled_per_class = labeled_per_class
+            arrays, probes, times["probe"] = self.train(state, start, r, r + 1 if r < cfg.al_rounds else None)
+            times["train"] = time.perf_counter() - t - times["probe"]
             t = time.perf_counter()
             acc, loss = self.evaluate(arrays)
             times["evaluate"] = time.perf_counter() - t
             n_labels = sum(c.n_labeled for c in state.clients.values())
             chosen: list[int] = []
             acquired = np.zeros(self.num_classes, dtype=np.int64)
+            diagnostics: dict = {}
             if r < cfg.al_rounds:
-                t = time.perf_counter()
-                stats = self.probe(state, arrays, r + 1)
-                times["probe"] = time.perf_counter() - t
+                stats = self.client_stats(state, probes)
                 t = time.perf_counter()
                 plan = plan_round(cfg.client_strategy, stats, self.rng, self.diffusion,
-                                  cfg.points_per_client, cfg.clients_per_round)
+                                  cfg.points_per_client, cfg.clients_per_round, diagnostics)
                 times["select"] = time.perf_counter() - t
                 t = time.perf_counter()
                 acquired = self.acquire(state, plan, arrays, cfg.point_strategy, r + 1)
@@ -220,9 +251,16 @@ class FederatedActiveLearning:
                    "labeled_per_class": labeled_per_class.tolist(),
                    "clients_with_labels": sum(c.n_labeled > 0 for c in state.clients.values()),
                    "time_s": {k: round(v, 4) for k, v in times.items()}}
+            q = diagnostics.pop("q", None)
+            q_clients = diagnostics.pop("q_clients", None)
+            if diagnostics:  # client-graph scalars of the selection made after this round
+                row["graph"] = {**diagnostics, "probes": len(probes)}
             rows.append(row)
             if recorder is not None:
                 recorder.add_round(row)
+                if q is not None:  # q among the graph's clients, by partition id (q.npz)
+                    recorder.add_arrays({f"q_r{r + 1}": q,
+                                         f"clients_r{r + 1}": np.asarray([pids[z] for z in q_clients])})
             self.log(f"[AL round {r:2d}/{cfg.al_rounds}] labels {n_labels:6d}  acc {acc:.4f}  "
                      f"loss {loss:.3f}  train {times['train']:.1f}s probe {times['probe']:.1f}s "
                      f"select {times['select']:.2f}s acquire {times['acquire']:.1f}s"

@@ -63,3 +63,89 @@ def test_plan_round_asks_diffusion_for_more_only_when_a_client_runs_dry():
     plan = plan_round("diffusion", stats, rng, DiffusionParams(k=3), per_client=50, clients=3)
     assert [z for z, _ in plan] == full[:len(plan)].tolist()
     assert sum(k for _, k in plan) == 150 and [k for _, k in plan][:3] == [10, 10, 10]
+
+
+def _clustered_clients(rng, m=100, clusters=10, dim=400):
+    """Update directions of m clients in a few clusters (nearly orthogonal across clusters, as
+    pseudo-updates of clients with different class mixes are)."""
+    centers = rng.standard_normal((clusters, dim))
+    emb = centers[np.arange(m) % clusters] + 0.5 * rng.standard_normal((m, dim))
+    return (emb / np.linalg.norm(emb, axis=1, keepdims=True))[:, None, :]
+
+
+def test_exhausted_clients_do_not_become_hubs_of_the_client_graph():
+    """8 of 100 clients have no unlabeled data, so no pseudo-labels and m = 0. As points at the
+    origin they were at distance 1 from every live client (live clients sit ≈ 1.3-1.4 apart),
+    every live client's nearest neighbours, and every live client ended isolated (v ≡ 0)."""
+    from strategies.client_selection import DiffusionParams
+
+    rng = np.random.default_rng(0)
+    emb = _clustered_clients(rng)
+    g = rng.random(100) + 0.5
+    prev = g + 0.1 * rng.standard_normal(100)
+    n_u = np.full(100, 300)
+    dead = rng.choice(100, 8, replace=False)
+    emb[dead], g[dead], n_u[dead] = 0.0, 0.0, 0
+    diag: dict = {}
+    picks = order_clients("diffusion", ClientStats(g, n_u, emb, prev), rng, DiffusionParams(), n=5,
+                          diagnostics=diag)
+    assert diag["nodes"] == 92 and diag["isolated"] == 0 and diag["std_v"] > 0
+    live = np.setdiff1d(np.arange(100), dead)
+    alone = order_clients("diffusion", ClientStats(g[live], n_u[live], emb[live], prev[live]), rng,
+                          DiffusionParams(), n=5)
+    assert picks.tolist() == live[alone].tolist()
+    assert diag["q"].shape == (92, 92) and diag["q_clients"].tolist() == live.tolist()
+
+
+def test_a_client_without_direction_stays_in_the_graph_without_edges():
+    from strategies.client_selection import DiffusionParams
+
+    rng = np.random.default_rng(1)
+    emb = _clustered_clients(rng, m=30, clusters=3)
+    emb[4] = 0.0  # unlabeled data, but its update vanished at every recorded round
+    g = rng.random(30) + 0.5
+    diag: dict = {}
+    order_clients("diffusion", ClientStats(g, np.full(30, 10), emb), rng, DiffusionParams(k=3), n=3,
+                  diagnostics=diag)
+    assert diag["nodes"] == 30 and diag["isolated"] >= 1
+    q = diag["q"]
+    assert np.allclose(q, q.T) and np.allclose(np.delete(q[4], 4), 1.0)
+
+
+def test_q_matrix_is_the_mean_over_rounds_of_pairwise_distances():
+    from scipy.spatial.distance import cdist
+
+    from strategies.client_selection import q_matrix
+
+    x = np.random.default_rng(2).standard_normal((6, 3, 5))
+    want = np.mean([cdist(x[:, t], x[:, t]) for t in range(3)], axis=0)
+    assert np.allclose(q_matrix(x), want, atol=1e-9)
+
+
+def test_class_deficit_weights():
+    from strategies.client_selection import class_deficit_weights
+
+    assert np.allclose(class_deficit_weights([10, 30, 20]), [1.0, 0.0, 0.0])
+    assert np.allclose(class_deficit_weights([0, 10, 30, 40]), [2 / 3, 1 / 3, 0.0, 0.0])  # mean 20
+    assert np.allclose(class_deficit_weights([5, 5]), [0.5, 0.5])
+
+
+def test_balanced_diffusion_spreads_the_batch_over_classes_the_labeled_set_lacks():
+    """Two groups of clients, equal in entropy and graph position; the labeled set already holds
+    many labels of class 0. Plain diffusion picks from both groups; the balanced variant picks
+    the clients predicted to hold class 1 until its projected counts even out."""
+    from strategies.client_selection import DiffusionParams
+
+    rng = np.random.default_rng(3)
+    emb = _clustered_clients(rng, m=40, clusters=4)
+    g = np.full(40, 1.0) + 0.01 * rng.random(40)
+    mix = np.zeros((40, 2))
+    mix[:20, 0], mix[20:, 1] = 1.0, 1.0  # clients 0-19 predicted class 0, 20-39 class 1
+    stats = ClientStats(g, np.full(40, 100), emb, predicted_mix=mix, labeled_per_class=np.array([500, 100]))
+    params = DiffusionParams(k=3, points_per_client=100)
+    picks = order_clients("balanced-diffusion", stats, rng, params, n=6)
+    assert all(p >= 20 for p in picks[:4])  # 4 × 100 labels of class 1 fill the 400 gap
+    mirrored = ClientStats(g, np.full(40, 100), emb, predicted_mix=mix, labeled_per_class=np.array([100, 500]))
+    assert all(p < 20 for p in order_clients("balanced-diffusion", mirrored, rng, params, n=4))
+    plain = order_clients("diffusion", stats, rng, params, n=4)
+    assert 0 < sum(p >= 20 for p in plain) < 4  # without the term, both groups

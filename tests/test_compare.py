@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from fedal.config import Config
 from simulations.compare import SUITES, plan
 
 
@@ -43,8 +44,9 @@ def test_an_identical_finished_run_elsewhere_is_reused_under_this_runs_labels(tm
     other = tmp_path / "another-suite" / "warm" / run.run_dir.name  # same hash and seed
     assert find_identical(run, tmp_path) is None
     other.mkdir(parents=True)
+    full = Config.from_run_config(run.run_config).to_run_config()
     (other / "config.json").write_text(json.dumps({"method": "warm", "suite": "another-suite", "seed": 0,
-                                                    "config": {"method-name": "warm"}}))
+                                                    "config": {**full, "method-name": "warm"}}))
     (other / "rounds.jsonl").write_text('{"round": 0}\n')
     (other / "summary.json").write_text(json.dumps({"completed": False}))
     assert find_identical(run, tmp_path) is None  # unfinished: not the same result
@@ -86,3 +88,22 @@ def test_jobs_runs_every_planned_run_once_and_validates(tmp_path, monkeypatch, c
     assert C.main(["digits-smoke", "--results", str(tmp_path), "--jobs", "2"]) == 0 and seen == []  # resumed
     with pytest.raises(SystemExit, match="--jobs = 0 is invalid"):
         C.main(["digits-smoke", "--jobs", "0"])
+
+
+def test_runs_recorded_before_the_probe_keys_are_found_only_where_those_keys_do_not_matter(tmp_path):
+    """A Rand run never reads the probe's keys, so one recorded before they existed is the same
+    experiment; a diffusion run from before the revised probe is reproduced by no configuration."""
+    from simulations.compare import find_identical
+
+    suite = SUITES["mnist1d-dirichlet-scratch"]
+    for method, found in (("Rand", True), ("Ours", False)):
+        run = plan(suite, tmp_path / "new", seeds=[0], methods=[method])[0]
+        old = Config.from_run_config(run.run_config).to_run_config()
+        for key in ("pseudo-optimizer", "pseudo-lr"):
+            del old[key]
+        old["pseudo-epochs"] = 4  # the earlier default
+        d = tmp_path / "old" / method / "0123456789ab-s0"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"method": method, "seed": 0, "config": old}))
+        (d / "summary.json").write_text(json.dumps({"completed": True}))
+        assert (find_identical(run, tmp_path) == d) is found

@@ -148,3 +148,59 @@ def test_training_modes_run_the_protocol_and_keep_logits_on_the_client(mode):
     for p in pools.values():
         earlier = [i for i, r in zip(p.labeled, p.acquired_round) if r < 2]
         assert set(earlier) <= set(p.logits)
+
+
+def test_probes_follow_the_last_quarter_of_training_and_rows_carry_graph_diagnostics(tmp_path):
+    """Pseudo-updates are taken after each of the last ⌈T/4⌉ FL rounds of the AL round's
+    training, from that round's global model, by every client with unlabeled data; the row of the
+    round records the client graph and q.npz its q matrix."""
+    rc = {**SMALL, "client-strategy": "diffusion", "point-strategy": "random", "fl-rounds": 5,
+          "training-mode": "retrain", "run-dir": str(tmp_path)}
+    probes = []
+
+    def on_reply(msg, reply):
+        if msg.metadata.message_type == "query.probe":
+            conf = msg.content["config"]
+            probes.append((int(conf["al-round"]), int(conf["fl-round"]),
+                           reply.content["pseudo"]["m"].numpy().shape))
+
+    rows, grid = run_inprocess(rc, M, on_reply=on_reply)
+    # retrain: T = 5 FL rounds in every AL round → rounds 4 and 5 are recorded, for AL rounds 1, 2
+    assert sorted({(a, f) for a, f, _ in probes}) == [(1, 4), (1, 5), (2, 4), (2, 5)]
+    assert all(shape[0] == 1 for _, _, shape in probes)  # one update per message
+    for r in rows[:-1]:
+        gr = r["graph"]
+        assert gr["probes"] == 2 and gr["nodes"] == M and gr["edges"] > 0
+        assert {"isolated", "std_g", "std_v", "sigma_w2"} <= set(gr)
+    assert "graph" not in rows[-1]
+
+
+def test_q_matrix_is_saved_per_round_with_the_graph_clients(tmp_path):
+    from fedal.server_app import run_directory
+
+    rc = {**SMALL, "client-strategy": "diffusion", "point-strategy": "random", "run-dir": str(tmp_path)}
+    run_inprocess(rc, M, record=True)
+    q = np.load(run_directory(Config.from_run_config(rc)) / "q.npz")
+    assert sorted(q.files) == ["clients_r1", "clients_r2", "q_r1", "q_r2"]
+    for r in (1, 2):
+        mat, who = q[f"q_r{r}"], q[f"clients_r{r}"]
+        assert mat.shape == (M, M) and np.allclose(mat, mat.T) and not np.diag(mat).any()
+        assert sorted(who.tolist()) == list(range(M))
+        assert (mat[~np.eye(M, dtype=bool)] > 0).all()
+
+
+def test_balanced_diffusion_runs_the_protocol_and_sends_only_a_mean_prediction():
+    rc = {**SMALL, "client-strategy": "balanced-diffusion", "point-strategy": "entropy"}
+    seen = []
+
+    def on_reply(msg, reply):
+        if msg.metadata.message_type == "query.probe":
+            mix = reply.content["metrics"]["mix"]
+            seen.append(len(mix))
+            assert abs(sum(mix) - 1) < 1e-5
+
+    rows, _ = run_inprocess(rc, M, on_reply=on_reply)
+    assert [r["labels"] for r in rows] == [30, 54, 78]
+    assert seen and set(seen) == {10}  # digits: 10 classes
+    with pytest.raises(Exception, match="report-label-histogram"):
+        Config.from_run_config({**rc, "report-label-histogram": False})
