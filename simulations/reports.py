@@ -12,6 +12,8 @@ Results schema (one run directory per (config, seed), at any depth below the roo
   rounds.jsonl  one row per AL round r = 0..R: {"round", "labels", "accuracy", "chosen_clients",
                 "acquired", "acquired_per_class", "labeled_per_class", "time_s": {...}}
   summary.json  {"completed": true, ...}; absent while the run is unfinished.
+  q.npz         optional (diffusion client selection): the client graph's distances per AL round;
+                adds a "Client-geometry alignment" section and alignment.png (simulations/alignment.py).
 
 What is computed, and the paper it mirrors:
   * accuracy per group x label budget (mean +- sample std over seeds) and the improvement over a
@@ -868,6 +870,23 @@ def _shell_command() -> str:
     return cmd
 
 
+def _alignment_section(runs: Sequence[Run], group_by: str, groups: Sequence[str], baseline: str | None,
+                       out: Path, data: dict) -> list[str]:
+    """The "Client-geometry alignment" section (and alignment.png, data["alignment"]) when some
+    run recorded its client graph distances (q.npz, diffusion client selection); else nothing."""
+    from simulations import alignment as A
+
+    if not any(A.has_q(r) for r in runs):
+        return []
+    try:
+        table = A.alignment_table(runs, group_by)
+    except ValueError as e:
+        raise ReportError(f"client-geometry alignment: {e}") from e
+    A.plot_alignment(table, out / "alignment.png", group_colors(groups, baseline))
+    data["alignment"] = A.table_json(table)
+    return A.report_markdown(table, groups, group_by)
+
+
 def write_report(
     root: str | Path,
     out: str | Path,
@@ -1114,6 +1133,8 @@ def write_report(
         if sp is not None:
             data["speedup"] = sp
         data["phase_totals"] = totals
+
+    md += _alignment_section(runs, group_by, groups, baseline, out, data)
 
     data["runs"] = {g: [str(r.path) for r in rs] for g, rs in by_group.items()}
     data["skipped"] = [str(s.path) for s in results.skipped]
