@@ -53,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "batch-size": 32,
     "learning-rate": 0.003,
     # probing: pseudo-updates after each of the last ceil(T/4) FL rounds (docs/method.md)
-    "pseudo-optimizer": "gd",
+    "pseudo-optimizer": "adam",
     "pseudo-epochs": 1,
     "pseudo-lr": 0.001,
     "pseudo-params": "head",
@@ -250,11 +250,20 @@ class Config:
             raise ConfigError(f"rho = {self.rho} is invalid; valid range: >= 0 (0 disables anisotropy)")
         if not 0 < self.delta < 1:
             raise ConfigError(f"delta = {self.delta} is invalid; valid range: (0, 1)")
-        if self.freeze_backbone and self.backbone not in ("resnet18", "resnet50", "resnet101", "auto"):
-            raise ConfigError(
-                f"freeze-backbone = true needs a pretrained image backbone; backbone = {self.backbone!r}; "
-                "valid: resnet18, resnet50, resnet101 (or auto on an image dataset)"
-            )
+        if self.freeze_backbone:
+            # "auto" resolves as fedal.training.resolve_backbone does (not imported: it pulls torch)
+            resolved = (self.backbone if self.backbone != "auto"
+                        else {"mnist1d": "cnn1d", "digits": "mlp"}.get(self.dataset, "resnet18"))
+            if resolved == "cnn1d" and not self.backbone_weights:
+                raise ConfigError(
+                    "freeze-backbone = true with the cnn1d backbone needs backbone-weights = <path of a "
+                    "pretrained CNN1D state dict> (python -m simulations.pretrain writes one); a frozen "
+                    "randomly initialised cnn1d would never learn features")
+            if resolved not in ("resnet18", "resnet50", "resnet101", "cnn1d"):
+                raise ConfigError(
+                    f"freeze-backbone = true needs a pretrained backbone; backbone = {self.backbone!r} "
+                    f"(dataset {self.dataset!r}); valid: resnet18, resnet50, resnet101 (or auto on an "
+                    "image dataset), or cnn1d (auto on mnist1d) with backbone-weights")
 
     def check_against_clients(self, sizes: Mapping[int, tuple[int, int]]) -> None:
         """Checks that need the federation: ``sizes`` maps partition id -> (|L|, |U|).

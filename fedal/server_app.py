@@ -24,6 +24,13 @@ def run_directory(cfg: Config) -> Path:
     return Path(cfg.run_dir) / name
 
 
+def run_metadata(cfg: Config) -> dict:
+    """What config.json records about a run (the reports read it)."""
+    return {"config": cfg.to_run_config(), "seed": cfg.seed, "config_hash": cfg.config_hash(),
+            "method": cfg.method_name or f"{cfg.client_strategy}+{cfg.point_strategy}",
+            "suite": cfg.suite, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv}
+
+
 def _log(line: str) -> None:
     print(line, flush=True)
 
@@ -37,12 +44,7 @@ def main(grid: Grid, context: Context, run_config: dict | None = None) -> None:
         _log(f"fedal: configuration error: {e}")
         raise SystemExit(2) from None
     run_dir = run_directory(cfg)
-    recorder = RunRecorder(run_dir, {"config": cfg.to_run_config(), "seed": cfg.seed,
-                                     "config_hash": cfg.config_hash(),
-                                     "method": cfg.method_name or f"{cfg.client_strategy}+{cfg.point_strategy}",
-                                     "suite": cfg.suite,
-                                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                     "argv": sys.argv})
+    recorder = RunRecorder(run_dir, run_metadata(cfg))
     _log(f"fedal: writing results to {run_dir}")
 
     x_test = model_inputs(cfg, ds.x_test, "test")  # frozen backbone: the test set's features

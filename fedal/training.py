@@ -22,21 +22,40 @@ def resolve_backbone(dataset: str, backbone: str) -> str:
     return {"mnist1d": "cnn1d", "digits": "mlp"}.get(dataset, "resnet18")
 
 
+def load_small_backbone(bb: nn.Module, path: str) -> nn.Module:
+    """Load a local state dict into a CNN1D/MLP backbone, strictly (every key, every shape).
+
+    Accepts the backbone's own state dict or one nested under a prefix (``module.``,
+    ``backbone.``, a whole ``FedALModel``'s keys: only the backbone's are taken). A missing file
+    raises ``BackboneWeightsNotFound``; a file that does not fit raises ``BackboneWeightsError``
+    naming the path and the missing/unexpected/mis-shaped keys.
+    """
+    from fedal.backbones import load_backbone_weights
+
+    bb.backbone_name = type(bb).__name__
+    load_backbone_weights(bb, path)
+    return bb
+
+
 def build_model(dataset: str, input_shape: tuple[int, ...], num_classes: int, backbone: str = "auto",
                 backbone_weights: str = "", seed: int = 0, freeze_backbone: bool = False) -> FedALModel:
     """The same seed gives the same initial weights on every machine (retrain's f^0, SPEC §1).
 
     ``freeze_backbone``: the model is the head alone on cached backbone features (issue #5), so
     ``input_shape`` is then the feature shape (out_dim,).
+    ``backbone_weights``: a local state-dict path, for the ResNets and for cnn1d/mlp alike; a
+    loaded backbone keeps its weights (only the head is initialised).
     """
     torch.manual_seed(seed)
     backbone = resolve_backbone(dataset, backbone)
     if freeze_backbone:
         return FedALModel(Identity(int(np.prod(input_shape))), num_classes, init_backbone=False)
-    if backbone == "cnn1d":
-        bb: nn.Module = CNN1D(length=int(input_shape[-1]))
-    elif backbone == "mlp":
-        bb = MLPBackbone(int(np.prod(input_shape)))
+    if backbone in ("cnn1d", "mlp"):
+        bb: nn.Module = (CNN1D(length=int(input_shape[-1])) if backbone == "cnn1d"
+                         else MLPBackbone(int(np.prod(input_shape))))
+        if backbone_weights:
+            load_small_backbone(bb, backbone_weights)
+        return FedALModel(bb, num_classes, init_backbone=not backbone_weights)
     else:
         from fedal.backbones import PixelInput, build_backbone, make_backbone_transform
         from fedal.data.vision import vision_meta
@@ -45,7 +64,7 @@ def build_model(dataset: str, input_shape: tuple[int, ...], num_classes: int, ba
         tf = make_backbone_transform(weights=backbone_weights or None, dataset_meta=vision_meta(dataset))
         bb = PixelInput(net, tf)
     # torchvision's ResNets come with their own init, and pretrained weights must stay as loaded
-    return FedALModel(bb, num_classes, init_backbone=backbone in ("cnn1d", "mlp"))
+    return FedALModel(bb, num_classes, init_backbone=False)
 
 
 def _tensor(x: np.ndarray, device=None) -> torch.Tensor:
@@ -208,4 +227,9 @@ def pseudo_update(model: FedALModel, x_unlabeled: np.ndarray, *, optimizer: str,
                 opt.step()
     d = torch.cat([params[n].detach().flatten() for n in names]) - w0
     norm = float(d.norm())
+    if not np.isfinite(norm):
+        # gd on the *summed* loss takes steps that grow with |U|: several steps can diverge
+        raise FloatingPointError(
+            f"the pseudo-update diverged ({optimizer}, {epochs} steps, lr {lr}, {len(xt)} unlabeled "
+            f"points); lower pseudo-lr or use pseudo-epochs = 1 (one step's direction needs no step size)")
     return (d / norm).cpu().numpy().astype(np.float32) if norm > 0 else np.zeros(dim, dtype=np.float32)

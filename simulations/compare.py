@@ -115,9 +115,9 @@ GEOMETRY_METHODS = (
 )
 # The probe's optimiser, measured by the alignment of q with the clients' true class mixes
 PROBE_METHODS = (
-    Method("Ours", {"client-strategy": "diffusion", "point-strategy": "diffusion"}),
-    Method("Ours adam-probe", {"client-strategy": "diffusion", "point-strategy": "diffusion",
-                               "pseudo-optimizer": "adam", "pseudo-epochs": 4}),
+    Method("Ours", {"client-strategy": "diffusion", "point-strategy": "diffusion"}),  # adam × 1
+    Method("Ours gd-probe", {"client-strategy": "diffusion", "point-strategy": "diffusion",
+                             "pseudo-optimizer": "gd"}),
 )
 
 SUITES: dict[str, Suite] = {s.name: s for s in [

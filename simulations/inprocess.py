@@ -85,8 +85,7 @@ def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda 
     recorder = None
     if record:
         from fedal.results import RunRecorder
-        from fedal.server_app import run_directory
+        from fedal.server_app import run_directory, run_metadata
 
-        recorder = RunRecorder(run_directory(cfg), {"config": cfg.to_run_config(), "seed": cfg.seed,
-                                                    "config_hash": cfg.config_hash()})
+        recorder = RunRecorder(run_directory(cfg), run_metadata(cfg))
     return loop.run(recorder), grid

@@ -110,3 +110,10 @@ def test_adam_pseudo_updates_are_seeded_unit_directions():
     assert not pseudo_update(copy.deepcopy(m), x[:0], optimizer="adam", epochs=2, lr=1e-3, seed=0).any()
     with pytest.raises(ValueError, match="pseudo-optimizer = 'sgd'.*gd, adam"):
         pseudo_update(copy.deepcopy(m), x, optimizer="sgd", epochs=1, lr=1e-3, seed=0)
+
+
+def test_a_diverging_gd_pseudo_update_is_a_clear_error_not_a_nan_direction():
+    m = build_model("mnist1d", (40,), 3, seed=0)
+    x, _ = _toy()
+    with pytest.raises(FloatingPointError, match="lower pseudo-lr or use pseudo-epochs = 1"):
+        pseudo_update(copy.deepcopy(m), x, optimizer="gd", epochs=6, lr=1e3, seed=0)
