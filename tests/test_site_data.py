@@ -1,0 +1,193 @@
+"""Bring-your-own site data (fedal/data/site.py) from real .npz, PNG and JPEG files."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fedal.data.site import SiteDataError, load_site_data
+
+
+def png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG")
+
+
+def jpg(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="JPEG", quality=95)
+
+
+def rgb(seed, h=6, w=5):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------- .npz
+def test_npz_with_labels(tmp_path):
+    f = tmp_path / "site.npz"
+    x = np.random.default_rng(0).normal(size=(12, 40)).astype(np.float64)
+    y = np.arange(12) % 3
+    np.savez(f, x=x, y=y, class_names=np.array(["cat", "dog", "eel"]))
+    d = load_site_data(f)
+    assert d.x.dtype == np.float32 and d.x.shape == (12, 40) and np.allclose(d.x, x, atol=1e-6)
+    assert d.y.dtype == np.int64 and d.y.tolist() == y.tolist()
+    assert d.class_names == ("cat", "dog", "eel") and d.num_classes == 3 and d.n_points == 12
+    assert d.fingerprint.startswith("sha256:") and d.client_id.startswith("site-")
+    assert d.files is None
+
+
+def test_npz_uint8_images_without_labels(tmp_path):
+    f = tmp_path / "site.npz"
+    x = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    np.savez_compressed(f, x=x)
+    d = load_site_data(f)
+    assert d.x.dtype == np.uint8 and np.array_equal(d.x, x)
+    assert d.y is None and d.class_names is None and d.num_classes is None
+
+
+def test_fingerprint_and_client_id_are_stable_and_track_the_inputs(tmp_path):
+    x = np.random.default_rng(2).normal(size=(10, 3)).astype(np.float32)
+    a, b, c = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "c.npz"
+    np.savez(a, x=x, y=np.zeros(10, int))
+    np.savez(b, x=x, y=np.ones(10, int))  # the same inputs with other answers
+    np.savez(c, x=x[::-1], y=np.zeros(10, int))  # the same inputs in another order
+    da, db, dc = load_site_data(a), load_site_data(b), load_site_data(c)
+    assert load_site_data(a).fingerprint == da.fingerprint  # deterministic
+    assert db.fingerprint == da.fingerprint  # labels are answers, not identity
+    assert dc.fingerprint != da.fingerprint  # point i would mean another input
+    assert da.client_id == load_site_data(a).client_id and da.client_id != db.client_id  # path differs
+    assert load_site_data(a, client_id="hospital-7").client_id == "hospital-7"
+
+
+@pytest.mark.parametrize("arrays,needle", [
+    ({"y": np.zeros(3, int)}, "has no array 'x'"),
+    ({"x": np.zeros((3, 2)), "labels": np.zeros(3, int)}, r"unexpected arrays \['labels'\]; valid names: x, y, class_names"),
+    ({"x": np.zeros(5)}, r"array 'x' has shape \(5,\); expected \(N, \.\.\.\)"),
+    ({"x": np.zeros((0, 4))}, "N >= 1"),
+    ({"x": np.zeros((3, 2), dtype=np.int64)}, "array 'x' has dtype int64; valid dtypes: float16/32/64 or uint8"),
+    ({"x": np.array([[0.0, 1.0], [np.nan, 1.0], [np.inf, 0.0]])},
+     r"array 'x' has NaN or infinite values in 2 points \(first: point 1\)"),
+    ({"x": np.zeros((3, 2)), "y": np.array([0.0, 1.0, 1.0])}, "array 'y' has dtype float64; valid dtypes: integer"),
+    ({"x": np.zeros((3, 2)), "y": np.array([0, 1])}, r"array 'y' has shape \(2,\) but 'x' has 3 points"),
+    ({"x": np.zeros((3, 2)), "y": np.array([0, -1, 1])}, r"negative class id -1 \(point 1\)"),
+    ({"x": np.zeros((3, 2)), "y": np.array([0, 2, 1]), "class_names": np.array(["a", "b"])},
+     "class id 2 but 'class_names' names only 2 classes"),
+])
+def test_bad_npz_arrays_are_named(tmp_path, arrays, needle):
+    f = tmp_path / "bad.npz"
+    np.savez(f, **arrays)
+    with pytest.raises(SiteDataError, match=needle) as e:
+        load_site_data(f)
+    assert str(f) in str(e.value)
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path):
+    f = tmp_path / "obj.npz"
+    np.savez(f, x=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(SiteDataError, match="is not a readable .npz file"):
+        load_site_data(f)
+
+
+def test_missing_and_unsupported_paths(tmp_path):
+    with pytest.raises(SiteDataError, match="does not exist"):
+        load_site_data(tmp_path / "nowhere.npz")
+    (tmp_path / "data.csv").write_text("a,b\n")
+    with pytest.raises(SiteDataError, match=r"neither an \.npz file nor a folder; valid forms"):
+        load_site_data(tmp_path / "data.csv")
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(SiteDataError, match="broken.npz is not a readable .npz file"):
+        load_site_data(tmp_path / "broken.npz")
+    with pytest.raises(SiteDataError, match="client-id 'a b/c' is not valid"):
+        np.savez(tmp_path / "ok.npz", x=np.zeros((2, 2)))
+        load_site_data(tmp_path / "ok.npz", client_id="a b/c")
+
+
+# ---------------------------------------------------------------------------------- image folders
+def test_class_folders_png_and_jpeg(tmp_path):
+    root = tmp_path / "images"
+    imgs = {("dog", "b.png"): rgb(1), ("dog", "a.png"): rgb(2), ("cat", "z.png"): rgb(3)}
+    for (cls, name), arr in imgs.items():
+        png(root / cls / name, arr)
+    jpg(root / "cat" / "y.jpg", rgb(4))
+    (root / "cat" / "notes.txt").write_text("ignored")
+    d = load_site_data(root)
+    assert d.class_names == ("cat", "dog")
+    assert d.files == ("cat/y.jpg", "cat/z.png", "dog/a.png", "dog/b.png")  # sorted, not listing order
+    assert d.y.tolist() == [0, 0, 1, 1]
+    assert d.x.dtype == np.uint8 and d.x.shape == (4, 6, 5, 3)
+    assert np.array_equal(d.x[1], imgs[("cat", "z.png")]) and np.array_equal(d.x[3], imgs[("dog", "b.png")])
+    assert np.array_equal(d.x[0], np.asarray(Image.open(root / "cat" / "y.jpg").convert("RGB")))  # lossy JPEG
+    assert load_site_data(root).fingerprint == d.fingerprint
+    png(root / "dog" / "b.png", rgb(5))  # another image under the same name
+    assert load_site_data(root).fingerprint != d.fingerprint
+
+
+def test_grayscale_images_give_one_channel_and_mixed_modes_give_rgb(tmp_path):
+    g = np.arange(30, dtype=np.uint8).reshape(6, 5)
+    png(tmp_path / "gray" / "0.png", g)
+    png(tmp_path / "gray" / "1.png", g[::-1].copy())
+    d = load_site_data(tmp_path / "gray")
+    assert d.x.shape == (2, 6, 5, 1) and np.array_equal(d.x[0, ..., 0], g)
+    assert d.y is None and d.class_names is None
+    png(tmp_path / "mixed" / "0.png", g)
+    Image.fromarray(np.dstack([rgb(1), np.full((6, 5), 128, np.uint8)])).save(tmp_path / "mixed" / "1.png")
+    m = load_site_data(tmp_path / "mixed")
+    assert m.x.shape == (2, 6, 5, 3) and np.array_equal(m.x[0, ..., 1], g)
+    assert np.array_equal(m.x[1], rgb(1))  # alpha dropped
+
+
+def test_flat_folder_with_labels_csv_as_the_oracle(tmp_path):
+    root = tmp_path / "flat"
+    for k in range(3):
+        png(root / f"img{k}.png", rgb(k))
+    (root / "labels.csv").write_text("file,label\nimg2.png,tumour\nimg0.png,healthy\n\nimg1.png,tumour\n")
+    d = load_site_data(root)
+    assert d.files == ("img0.png", "img1.png", "img2.png")
+    assert d.class_names == ("healthy", "tumour") and d.y.tolist() == [0, 1, 1]
+    (root / "labels.csv").write_text("file,label\nimg0.png,2\nimg1.png,0\nimg2.png,1\n")
+    d2 = load_site_data(root)
+    assert d2.y.tolist() == [2, 0, 1] and d2.class_names is None
+    assert d2.fingerprint == d.fingerprint  # answers changed, inputs did not
+
+
+@pytest.mark.parametrize("csv_text,needle", [
+    ("name,class\nimg0.png,1\n", "must start with the header 'file,label'"),
+    ("file,label\nimg0.png,1\nimg1.png,1\n", r"no label for 1 images \(first: img2.png\)"),
+    ("file,label\nimg0.png,1\nimg1.png,1\nimg2.png,0\nimg9.png,1\n", r"lists 1 files that are not images .*first: img9.png"),
+    ("file,label\nimg0.png,1\nimg0.png,2\n", "line 3: img0.png is listed twice"),
+    ("file,label\nimg0.png\n", "line 2: expected 'file,label'"),
+])
+def test_bad_labels_csv_is_named(tmp_path, csv_text, needle):
+    root = tmp_path / "flat"
+    for k in range(3):
+        png(root / f"img{k}.png", rgb(k))
+    (root / "labels.csv").write_text(csv_text)
+    with pytest.raises(SiteDataError, match=needle) as e:
+        load_site_data(root)
+    assert str(root / "labels.csv") in str(e.value)
+
+
+def test_images_of_another_size_are_named(tmp_path):
+    png(tmp_path / "s" / "a" / "1.png", rgb(1))
+    png(tmp_path / "s" / "b" / "2.png", rgb(2, h=7))
+    with pytest.raises(SiteDataError, match=r"b/2.png is 5x7 but .*a/1.png is 5x6; all images of a site must share one size"):
+        load_site_data(tmp_path / "s")
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda r: (png(r / "a.png", rgb(1)), png(r / "cls" / "b.png", rgb(2))), "mixes images .* and class folders"),
+    (lambda r: (r / "empty").mkdir(parents=True), r"class folder .*empty holds no .png/.jpg/.jpeg images"),
+    (lambda r: r.mkdir(), "holds no .png/.jpg/.jpeg images and no class folders"),
+    (lambda r: (png(r / "cls" / "deeper" / "b.png", rgb(2)), png(r / "cls" / "c.png", rgb(2))),
+     r"class folder .*cls holds a folder \(deeper/\)"),
+    (lambda r: (png(r / "cls" / "b.png", rgb(2)), (r / "labels.csv").write_text("file,label\n")),
+     "has class folders and a labels.csv"),
+    (lambda r: (png(r / "a.png", rgb(1)), (r / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")),
+     r"image .*b.png cannot be (read|decoded)"),
+    (lambda r: (r.mkdir(), Image.fromarray(np.zeros((4, 4), np.uint16)).save(r / "deep.png")),
+     "has I;16 pixels|has I pixels"),
+])
+def test_bad_image_folders_are_named(tmp_path, make, needle):
+    root = tmp_path / "site"
+    make(root)
+    with pytest.raises(SiteDataError, match=needle):
+        load_site_data(root)
