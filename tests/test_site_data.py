@@ -191,3 +191,16 @@ def test_bad_image_folders_are_named(tmp_path, make, needle):
     make(root)
     with pytest.raises(SiteDataError, match=needle):
         load_site_data(root)
+
+
+def test_the_check_command(tmp_path, capsys):
+    from fedal.data.site import main
+
+    png(tmp_path / "site" / "a" / "0.png", rgb(0))
+    png(tmp_path / "site" / "b" / "1.png", rgb(1))
+    assert main([str(tmp_path / "site"), "--client-id", "clinic-3"]) == 0
+    out = capsys.readouterr().out
+    assert "points:      2, inputs uint8 (6, 5, 3)" in out and "2 oracle answers, 2 classes" in out
+    assert "client id:   clinic-3" in out and "fingerprint: sha256:" in out
+    assert main([str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err

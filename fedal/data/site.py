@@ -264,3 +264,33 @@ def _read_labels_csv(csv_path: Path, image_names: list[str]):
     names = tuple(sorted(set(values)))
     index = {n: k for k, n in enumerate(names)}
     return np.asarray([index[v] for v in values], dtype=np.int64), names
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fedal.data.site PATH [--client-id ID]``: check a site's data before deploying."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m fedal.data.site",
+                                 description="Check a site's data and print what fedal will see.")
+    ap.add_argument("data_path", help="an .npz file or an image folder")
+    ap.add_argument("--client-id", default=None, help="the id this site will be configured with")
+    args = ap.parse_args(argv)
+    try:
+        d = load_site_data(args.data_path, args.client_id)
+    except SiteDataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    labels = "none (labels are asked for on request)" if d.y is None else \
+        f"{len(d.y)} oracle answers, {d.num_classes} classes"
+    print(f"data:        {d.path}\n"
+          f"points:      {d.n_points}, inputs {d.x.dtype} {tuple(d.x.shape[1:])}\n"
+          f"labels:      {labels}\n"
+          f"classes:     {', '.join(d.class_names) if d.class_names else '-'}\n"
+          f"fingerprint: {d.fingerprint}\n"
+          f"client id:   {d.client_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
