@@ -166,14 +166,18 @@ def client_data(cfg, partition_id: int, num_partitions: int) -> tuple[np.ndarray
 def model_inputs(cfg, x: np.ndarray, partition: int | str) -> np.ndarray:
     """What the model consumes for these private inputs: the inputs themselves, or with
     ``freeze-backbone`` the frozen backbone's features, extracted once and cached on this
-    machine (issue #5; keyed by backbone weights, transform and data, so a change recomputes)."""
+    machine (issue #5; keyed by backbone weights, transform and data, so a change recomputes).
+    A pretrained cnn1d/mlp backbone's features are computed directly (see _small_backbone_features)."""
     if not cfg.freeze_backbone:
         return x
+    from fedal.training import resolve_backbone
+
+    if resolve_backbone(cfg.dataset, cfg.backbone) in ("cnn1d", "mlp"):
+        return _small_backbone_features(cfg, x)
     from fedal.backbones import make_backbone_transform
     from fedal.data.vision import vision_meta
     from fedal.devices import resolve_device
     from fedal.feature_cache import FeatureCache, cached_features
-    from fedal.training import resolve_backbone
 
     weights = cfg.backbone_weights or None
     tf = make_backbone_transform(weights=weights, dataset_meta=vision_meta(cfg.dataset))
@@ -181,3 +185,28 @@ def model_inputs(cfg, x: np.ndarray, partition: int | str) -> np.ndarray:
                            backbone_name=resolve_backbone(cfg.dataset, cfg.backbone), weights=weights,
                            transform=tf, dataset=cfg.dataset, partition=partition,
                            device=resolve_device(cfg.device), init_seed=cfg.seed)
+
+
+def _small_backbone_features(cfg, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """Frozen features (float32, (n, out_dim)) of a pretrained CNN1D/MLP backbone, loaded from
+    ``backbone-weights``. Computed directly, not through the on-disk feature cache: loading the
+    28 KiB file and a CNN1D pass over 4,000 signals take about 0.2 s on one busy core, and each
+    ClientApp process keeps its runtime (features included) in memory anyway."""
+    import torch
+
+    from fedal.training import build_model
+
+    if not cfg.backbone_weights:
+        raise ConfigError("freeze-backbone = true with a cnn1d/mlp backbone needs backbone-weights "
+                          "(a frozen random backbone would never learn features)")
+    # the backbone exactly as an unfrozen run would load it (same class, same strict loading);
+    # build_model seeds torch's global RNG, which must not leak out of here
+    with torch.random.fork_rng(devices=[]):
+        bb = build_model(cfg.dataset, tuple(x.shape[1:]), 2, cfg.backbone, cfg.backbone_weights,
+                         seed=cfg.seed).backbone.eval()
+    with torch.inference_mode():
+        feats = [bb(torch.from_numpy(np.ascontiguousarray(x[s:s + batch_size], dtype=np.float32))).numpy()
+                 for s in range(0, len(x), batch_size)]
+    if not feats:
+        return np.zeros((0, int(bb.out_dim)), dtype=np.float32)
+    return np.concatenate(feats).astype(np.float32, copy=False)
