@@ -77,6 +77,19 @@ def _open_output(p: argparse.ArgumentParser, out: str) -> tuple[Path, str]:
     return target, tmp
 
 
+def state_dict_bytes(state: dict) -> bytes:
+    """``torch.save`` of ``state`` into memory: torch names the archive's inner folder after the
+    file it writes to (here a random temp name), so saving to a buffer keeps the bytes the same
+    for the same weights."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = _parser()
     a = p.parse_args(argv)
@@ -106,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                                temperature=a.temperature, seed=a.seed, log=log)
         train_s = time.perf_counter() - t1
         state = {k: v.detach().cpu().clone() for k, v in bb.state_dict().items()}
-        torch.save(state, tmp)
+        Path(tmp).write_bytes(state_dict_bytes(state))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; the weights are no secret

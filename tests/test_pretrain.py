@@ -238,6 +238,9 @@ def test_command_writes_loadable_weights_and_reports_both_probes(tmp_path, capsy
     assert list(out.parent.iterdir()) == [out]  # atomic write: no temp file left
     m = build_model("mnist1d", (40,), 10, backbone_weights=str(out))
     assert isinstance(m.backbone, CNN1D)
+    again = tmp_path / "again.pt"  # same arguments, another file name: the same bytes
+    main(["--out", str(again), "--epochs", "1", "--samples", "200", "--probe-labels", "100", "--batch-size", "64"])
+    assert again.read_bytes() == out.read_bytes()
 
 
 @pytest.mark.parametrize("args,needle", [
