@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedal.config import GRAPH_CLIENT_STRATEGIES, Config, ConfigError, experiment_hash
+from fedal.config import TRAINING_MODES, Config, ConfigError, experiment_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ ABLATION_METHODS = (
 # training, and a suite of 7 modes × 3 seeds fits in about an hour on 2 cores.
 TRAINING_MODE_METHODS = tuple(
     Method(mode, {"client-strategy": "entropy", "point-strategy": "entropy", "training-mode": mode})
-    for mode in ("retrain", "warm-start", "cal-er", "cal-mir", "cal-der", "cal-sd", "cal-sds2")
+    for mode in TRAINING_MODES
 )
 
 
@@ -219,13 +219,19 @@ def finished_runs(results: Path) -> dict[str, list[Path]]:
     return index
 
 
+def _uses_client_graph(name) -> bool:
+    from strategies import client_selection
+
+    return name in client_selection.available() and client_selection.get(name).needs_pseudo_updates
+
+
 def _identity(run_dir: Path) -> str:
     """``<experiment hash>-s<seed>`` of a finished run, from its config.json (the directory name
     if that cannot be read)."""
     try:
         meta = json.loads((run_dir / "config.json").read_text())
         rc = meta["config"]
-        if rc.get("client-strategy") in GRAPH_CLIENT_STRATEGIES and "pseudo-optimizer" not in rc:
+        if _uses_client_graph(rc.get("client-strategy")) and "pseudo-optimizer" not in rc:
             # a client-graph run from before the revised probe (one probe after training, exhausted
             # clients in the graph): no configuration today reproduces it
             return f"{run_dir.name}-before-revised-probe"

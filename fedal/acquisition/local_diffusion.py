@@ -30,6 +30,12 @@ class LocalDiffusion(Strategy):
     delta: float = 0.1
     steps: int = 5
 
+    config_keys = ("local-k", "local-space", "delta", "diffusion-steps")
+
+    @classmethod
+    def params_from_config(cls, cfg) -> dict:
+        return {"k": cfg.local_k, "delta": cfg.delta, "steps": cfg.diffusion_steps, "space": cfg.local_space}
+
     def __post_init__(self):
         if self.space not in _SPACES:
             raise ValueError(f"diffusion: space must be one of {_SPACES}; got {self.space!r}")
