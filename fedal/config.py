@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "partition": "dirichlet",
     "dirichlet-alpha": 0.1,
     "shard-class-fraction": 0.2,
-    # AL protocol (SPEC §1; seeds/001 §5)
+    # AL protocol (docs/method.md, "Protocol"; seeds/001 §5)
     "init-clients": 5,
     "init-points": 200,
     "al-rounds": 11,
@@ -44,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "points-per-client": 200,
     "client-strategy": "diffusion",
     "point-strategy": "diffusion",
-    # federated training (SPEC §1: FedAvg weighted by labeled examples)
+    # federated training (docs/method.md, "Protocol": FedAvg weighted by labeled examples)
     "training-mode": "warm-start",
     "fl-rounds": 15,
     "local-epochs": 2,
@@ -56,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "pseudo-lr": 0.001,
     "pseudo-params": "head",
     "sketch-dim": 0,
-    # client graph and diffusion (SPEC §3-4)
+    # client graph and diffusion (docs/method.md, "Client graph", "Impact, score, greedy")
     "knn-k": 7,
     "rho": 0.2,
     "delta": 0.1,
@@ -64,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "sigma-scope": "edges",
     "laplacian": "unnormalized",
     "client-impact": True,  # ablation: false drops the impact term v (score = g / std(g))
-    # local batch (SPEC §5)
+    # local batch (docs/method.md, "Local batch")
     "local-k": 7,
     "local-space": "embedding",
     # model
@@ -239,7 +239,7 @@ class Config:
 
     @property
     def label_budget(self) -> int:
-        """Labels after the whole protocol, when data does not run out (SPEC §1)."""
+        """Labels after the whole protocol, when data does not run out (docs/method.md, "Protocol")."""
         return self.init_clients * self.init_points + self.al_rounds * self.clients_per_round * self.points_per_client
 
     # ------------------------------------------------------------------ validation

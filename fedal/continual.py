@@ -1,6 +1,6 @@
 """Training modes for the local update: retrain, warm start and continual active learning (CAL).
 
-Source: ``seeds/002_…`` ("Continual Active Learning"), SPEC §6. Equation numbers below are that
+Source: ``seeds/002_…`` ("Continual Active Learning"), docs/method.md, "Baselines and training modes". Equation numbers below are that
 paper's. Notation: D_t = the client's labels that no global model has been trained on yet (the
 labels it acquired since the last training phase, possibly none); D_{1:t−1} = the client's own
 earlier labels (the history, "old"); m = current batch size, m' = replay batch size.

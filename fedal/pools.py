@@ -1,4 +1,4 @@
-"""A client's labeled and unlabeled pools (SPEC §1).
+"""A client's labeled and unlabeled pools (docs/method.md, "Protocol").
 
 The labeled pool L_z is the set of local indices an oracle has labeled, with the labels it
 returned (and, for the continual-training modes, the model's logits at labeling time). The

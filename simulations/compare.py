@@ -37,7 +37,7 @@ class Method:
 
 
 # The paper's comparison (seeds/001 §5, Fig. 3, Table 1) plus LoGo and BASE (issue #4).
-# "Hybrid" is our reading of F-AL (top c·W by entropy, then k-center diversity; SPEC §6).
+# "Hybrid" is our reading of F-AL (top c·W by entropy, then k-center diversity; docs/method.md, "Baselines and training modes").
 PAPER_METHODS = (
     Method("Rand", {"client-strategy": "random", "point-strategy": "random"}),
     Method("Rand+Ent", {"client-strategy": "random", "point-strategy": "entropy"}),
@@ -89,9 +89,9 @@ def _vision(name: str, dataset: str, partition: str, clients: int = 100, budget:
                  base, PAPER_METHODS, clients=clients, needs_data=True)
 
 
-# How the method comparisons on MNIST-1D train: warm start (SPEC §6), the same for every method.
+# How the method comparisons on MNIST-1D train: warm start (docs/method.md, "Baselines and training modes"), the same for every method.
 # Measured in the training-modes suite (reports/mnist1d-training-modes): under Dirichlet α=0.1 the
-# SPEC default ``retrain`` (15 FL rounds × 2 epochs from f^0 each AL round) ends at 39% accuracy,
+# the paper's default ``retrain`` (15 FL rounds × 2 epochs from f^0 each AL round) ends at 39% accuracy,
 # still far from converged, while warm start reaches 70% at 3.7× less training time. A comparison
 # of selection methods on an undertrained learner measures training noise more than selection,
 # and would cost ~4× the CPU. The literal-default suite stays available as ``*-retrain``.
@@ -135,7 +135,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
           {**MNIST1D_SHARD, **COMPARISON_TRAINING, **PRETRAINED}, GEOMETRY_METHODS),
     Suite("mnist1d-probe", "the probe's optimiser (gd vs adam): alignment of q with true class mixes, Dirichlet α=0.1",
           {**MNIST1D_DIRICHLET, **COMPARISON_TRAINING}, PROBE_METHODS, seeds=(0, 1)),
-    Suite("mnist1d-dirichlet-retrain", "as mnist1d-dirichlet with SPEC's default retrain (about 4× the CPU)",
+    Suite("mnist1d-dirichlet-retrain", "as mnist1d-dirichlet with the paper's default retrain (about 4× the CPU)",
           MNIST1D_DIRICHLET, PAPER_METHODS),
     Suite("mnist1d-ablations", "ablations of the paper's method on MNIST-1D, Dirichlet α=0.1, warm-start training",
           {**MNIST1D_DIRICHLET, **COMPARISON_TRAINING}, ABLATION_METHODS),

@@ -1,4 +1,4 @@
-"""The federated active-learning loop of SPEC §1, driven by the ServerApp.
+"""The federated active-learning loop of docs/method.md, "Protocol", driven by the ServerApp.
 
 One AL round: train (FedAvg over labeled clients) → evaluate (central test set) → probe (client
 statistics) → choose (client strategy, pure) → acquire (chosen clients pick and label points) →
@@ -209,7 +209,7 @@ class FederatedActiveLearning:
                  f"{cfg.point_strategy} seed={cfg.seed}")
 
         initial = ArrayRecord(self.model_fn().state_dict())  # f^0: the same weights each retrain
-        # Round 0 (SPEC §1): init-clients random clients, init-points random labels each
+        # Round 0 (docs/method.md, "Protocol"): init-clients random clients, init-points random labels each
         n_u = np.array([state.clients[p].n_unlabeled for p in pids])
         order0 = self.rng.permutation(np.flatnonzero(n_u > 0))
         plan0 = allocate_budget(order0, n_u, cfg.init_points, cfg.init_clients)

@@ -1,7 +1,7 @@
-"""Server-side client selection (SPEC §4, §6): pure functions over one round's client statistics.
+"""Server-side client selection (docs/method.md, "Impact, score, greedy", "Baselines and training modes"): pure functions over one round's client statistics.
 
 Every strategy returns an *ordering* of the eligible clients, best first; ``allocate_budget``
-then walks that order to spend exactly V·W labels (SPEC §1 "equal budgets with top-up"). Asking
+then walks that order to spend exactly V·W labels (docs/method.md, "Protocol" "equal budgets with top-up"). Asking
 a strategy for the whole order is cheap (M is the number of clients) and lets a client that
 runs out of unlabeled points hand its share to the next-best client.
 """
@@ -232,7 +232,7 @@ def _diffusion(stats: ClientStats, params: DiffusionParams, n: int | None, diagn
     g = np.asarray(stats.entropy, dtype=np.float64)[nodes]
     prev = stats.prev_entropy
     if prev is not None:
-        # δ_g is undefined for a client without a previous value (SPEC §2): treat its δ as 0
+        # δ_g is undefined for a client without a previous value (docs/method.md, "Pseudo-updates"): treat its δ as 0
         prev = np.where(np.isnan(prev), stats.entropy, prev)[nodes]
     k = min(params.k, len(nodes) - 1)
     if k < 1:  # a single client: nothing to diffuse over
@@ -247,7 +247,7 @@ def _diffusion(stats: ClientStats, params: DiffusionParams, n: int | None, diagn
                              "labeled set's class counts")
         mix = np.asarray(stats.predicted_mix, dtype=np.float64)[nodes]
         counts = np.asarray(stats.labeled_per_class, dtype=np.float64)
-        # labels each graph client would give if picked: W, or all it has (SPEC §1 top-up)
+        # labels each graph client would give if picked: W, or all it has (docs/method.md, "Protocol" top-up)
         gives = np.minimum(stats.n_unlabeled[nodes], params.points_per_client).astype(np.float64)
 
         def extra(picked: np.ndarray) -> np.ndarray:
@@ -276,7 +276,7 @@ def order_clients(name: str, stats: ClientStats, rng: np.random.Generator,
 
 def plan_round(name: str, stats: ClientStats, rng: np.random.Generator, params: DiffusionParams,
                per_client: int, clients: int, diagnostics: dict | None = None) -> list[tuple[int, int]]:
-    """Client batch with equal-budget top-up (SPEC §1): ask the strategy for V clients and, only
+    """Client batch with equal-budget top-up (docs/method.md, "Protocol"): ask the strategy for V clients and, only
     if some of them hold fewer than W points, for more (doubling). The greedy's first n picks do
     not depend on n, so asking again for more extends the same order."""
     n_elig = int(stats.eligible.sum())
@@ -290,7 +290,7 @@ def plan_round(name: str, stats: ClientStats, rng: np.random.Generator, params: 
 
 
 def allocate_budget(order, n_unlabeled, per_client: int, clients: int) -> list[tuple[int, int]]:
-    """Walk ``order`` and give each client min(W, |U_z|) until V·W labels are assigned (SPEC §1).
+    """Walk ``order`` and give each client min(W, |U_z|) until V·W labels are assigned (docs/method.md, "Protocol").
 
     Returns (client index, number of points) pairs. If the eligible clients together hold less
     than V·W unlabeled points, everything they hold is assigned (the data has run out).

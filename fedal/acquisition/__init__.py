@@ -1,4 +1,4 @@
-"""Point (within-client) acquisition strategies behind one interface (SPEC §5, §6).
+"""Point (within-client) acquisition strategies behind one interface (docs/method.md, "Local batch", "Baselines and training modes").
 
     from fedal import acquisition
     strategy = acquisition.get("badge")                 # or get("hybrid", c=10), …

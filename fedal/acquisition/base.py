@@ -1,5 +1,5 @@
 """The point-acquisition interface: what a client knows at acquisition time, what a strategy
-returns, and the registry that maps a configured name to a strategy (SPEC §5, §6).
+returns, and the registry that maps a configured name to a strategy (docs/method.md, "Local batch", "Baselines and training modes").
 
 Every strategy is a frozen dataclass whose fields are its hyper-parameters; the model is not
 owned by the strategy but summarised in a `LocalView` that the client fills from the global
@@ -18,7 +18,7 @@ import numpy as np
 class PoolExhausted(ValueError):
     """Raised when a batch larger than the client's unlabeled pool is requested.
 
-    SPEC §1 makes the caller (the client batch loop) responsible for giving all remaining points
+    docs/method.md, "Protocol" makes the caller (the client batch loop) responsible for giving all remaining points
     and moving on, so a strategy refuses rather than silently returning fewer points.
     """
 

@@ -2,7 +2,7 @@
 
 ``load_dataset(name)`` returns the full train/test arrays (the simulation needs them to carve
 client partitions; in deployment each SuperNode loads only its own files). ``partition_indices``
-splits the training set across clients with flwr-datasets partitioners (SPEC §1, issue #3:
+splits the training set across clients with flwr-datasets partitioners (docs/method.md, "Protocol", issue #3:
 ``dirichlet`` α, ``shard`` = each client's data from a fraction of the classes, ``iid``).
 ``client_data`` is what a ClientApp calls: its own partition, nothing else.
 """
