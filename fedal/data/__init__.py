@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import warnings
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,10 +72,10 @@ def _load_mnist1d() -> Dataset:
         "x_test": d["x_test"].astype(np.float32), "y_test": d["y_test"].astype(np.int64),
     }
     # Atomic write: two simulation actors may generate concurrently on first use.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    os.close(fd)
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    from fedal.atomic import atomic_file
+
+    with atomic_file(path) as f:
+        np.savez(f, **arrays)
     return Dataset("mnist1d", arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"], 10)
 
 
