@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
-
-from fedal.atomic import write_atomic as _atomic_write
 import torch
 from torch import nn
+
+from fedal.atomic import write_atomic as _atomic_write
 
 from fedal.devices import resolve_device
 
