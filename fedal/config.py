@@ -19,7 +19,6 @@ from typing import Any, Mapping
 # Choices are tuples so that error messages can list them.
 DATASETS = ("mnist1d", "digits", "cifar10", "cifar100", "fashion-mnist", "emnist-letters", "cinic10")
 PARTITIONS = ("dirichlet", "shard", "iid")
-CLIENT_STRATEGIES = ("random", "entropy", "diffusion", "balanced-diffusion")
 LAPLACIANS = ("unnormalized", "rw", "sym")
 SIGMA_SCOPES = ("edges", "all")
 PSEUDO_PARAMS = ("head", "all")
@@ -27,7 +26,6 @@ PSEUDO_OPTIMIZERS = ("gd", "adam")
 LOCAL_SPACES = ("embedding", "input")
 DEVICES = ("auto", "cpu", "cuda")
 BACKBONES = ("auto", "cnn1d", "mlp", "resnet18", "resnet50", "resnet101")
-TRAINING_MODES = ("retrain", "warm-start", "cal-er", "cal-mir", "cal-der", "cal-sd", "cal-sds2")
 
 # kebab-case key -> default. Order = the order shown in README and pyproject.
 DEFAULTS: dict[str, Any] = {
@@ -38,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "partition": "dirichlet",
     "dirichlet-alpha": 0.1,
     "shard-class-fraction": 0.2,
-    # AL protocol (SPEC §1; seeds/001 §5)
+    # AL protocol (docs/method.md, "Protocol"; seeds/001 §5)
     "init-clients": 5,
     "init-points": 200,
     "al-rounds": 11,
@@ -46,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "points-per-client": 200,
     "client-strategy": "diffusion",
     "point-strategy": "diffusion",
-    # federated training (SPEC §1: FedAvg weighted by labeled examples)
+    # federated training (docs/method.md, "Protocol": FedAvg weighted by labeled examples)
     "training-mode": "warm-start",
     "fl-rounds": 15,
     "local-epochs": 2,
@@ -58,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "pseudo-lr": 0.001,
     "pseudo-params": "head",
     "sketch-dim": 0,
-    # client graph and diffusion (SPEC §3-4)
+    # client graph and diffusion (docs/method.md, "Client graph", "Impact, score, greedy")
     "knn-k": 7,
     "rho": 0.2,
     "delta": 0.1,
@@ -66,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "sigma-scope": "edges",
     "laplacian": "unnormalized",
     "client-impact": True,  # ablation: false drops the impact term v (score = g / std(g))
-    # local batch (SPEC §5)
+    # local batch (docs/method.md, "Local batch")
     "local-k": 7,
     "local-space": "embedding",
     # model
@@ -86,27 +84,59 @@ DEFAULTS: dict[str, Any] = {
 # keys that name or place a run but do not change what it computes
 NON_EXPERIMENT_KEYS = ("seed", "run-dir", "run-name", "method-name", "suite")
 
-# keys read only by client strategies with a client graph, or only by the local-diffusion point
-# strategy: a run that uses neither computes the same whatever they hold, so they stay out of its
-# hash (and a finished Rand run is recognised as the same experiment after a new probe key appears)
-GRAPH_CLIENT_STRATEGIES = ("diffusion", "balanced-diffusion")
-CLIENT_GRAPH_KEYS = ("pseudo-optimizer", "pseudo-epochs", "pseudo-lr", "pseudo-params", "sketch-dim",
-                     "knn-k", "rho", "sigma-scope", "laplacian", "client-impact")
-LOCAL_DIFFUSION_KEYS = ("local-k", "local-space")
-DIFFUSION_KEYS = ("delta", "diffusion-steps")  # read by both levels
+
+
+def _registries():
+    """The three registries a run chooses from: client strategies, point strategies, training
+    modes. Imported on use: the point and client strategies pull numpy only, but the training
+    modes live with their losses (torch), and reading a config should not need torch."""
+    from fedal import acquisition
+    from fedal.continual import MODES
+    from strategies import client_selection
+
+    return client_selection, acquisition, MODES
+
+
+def __getattr__(name: str):
+    # the choices tuples, from the registries (module attributes on first use, see _registries)
+    if name == "CLIENT_STRATEGIES":
+        return _registries()[0].available()
+    if name == "POINT_STRATEGIES":
+        return tuple(_registries()[1].available())
+    if name == "TRAINING_MODES":
+        return tuple(_registries()[2])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _declared_keys(run_config: Mapping[str, Any] | None) -> set[str]:
+    """Run-config keys declared by the strategies and mode a run uses (``run_config`` None: by
+    every registered one). An unknown name declares nothing."""
+    clients, points, modes = _registries()
+    if run_config is None:
+        chosen = (clients.available(), points.available(), tuple(modes))
+    else:
+        chosen = ((run_config.get("client-strategy"),), (run_config.get("point-strategy"),),
+                  (run_config.get("training-mode"),))
+    keys: set[str] = set()
+    for name in chosen[0]:
+        if name in clients.available():
+            keys.update(clients.get(name).config_keys)
+    for name in chosen[1]:
+        if name in points.available():
+            keys.update(points.strategy_class(name).config_keys)
+    for name in chosen[2]:
+        if name in modes:
+            keys.update(modes[name].config_keys)
+    return keys
 
 
 def experiment_key(run_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a (complete, kebab-case) run config that decides what the run computes."""
-    graph = run_config.get("client-strategy") in GRAPH_CLIENT_STRATEGIES
-    local = run_config.get("point-strategy") == "diffusion"
-    drop = set(NON_EXPERIMENT_KEYS)
-    if not graph:
-        drop.update(CLIENT_GRAPH_KEYS)
-    if not local:
-        drop.update(LOCAL_DIFFUSION_KEYS)
-    if not (graph or local):
-        drop.update(DIFFUSION_KEYS)
+    """The part of a (complete, kebab-case) run config that decides what the run computes.
+
+    Keys that some strategy or mode declares it reads, but none of this run's do, are left out:
+    the run computes the same whatever they hold (and a finished Rand run stays the same
+    experiment after a new probe key appears)."""
+    drop = set(NON_EXPERIMENT_KEYS) | (_declared_keys(None) - _declared_keys(run_config))
     return {k: v for k, v in run_config.items() if k not in drop}
 
 
@@ -209,18 +239,17 @@ class Config:
 
     @property
     def label_budget(self) -> int:
-        """Labels after the whole protocol, when data does not run out (SPEC §1)."""
+        """Labels after the whole protocol, when data does not run out (docs/method.md, "Protocol")."""
         return self.init_clients * self.init_points + self.al_rounds * self.clients_per_round * self.points_per_client
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        from fedal import acquisition  # local import: acquisition pulls numpy/sklearn only
-
+        clients, points, modes = _registries()
         _choice("dataset", self.dataset, DATASETS)
         _choice("partition", self.partition, PARTITIONS)
-        _choice("client-strategy", self.client_strategy, CLIENT_STRATEGIES)
-        _choice("point-strategy", self.point_strategy, tuple(acquisition.available()))
-        _choice("training-mode", self.training_mode, TRAINING_MODES)
+        _choice("client-strategy", self.client_strategy, clients.available())
+        _choice("point-strategy", self.point_strategy, tuple(points.available()))
+        _choice("training-mode", self.training_mode, tuple(modes))
         _choice("pseudo-params", self.pseudo_params, PSEUDO_PARAMS)
         _choice("pseudo-optimizer", self.pseudo_optimizer, PSEUDO_OPTIMIZERS)
         _choice("sigma-scope", self.sigma_scope, SIGMA_SCOPES)
@@ -241,11 +270,12 @@ class Config:
             raise ConfigError(f"sketch-dim = {self.sketch_dim} is invalid; valid range: 0 (off) or >= 1")
         _positive("learning-rate", self.learning_rate, "> 0")
         _positive("pseudo-lr", self.pseudo_lr, "> 0")
-        if self.client_strategy == "balanced-diffusion" and not self.report_label_histogram:
+        if clients.get(self.client_strategy).needs_label_histogram and not self.report_label_histogram:
+            others = [n for n in clients.available() if not clients.get(n).needs_label_histogram]
             raise ConfigError(
-                "client-strategy = 'balanced-diffusion' steers by the labeled set's class counts, which "
+                f"client-strategy = {self.client_strategy!r} steers by the labeled set's class counts, which "
                 "clients report only with report-label-histogram = true; set it to true or choose "
-                "another client-strategy (random, entropy, diffusion)")
+                f"another client-strategy ({', '.join(others)})")
         if self.rho < 0:
             raise ConfigError(f"rho = {self.rho} is invalid; valid range: >= 0 (0 disables anisotropy)")
         if not 0 < self.delta < 1:

@@ -1,12 +1,12 @@
 """Training modes for the local update: retrain, warm start and continual active learning (CAL).
 
-Source: ``seeds/002_…`` ("Continual Active Learning"), SPEC §6. Equation numbers below are that
+Source: ``seeds/002_…`` ("Continual Active Learning"), docs/method.md, "Baselines and training modes". Equation numbers below are that
 paper's. Notation: D_t = the client's labels that no global model has been trained on yet (the
 labels it acquired since the last training phase, possibly none); D_{1:t−1} = the client's own
 earlier labels (the history, "old"); m = current batch size, m' = replay batch size.
 
-Modes (``TRAINING_MODES``)
---------------------------
+Modes (``MODES``)
+-----------------
 - ``retrain``    plain cross-entropy over the client's whole labeled set. The re-initialisation of
                  the global model at every AL round (Alg. 1 line 8) is the server's job, because
                  every client must start from the same initial weights; locally this mode is
@@ -113,9 +113,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-
-TRAINING_MODES = ("retrain", "warm-start", "cal-er", "cal-mir", "cal-der", "cal-sd", "cal-sds2")
-CAL_MODES = TRAINING_MODES[2:]
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,18 +225,6 @@ class Schedule:
         _opt_int("local_epochs", self.local_epochs, 0)
 
 
-# None = the caller's retrain schedule. Reasoning in the module docstring ("Schedules").
-SCHEDULES: Mapping[str, Schedule | None] = MappingProxyType({
-    "retrain": None,
-    "warm-start": Schedule(fl_rounds=5, local_epochs=2),
-    "cal-er": Schedule(fl_rounds=8, local_epochs=2),
-    "cal-mir": Schedule(fl_rounds=8, local_epochs=2),
-    "cal-der": Schedule(fl_rounds=8, local_epochs=2),
-    "cal-sd": Schedule(fl_rounds=8, local_epochs=2),
-    "cal-sds2": Schedule(fl_rounds=8, local_epochs=2),
-})
-
-
 def resolve_schedule(mode: str, retrain: Schedule, *, al_round: int) -> Schedule:
     """The schedule of ``mode`` in AL round ``al_round`` (0 = the first training, on the seed set).
 
@@ -253,7 +238,7 @@ def resolve_schedule(mode: str, retrain: Schedule, *, al_round: int) -> Schedule
         raise ValueError(f"retrain must be a Schedule; got {retrain!r}")
     if isinstance(al_round, bool) or not isinstance(al_round, int) or al_round < 0:
         raise ValueError(f"al_round must be an integer >= 0; got {al_round!r}")
-    own = SCHEDULES[mode]
+    own = MODES[mode].schedule
     if own is None or al_round == 0:
         return retrain
     return Schedule(min(own.fl_rounds, retrain.fl_rounds),
@@ -261,7 +246,7 @@ def resolve_schedule(mode: str, retrain: Schedule, *, al_round: int) -> Schedule
 
 
 def _check_mode(mode: str) -> None:
-    if mode not in TRAINING_MODES:
+    if mode not in MODES:
         raise ValueError(f"mode must be one of {TRAINING_MODES}; got {mode!r}")
 
 
@@ -527,20 +512,61 @@ class _ModeSpec:
     # (ctx, logits_new, y_new, logits_replay, y_replay, stored_logits_replay) -> loss
     loss: Callable[..., torch.Tensor]
     needs_logits: bool
+    uses_lambda: bool = False  # the loss weighs current against replay by SD's λ_t (Eq. 5)
 
 
-_CAL: Mapping[str, _ModeSpec] = MappingProxyType({
-    "cal-er": _ModeSpec(_select_uniform, lambda c, ln, yn, lr, yr, z: er_loss(ln, yn, lr, yr),
-                        False),
-    "cal-mir": _ModeSpec(_select_mir, lambda c, ln, yn, lr, yr, z: er_loss(ln, yn, lr, yr),
-                         False),
-    "cal-der": _ModeSpec(_select_uniform, lambda c, ln, yn, lr, yr, z: der_loss(
-        ln, yn, lr, yr, z, alpha=c.hp.der_alpha, beta=c.hp.der_beta), True),
-    "cal-sd": _ModeSpec(_select_uniform, lambda c, ln, yn, lr, yr, z: sd_loss(
-        ln, yn, lr, yr, z, alpha=c.hp.sd_alpha, lam=c.lam), True),
-    "cal-sds2": _ModeSpec(_select_sds2, lambda c, ln, yn, lr, yr, z: sd_loss(
-        ln, yn, lr, yr, z, alpha=c.hp.sd_alpha, lam=c.lam), True),
-})
+@dataclass(frozen=True)
+class TrainingMode:
+    """One ``training-mode``: everything the rest of fedal asks about a mode is declared here,
+    so adding a mode means adding one entry to ``MODES``.
+
+    - ``warm_start``: each AL round starts from the previous global model (False: from the same
+      initial weights f^0, which the server holds).
+    - ``schedule``: FL rounds × local epochs after the first AL round (None: the caller's retrain
+      schedule; reasoning in the module docstring, "Schedules").
+    - ``replay``: the CAL replay selection and loss (None: plain cross-entropy over the client's
+      whole labeled set).
+    - ``config_keys``: run-config keys only this mode reads (none yet: every mode reads the
+      training keys all runs share).
+    """
+
+    name: str
+    warm_start: bool
+    schedule: Schedule | None
+    replay: _ModeSpec | None = None
+    config_keys: tuple[str, ...] = ()
+
+    @property
+    def needs_logits(self) -> bool:
+        """The client stores z', the logits of the global model on its earlier labels."""
+        return self.replay is not None and self.replay.needs_logits
+
+
+_CAL_SCHEDULE = Schedule(fl_rounds=8, local_epochs=2)
+MODES: Mapping[str, TrainingMode] = MappingProxyType({m.name: m for m in (
+    TrainingMode("retrain", warm_start=False, schedule=None),
+    TrainingMode("warm-start", warm_start=True, schedule=Schedule(fl_rounds=5, local_epochs=2)),
+    TrainingMode("cal-er", True, _CAL_SCHEDULE, _ModeSpec(
+        _select_uniform, lambda c, ln, yn, lr, yr, z: er_loss(ln, yn, lr, yr), False)),
+    TrainingMode("cal-mir", True, _CAL_SCHEDULE, _ModeSpec(
+        _select_mir, lambda c, ln, yn, lr, yr, z: er_loss(ln, yn, lr, yr), False)),
+    TrainingMode("cal-der", True, _CAL_SCHEDULE, _ModeSpec(_select_uniform, lambda c, ln, yn, lr, yr, z: der_loss(
+        ln, yn, lr, yr, z, alpha=c.hp.der_alpha, beta=c.hp.der_beta), True)),
+    TrainingMode("cal-sd", True, _CAL_SCHEDULE, _ModeSpec(_select_uniform, lambda c, ln, yn, lr, yr, z: sd_loss(
+        ln, yn, lr, yr, z, alpha=c.hp.sd_alpha, lam=c.lam), True, uses_lambda=True)),
+    TrainingMode("cal-sds2", True, _CAL_SCHEDULE, _ModeSpec(_select_sds2, lambda c, ln, yn, lr, yr, z: sd_loss(
+        ln, yn, lr, yr, z, alpha=c.hp.sd_alpha, lam=c.lam), True, uses_lambda=True)),
+)})
+TRAINING_MODES = tuple(MODES)
+CAL_MODES = tuple(m.name for m in MODES.values() if m.replay is not None)
+# FL rounds × local epochs after the first AL round, by mode (None: the retrain schedule)
+SCHEDULES: Mapping[str, Schedule | None] = MappingProxyType({m.name: m.schedule for m in MODES.values()})
+
+
+def training_mode(name: str) -> TrainingMode:
+    _check_mode(name)
+    return MODES[name]
+
 
 OPTIMIZERS: Mapping[str, Callable[..., torch.optim.Optimizer]] = MappingProxyType({
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
@@ -659,7 +685,7 @@ def train_continual(
     num_classes = _num_classes(model, new_x if n_new else old_x)
     _check_label_range("new", new_y, num_classes)
     _check_label_range("old", old_y, num_classes)
-    spec = _CAL.get(mode)
+    spec = MODES[mode].replay
     if spec is not None and spec.needs_logits and n_old > 0:
         if old_logits is None:
             raise ValueError(f"mode {mode!r} needs old_logits (the stored z' of every old point)")
@@ -680,7 +706,7 @@ def train_continual(
     opt = OPTIMIZERS[optimizer]([p for p in model.parameters() if p.requires_grad], lr)
     stats: dict[str, Any] = dict(
         mode=mode, epochs=epochs, n_new=n_new, n_old=n_old, batch_size=batch_size,
-        lambda_t=lam if mode in ("cal-sd", "cal-sds2") else None, hp=dataclasses.asdict(hp),
+        lambda_t=lam if spec is not None and spec.uses_lambda else None, hp=dataclasses.asdict(hp),
         optimizer=optimizer, lr=float(lr), loss_per_epoch=[], steps=0, samples_trained=0,
         selection_samples=0, replay_draws=0)
     replayed = torch.zeros(n_old, dtype=torch.bool)

@@ -1,13 +1,13 @@
-"""Impact, score and greedy selection by diffusion (SPEC §4–5; paper Eq. 8, 11, 12, Algorithm 1).
+"""Impact, score and greedy selection by diffusion (docs/method.md, "Impact, score, greedy", "Local batch"; paper Eq. 8, 11, 12, Algorithm 1).
 
 One implementation serves both levels:
 
 * client batch (``select_clients``): nodes are clients, features their pseudo-parameter directions
-  m_t (SPEC §2–3), values the mean entropies g, anisotropic weights from the entropy change δ_g;
+  m_t (docs/method.md, "Pseudo-updates", "Client graph"), values the mean entropies g, anisotropic weights from the entropy change δ_g;
 * local batch (``select_points``): nodes are a client's labeled and unlabeled points, features
-  their embeddings or inputs, values the point entropies with 0 on labeled points (SPEC §5).
+  their embeddings or inputs, values the point entropies with 0 on labeled points (docs/method.md, "Local batch").
 
-Closed form of the impact (SPEC §4). The literal Eq. 11 diffuses, for every client z, a copy of g
+Closed form of the impact (docs/method.md, "Impact, score, greedy"). The literal Eq. 11 diffuses, for every client z, a copy of g
 with g_z = 0 and sums the change off z: M·H mat-vecs per greedy step. With 1ᵀL = 0 the diffusion
 preserves mass, which gives v = P^H g − g ⊙ diag(P^H): H sparse mat-vecs per step plus diag(P^H)
 once per round. The normalised Laplacians of the ablation do not preserve mass; for them the same
@@ -15,7 +15,7 @@ algebra with c = (P^H)ᵀ1 gives
 
     v = (1ᵀg − cᵀg)·1 − g ⊙ (1 − c) + P^H g − g ⊙ diag(P^H),
 
-which reduces to the SPEC form when c = 1 and still equals the literal Eq. 11 exactly.
+which reduces to the paper's form when c = 1 and still equals the literal Eq. 11 exactly.
 
 ``literal_impact`` / ``literal_select_clients`` are the per-client loops of Algorithm 1, kept as
 the reference that tests and the benchmark compare the closed form against.
@@ -39,7 +39,7 @@ from fedal.graph import (
     normalize_embeddings,
 )
 
-# Scores within this relative distance of the maximum count as tied (SPEC §4: ties → lower
+# Scores within this relative distance of the maximum count as tied (docs/method.md, "Impact, score, greedy": ties → lower
 # index). Mathematically equal scores can differ in the last bits because sparse sums run in
 # different orders for different nodes; without a tolerance a symmetric configuration would be
 # broken by rounding noise instead of by index.
@@ -79,7 +79,7 @@ def apply_power(P: sp.spmatrix, g: np.ndarray, steps: int) -> np.ndarray:
 
 
 def diag_of_power(P: sp.spmatrix, steps: int, block_rows: int = DIAG_BLOCK_ROWS) -> np.ndarray:
-    """diag(P^H) without forming P^H densely (SPEC §4).
+    """diag(P^H) without forming P^H densely (docs/method.md, "Impact, score, greedy").
 
     diag(P^H)_z = Σ_y (P^a)_{zy} (P^b)_{yz} with a = ⌊H/2⌋, b = H − a, i.e. the row sums of
     P^a[R] ⊙ ((Pᵀ)^b)[R] for a block of rows R. Both factors are built row block by row block
@@ -124,7 +124,7 @@ class _Operator:
         return cls(P, steps, diag_of_power(P, steps), colsum)
 
     def impact(self, g: np.ndarray) -> np.ndarray:
-        """Eq. 11 in closed form (SPEC §4)."""
+        """Eq. 11 in closed form (docs/method.md, "Impact, score, greedy")."""
         v = apply_power(self.P, g, self.steps) - g * self.diag
         if self.colsum is not None:
             c = self.colsum
@@ -134,7 +134,7 @@ class _Operator:
 
 def score(g: np.ndarray, v: np.ndarray) -> np.ndarray:
     """s = g/std(g) + v/std(v) (Eq. 12), population std over all nodes; a term whose std is 0
-    contributes 0 (SPEC §4) instead of NaN."""
+    contributes 0 (docs/method.md, "Impact, score, greedy") instead of NaN."""
     s = np.zeros_like(g)
     for term in (g, v):
         sd = term.std()
@@ -154,7 +154,7 @@ def _pick(s: np.ndarray, available: np.ndarray) -> int:
 
 def _greedy(impact_fn, g: np.ndarray, n: int, eligible: np.ndarray, record: bool = True,
             extra_term=None) -> Selection:
-    """Algorithm 1 lines 6–15 (SPEC §4): impact and score from the current g, pick the maximiser
+    """Algorithm 1 lines 6–15 (docs/method.md, "Impact, score, greedy"): impact and score from the current g, pick the maximiser
     among eligible, not-yet-chosen nodes, set its g to 0; P fixed within the round. Exclusion of
     chosen nodes is explicit: zeroing g alone would not stop a node with large impact from being
     picked again. ``record=False`` keeps only the score of each pick, not the n×N vectors."""
@@ -249,9 +249,9 @@ def client_graph(
     sigma_scope: str = "edges",
     laplacian: str = "unnormalized",
 ) -> tuple[DiffusionGraph, np.ndarray]:
-    """Validated client graph of SPEC §3 and the entropy vector g. ``prev_entropy`` None means
-    the first AL round: δ_g ≡ 0, so γ ≡ 1 (SPEC §2). A client without a previous value should
-    be given its current entropy there (δ_g = 0, SPEC §2); NaN is rejected as bad input."""
+    """Validated client graph of docs/method.md, "Client graph" and the entropy vector g. ``prev_entropy`` None means
+    the first AL round: δ_g ≡ 0, so γ ≡ 1 (docs/method.md, "Pseudo-updates"). A client without a previous value should
+    be given its current entropy there (δ_g = 0, docs/method.md, "Pseudo-updates"); NaN is rejected as bad input."""
     x = normalize_embeddings(embeddings)
     M = x.shape[0]
     g = check_vector(entropy, "entropy", M)
@@ -300,7 +300,7 @@ def select_clients(
     sigma_scope: str = "edges",
     laplacian: str = "unnormalized",
 ) -> Selection:
-    """Client batch of n clients by Algorithm 1 (SPEC §3–4).
+    """Client batch of n clients by Algorithm 1 (docs/method.md, "Client graph", "Impact, score, greedy").
 
     embeddings (M, d) or (M, T, d): pseudo-parameter directions m_t (rows normalised here);
     entropy (M,): g; prev_entropy (M,) or None: g of the previous round (δ_g = g − prev);
@@ -339,7 +339,7 @@ def select_points(
     steps: int = 5,
     return_scores: bool = False,
 ):
-    """Local batch of n unlabeled points (SPEC §5): indices into ``features``.
+    """Local batch of n unlabeled points (docs/method.md, "Local batch"): indices into ``features``.
 
     features (N, d): embeddings or flattened inputs, used as they are (the paper's ‖x_i − x_j‖);
     entropy (N,): k(x); labeled: boolean mask or index array of labeled nodes, which carry 0

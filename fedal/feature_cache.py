@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -28,6 +27,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 from torch import nn
+
+from fedal.atomic import write_atomic as _atomic_write
 
 from fedal.devices import resolve_device
 
@@ -173,17 +174,6 @@ def _canonical(key: Mapping) -> str:
     return json.dumps(key, sort_keys=True, separators=(",", ":"), allow_nan=False, default=default)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class FeatureCache:

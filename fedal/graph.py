@@ -1,4 +1,4 @@
-"""Mutual-kNN graphs, Gaussian weights, anisotropy and Laplacians (SPEC §3, §5; paper Eq. 5–10, 13).
+"""Mutual-kNN graphs, Gaussian weights, anisotropy and Laplacians (docs/method.md, "Client graph", "Local batch"; paper Eq. 5–10, 13).
 
 Pure numpy/scipy. Memory is O(n·K) plus one block of fixed size: the kNN search visits all n²
 pairs, but in row blocks bounded by ``BLOCK_BYTES``, so no n×n matrix is ever held, and the graph
@@ -6,11 +6,11 @@ itself is a sparse edge list.
 
 Exact kNN with canonical ties
 -----------------------------
-SPEC §3 breaks distance ties by the lower index. Floating point makes "equal distance" fragile
+docs/method.md, "Client graph" breaks distance ties by the lower index. Floating point makes "equal distance" fragile
 (two mathematically equal distances computed in different orders can differ in the last bit), so
 the distance that defines the graph is canonical:
 
-* q(z, y) is computed by difference, mean over t of ‖m_t(z) − m_t(y)‖ in float64 (Eq. 5, SPEC §3).
+* q(z, y) is computed by difference, mean over t of ‖m_t(z) − m_t(y)‖ in float64 (Eq. 5, docs/method.md, "Client graph").
   It is exactly symmetric (x − y is the exact negation of y − x).
 * Two distances are tied when they agree after rounding to a grid of ``2^-36 × scale`` (``scale``
   bounds every distance of the point set), i.e. ~1e-11 relative: far above float64 noise, far
@@ -95,8 +95,8 @@ def check_points(value, name: str, allow_epochs: bool) -> np.ndarray:
 def normalize_embeddings(embeddings) -> np.ndarray:
     """(M, d) or (M, T, d) → (M, T, d) with every m_t(z) scaled to unit norm.
 
-    SPEC §2 sends m_t = d_t/‖d_t‖; normalising again here makes the graph independent of how a
-    caller scaled them. Zero vectors (‖d_t‖ = 0) stay zero, as SPEC §2 prescribes."""
+    docs/method.md, "Pseudo-updates" sends m_t = d_t/‖d_t‖; normalising again here makes the graph independent of how a
+    caller scaled them. Zero vectors (‖d_t‖ = 0) stay zero, as docs/method.md, "Pseudo-updates" prescribes."""
     x = check_points(embeddings, "embeddings", allow_epochs=True)
     norms = np.linalg.norm(x, axis=2, keepdims=True)
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
@@ -557,15 +557,15 @@ class Edges:
 
 
 def mutual_knn(x: np.ndarray, k: int, **kw) -> Edges:
-    """Mutual kNN graph (Eq. 13, SPEC §3): edge z–y iff each is among the other's K nearest.
+    """Mutual kNN graph (Eq. 13, docs/method.md, "Client graph"): edge z–y iff each is among the other's K nearest.
 
-    Nodes with no mutual neighbour stay isolated (SPEC §3: they get zero impact by design)."""
+    Nodes with no mutual neighbour stay isolated (docs/method.md, "Client graph": they get zero impact by design)."""
     x = x if x.ndim == 3 else x[:, None, :]
     return _mutual_from_knn(knn(x, k, **kw), x.shape[0])
 
 
 def sigma_w2(x: np.ndarray, edges: Edges, scope: str) -> float:
-    """σ_w² of Eq. 9 (SPEC §3): mean q² over the graph's edges, or over all pairs z < y.
+    """σ_w² of Eq. 9 (docs/method.md, "Client graph"): mean q² over the graph's edges, or over all pairs z < y.
 
     "all" for T = 1 uses Σ_{z<y}‖x_z − x_y‖² = n·Σ‖x_z‖² − ‖Σx_z‖² (no pair loop); for T > 1, where
     q is a mean of norms, the pairs are visited in row blocks (O(n²) time, O(block·n) memory)."""
@@ -595,7 +595,7 @@ def gaussian_weights(q: np.ndarray, s2: float) -> np.ndarray:
 
 
 def anisotropy(delta_g: np.ndarray, edges: Edges, rho: float, scope: str) -> tuple[np.ndarray, float]:
-    """γ on edges (Eq. 10) and σ_γ² = mean((δ_g(z) − δ_g(y))²)/ρ over the scope (SPEC §3).
+    """γ on edges (Eq. 10) and σ_γ² = mean((δ_g(z) − δ_g(y))²)/ρ over the scope (docs/method.md, "Client graph").
 
     ρ = 0 or a zero mean means γ ≡ 1 (σ_γ² reported as inf). Written as exp(−ρ·Δ²/mean) so that
     ρ = 0 needs no division by zero."""
@@ -659,7 +659,7 @@ def diffusion_operator(L: sp.csr_matrix, delta) -> sp.csr_matrix:
 
 @dataclass(frozen=True)
 class DiffusionGraph:
-    """Everything a selection round needs from the graph (SPEC §3): the Laplacian L^γ, the
+    """Everything a selection round needs from the graph (docs/method.md, "Client graph"): the Laplacian L^γ, the
     diffusion operator P and the scales that produced them (reported, useful for diagnostics)."""
 
     edges: Edges
@@ -673,7 +673,7 @@ class DiffusionGraph:
 
     @property
     def mass_preserving(self) -> bool:
-        """1ᵀL = 0 only for the unnormalised Laplacian (SPEC §4 closed form relies on it)."""
+        """1ᵀL = 0 only for the unnormalised Laplacian (docs/method.md, "Impact, score, greedy" closed form relies on it)."""
         return self.laplacian == "unnormalized"
 
 

@@ -4,9 +4,9 @@ The paper (seeds/001, §5) puts three fully connected layers of 200 units and a 
 on top of its backbone. Every model here exposes:
 - ``forward(x)``: logits;
 - ``embed(x)``: the penultimate activations (input of the final linear layer), used by local
-  diffusion (SPEC §5, ``local-space = "embedding"``), BADGE, coreset, MASE/BASE;
+  diffusion (docs/method.md, "Local batch", ``local-space = "embedding"``), BADGE, coreset, MASE/BASE;
 - ``backbone`` / ``head`` submodules, and ``head.classifier`` (the final ``nn.Linear``), so that
-  pseudo-parameters can cover the head only (SPEC §2 ``pseudo-params = "head"``) and a frozen
+  pseudo-parameters can cover the head only (docs/method.md, "Pseudo-updates" ``pseudo-params = "head"``) and a frozen
   backbone can be cached.
 """
 

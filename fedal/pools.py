@@ -1,4 +1,4 @@
-"""A client's labeled and unlabeled pools (SPEC §1).
+"""A client's labeled and unlabeled pools (docs/method.md, "Protocol").
 
 The labeled pool L_z is the set of local indices an oracle has labeled, with the labels it
 returned (and, for the continual-training modes, the model's logits at labeling time). The
@@ -10,13 +10,13 @@ only in SuperNode memory and is lost on restart) and restored from it, with corr
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from fedal.atomic import write_atomic
 
 
 class PoolError(ValueError):
@@ -115,12 +115,7 @@ class Pools:
         path.parent.mkdir(parents=True, exist_ok=True)
         body = json.dumps(self.to_dict(), sort_keys=True)
         payload = json.dumps({"crc32": zlib.crc32(body.encode()), "pools": json.loads(body)})
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, payload)
 
     @classmethod
     def load(cls, path: str | Path) -> "Pools":

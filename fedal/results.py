@@ -4,21 +4,11 @@ and a summary once the run completes (reports read only these files)."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode())
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+from fedal.atomic import write_atomic
 
 
 class RunRecorder:
@@ -31,7 +21,7 @@ class RunRecorder:
         # client pools live with the clients of that run)
         for name in ("rounds.jsonl", "summary.json", "q.npz"):
             (self.dir / name).unlink(missing_ok=True)
-        _atomic_write(self.dir / "config.json", json.dumps(config, indent=2, sort_keys=True))
+        write_atomic(self.dir / "config.json", json.dumps(config, indent=2, sort_keys=True))
         self.rows: list[dict[str, Any]] = []
         self.arrays: dict[str, Any] = {}
 
@@ -51,7 +41,7 @@ class RunRecorder:
         self.arrays.update(arrays)
         buf = io.BytesIO()
         np.savez_compressed(buf, **self.arrays)
-        _atomic_write_bytes(self.dir / "q.npz", buf.getvalue())
+        write_atomic(self.dir / "q.npz", buf.getvalue())
 
     def finish(self, summary: dict[str, Any]) -> None:
-        _atomic_write(self.dir / "summary.json", json.dumps({"completed": True, **summary}, indent=2))
+        write_atomic(self.dir / "summary.json", json.dumps({"completed": True, **summary}, indent=2))

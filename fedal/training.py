@@ -1,4 +1,4 @@
-"""Local training, prediction and pseudo-parameter updates (SPEC §1-2), in plain PyTorch.
+"""Local training, prediction and pseudo-parameter updates (docs/method.md, "Protocol", "Pseudo-updates"), in plain PyTorch.
 
 Everything here runs on a client (or on the server for the central test set) and takes arrays,
 so it is testable without Flower. Determinism: every function that draws randomness takes a
@@ -39,7 +39,7 @@ def load_small_backbone(bb: nn.Module, path: str) -> nn.Module:
 
 def build_model(dataset: str, input_shape: tuple[int, ...], num_classes: int, backbone: str = "auto",
                 backbone_weights: str = "", seed: int = 0, freeze_backbone: bool = False) -> FedALModel:
-    """The same seed gives the same initial weights on every machine (retrain's f^0, SPEC §1).
+    """The same seed gives the same initial weights on every machine (retrain's f^0, docs/method.md, "Protocol").
 
     ``freeze_backbone``: the model is the head alone on cached backbone features (issue #5), so
     ``input_shape`` is then the feature shape (out_dim,).
@@ -146,7 +146,7 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 2
 
 
 def pseudo_param_names(model: FedALModel, scope: str) -> list[str]:
-    """Which parameters form the pseudo-parameter vector (SPEC §2 ``pseudo-params``)."""
+    """Which parameters form the pseudo-parameter vector (docs/method.md, "Pseudo-updates" ``pseudo-params``)."""
     if scope == "all":
         return [n for n, p in model.named_parameters() if p.requires_grad]
     if scope == "head":

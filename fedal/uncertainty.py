@@ -1,4 +1,4 @@
-"""Uncertainty measures on class-probability arrays (SPEC §2, §6).
+"""Uncertainty measures on class-probability arrays (docs/method.md, "Pseudo-updates", "Baselines and training modes").
 
 Every function takes an (n, C) array of probabilities and returns a length-n array in which a
 larger value means a more uncertain prediction, so that any of them can feed the same
@@ -22,7 +22,7 @@ def _check_probs(probs) -> np.ndarray:
 
 
 def entropy(probs) -> np.ndarray:
-    """Shannon entropy −Σ p log p with the natural log (SPEC §2); 0·log 0 is taken as 0."""
+    """Shannon entropy −Σ p log p with the natural log (docs/method.md, "Pseudo-updates"); 0·log 0 is taken as 0."""
     p = _check_probs(probs)
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, p * np.log(p), 0.0)

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedal.config import GRAPH_CLIENT_STRATEGIES, Config, ConfigError, experiment_hash
+from fedal.config import TRAINING_MODES, Config, ConfigError, experiment_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ class Method:
 
 
 # The paper's comparison (seeds/001 §5, Fig. 3, Table 1) plus LoGo and BASE (issue #4).
-# "Hybrid" is our reading of F-AL (top c·W by entropy, then k-center diversity; SPEC §6).
+# "Hybrid" is our reading of F-AL (top c·W by entropy, then k-center diversity; docs/method.md, "Baselines and training modes").
 PAPER_METHODS = (
     Method("Rand", {"client-strategy": "random", "point-strategy": "random"}),
     Method("Rand+Ent", {"client-strategy": "random", "point-strategy": "entropy"}),
@@ -66,7 +66,7 @@ ABLATION_METHODS = (
 # training, and a suite of 7 modes × 3 seeds fits in about an hour on 2 cores.
 TRAINING_MODE_METHODS = tuple(
     Method(mode, {"client-strategy": "entropy", "point-strategy": "entropy", "training-mode": mode})
-    for mode in ("retrain", "warm-start", "cal-er", "cal-mir", "cal-der", "cal-sd", "cal-sds2")
+    for mode in TRAINING_MODES
 )
 
 
@@ -89,9 +89,9 @@ def _vision(name: str, dataset: str, partition: str, clients: int = 100, budget:
                  base, PAPER_METHODS, clients=clients, needs_data=True)
 
 
-# How the method comparisons on MNIST-1D train: warm start (SPEC §6), the same for every method.
+# How the method comparisons on MNIST-1D train: warm start (docs/method.md, "Baselines and training modes"), the same for every method.
 # Measured in the training-modes suite (reports/mnist1d-training-modes): under Dirichlet α=0.1 the
-# SPEC default ``retrain`` (15 FL rounds × 2 epochs from f^0 each AL round) ends at 39% accuracy,
+# the paper's default ``retrain`` (15 FL rounds × 2 epochs from f^0 each AL round) ends at 39% accuracy,
 # still far from converged, while warm start reaches 70% at 3.7× less training time. A comparison
 # of selection methods on an undertrained learner measures training noise more than selection,
 # and would cost ~4× the CPU. The literal-default suite stays available as ``*-retrain``.
@@ -135,7 +135,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
           {**MNIST1D_SHARD, **COMPARISON_TRAINING, **PRETRAINED}, GEOMETRY_METHODS),
     Suite("mnist1d-probe", "the probe's optimiser (gd vs adam): alignment of q with true class mixes, Dirichlet α=0.1",
           {**MNIST1D_DIRICHLET, **COMPARISON_TRAINING}, PROBE_METHODS, seeds=(0, 1)),
-    Suite("mnist1d-dirichlet-retrain", "as mnist1d-dirichlet with SPEC's default retrain (about 4× the CPU)",
+    Suite("mnist1d-dirichlet-retrain", "as mnist1d-dirichlet with the paper's default retrain (about 4× the CPU)",
           MNIST1D_DIRICHLET, PAPER_METHODS),
     Suite("mnist1d-ablations", "ablations of the paper's method on MNIST-1D, Dirichlet α=0.1, warm-start training",
           {**MNIST1D_DIRICHLET, **COMPARISON_TRAINING}, ABLATION_METHODS),
@@ -219,13 +219,19 @@ def finished_runs(results: Path) -> dict[str, list[Path]]:
     return index
 
 
+def _uses_client_graph(name) -> bool:
+    from strategies import client_selection
+
+    return name in client_selection.available() and client_selection.get(name).needs_pseudo_updates
+
+
 def _identity(run_dir: Path) -> str:
     """``<experiment hash>-s<seed>`` of a finished run, from its config.json (the directory name
     if that cannot be read)."""
     try:
         meta = json.loads((run_dir / "config.json").read_text())
         rc = meta["config"]
-        if rc.get("client-strategy") in GRAPH_CLIENT_STRATEGIES and "pseudo-optimizer" not in rc:
+        if _uses_client_graph(rc.get("client-strategy")) and "pseudo-optimizer" not in rc:
             # a client-graph run from before the revised probe (one probe after training, exhausted
             # clients in the graph): no configuration today reproduces it
             return f"{run_dir.name}-before-revised-probe"

@@ -587,7 +587,7 @@ def speedups(times: Table, reference: str) -> dict[str, dict[int, float]]:
 
 @dataclass(frozen=True)
 class MatchedSpeedup:
-    """SPEC §6's speedup at matched accuracy for one group (None where the target is never met)."""
+    """The speedup at matched accuracy (docs/method.md, "Baselines and training modes") for one group (None where the target is never met)."""
 
     target: float  # the reference group's mean accuracy at its largest budget
     budget: int | None  # first budget whose mean accuracy reaches the target
@@ -600,7 +600,7 @@ def matched_speedups(acc: Table, times: Table, reference: str) -> dict[str, Matc
     ``reference``, and the speedup = reference's time to reach it / the group's.
 
     The per-budget speedup compares equal label counts; this compares equal accuracy, which is
-    what SPEC §6 calls the speedup. The reference reaches its own target at the latest at its
+    what docs/method.md, "Baselines and training modes" calls the speedup. The reference reaches its own target at the latest at its
     last budget (earlier if its curve is not monotone)."""
 
     def first(g: str, target: float) -> tuple[int | None, float | None]:

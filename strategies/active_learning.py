@@ -1,4 +1,4 @@
-"""The federated active-learning loop of SPEC §1, driven by the ServerApp.
+"""The federated active-learning loop of docs/method.md, "Protocol", driven by the ServerApp.
 
 One AL round: train (FedAvg over labeled clients) → evaluate (central test set) → probe (client
 statistics) → choose (client strategy, pure) → acquire (chosen clients pick and label points) →
@@ -20,8 +20,8 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedal.config import Config
 from fedal.training import evaluate
-from strategies.client_selection import (NEEDS_EMBEDDINGS, NEEDS_PREDICTED_MIX, ClientStats,
-                                         DiffusionParams, allocate_budget, plan_round)
+from strategies import client_selection
+from strategies.client_selection import ClientStats, allocate_budget, plan_round
 
 
 class ClientFailure(RuntimeError):
@@ -55,10 +55,11 @@ class FederatedActiveLearning:
         self.log = log
         self.timeout = timeout
         self.rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
-        # client-impact = false is the "no impact term" ablation: H = 0 makes v ≡ 0
-        self.diffusion = DiffusionParams(cfg.knn_k, cfg.rho, cfg.delta,
-                                         cfg.diffusion_steps if cfg.client_impact else 0,
-                                         cfg.sigma_scope, cfg.laplacian, cfg.points_per_client)
+        from fedal.continual import training_mode
+
+        self.strategy = client_selection.get(cfg.client_strategy)
+        self.mode = training_mode(cfg.training_mode)
+        self.diffusion = self.strategy.params(cfg)
 
     # ------------------------------------------------------------------ messaging helpers
     def _send(self, kind: str, targets: Iterable[ClientInfo], config: dict,
@@ -115,9 +116,9 @@ class FederatedActiveLearning:
         # continual modes train fewer FL rounds after the first AL round (fedal.continual.SCHEDULES)
         sched = resolve_schedule(self.cfg.training_mode, Schedule(self.cfg.fl_rounds, self.cfg.local_epochs),
                                  al_round=al_round)
-        need = NEEDS_EMBEDDINGS[self.cfg.client_strategy]
+        need = self.strategy.needs_pseudo_updates
         probed: list[int] = []
-        if probe_round is not None and self.cfg.client_strategy != "random":
+        if probe_round is not None and self.strategy.probes:
             probed = recorded_rounds(sched.fl_rounds) if need else [sched.fl_rounds]
             # one projection per AL round, the same on every client and recorded round
             sketch_seed = int(self.rng.integers(2**31))
@@ -133,7 +134,7 @@ class FederatedActiveLearning:
                 live = [c for c in state.clients.values() if c.n_unlabeled > 0]
                 replies.append(self._send("query.probe", live, {
                     "al-round": probe_round, "fl-round": fl_round, "need-embeddings": need,
-                    "need-mix": NEEDS_PREDICTED_MIX[self.cfg.client_strategy],
+                    "need-mix": self.strategy.needs_predicted_mix,
                     "sketch-seed": sketch_seed}, arrays))
                 probe_time += time.perf_counter() - t
         return arrays, replies, probe_time
@@ -164,14 +165,14 @@ class FederatedActiveLearning:
         prev = np.array([state.prev_entropy.get(p, np.nan) for p in pids])
         state.prev_entropy.update({p: float(last[p]["metrics"]["g"]) for p in last})
         emb = mix = None
-        if NEEDS_EMBEDDINGS[self.cfg.client_strategy]:
+        if self.strategy.needs_pseudo_updates:
             dim = next(iter(last.values()))["pseudo"]["m"].numpy().shape[-1]
             emb = np.zeros((len(pids), len(rounds), dim))  # rows of unprobed (|U| = 0) clients stay 0
             for t, by_pid in enumerate(rounds):
                 for z, p in enumerate(pids):
                     if p in by_pid:
                         emb[z, t] = by_pid[p]["pseudo"]["m"].numpy().reshape(-1)
-        if NEEDS_PREDICTED_MIX[self.cfg.client_strategy]:
+        if self.strategy.needs_predicted_mix:
             mix = np.zeros((len(pids), self.num_classes))
             for z, p in enumerate(pids):
                 if p in last:
@@ -208,7 +209,7 @@ class FederatedActiveLearning:
                  f"{cfg.point_strategy} seed={cfg.seed}")
 
         initial = ArrayRecord(self.model_fn().state_dict())  # f^0: the same weights each retrain
-        # Round 0 (SPEC §1): init-clients random clients, init-points random labels each
+        # Round 0 (docs/method.md, "Protocol"): init-clients random clients, init-points random labels each
         n_u = np.array([state.clients[p].n_unlabeled for p in pids])
         order0 = self.rng.permutation(np.flatnonzero(n_u > 0))
         plan0 = allocate_budget(order0, n_u, cfg.init_points, cfg.init_clients)
@@ -223,7 +224,7 @@ class FederatedActiveLearning:
             if r == 0:
                 times["acquire_initial"] = t_acq0
             t = time.perf_counter()
-            start = initial if cfg.training_mode == "retrain" else arrays
+            start = arrays if self.mode.warm_start else initial
             state.labeled_per_class = labeled_per_class
             arrays, probes, times["probe"] = self.train(state, start, r, r + 1 if r < cfg.al_rounds else None)
             times["train"] = time.perf_counter() - t - times["probe"]

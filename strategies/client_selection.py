@@ -1,7 +1,7 @@
-"""Server-side client selection (SPEC §4, §6): pure functions over one round's client statistics.
+"""Server-side client selection (docs/method.md, "Impact, score, greedy", "Baselines and training modes"): pure functions over one round's client statistics.
 
 Every strategy returns an *ordering* of the eligible clients, best first; ``allocate_budget``
-then walks that order to spend exactly V·W labels (SPEC §1 "equal budgets with top-up"). Asking
+then walks that order to spend exactly V·W labels (docs/method.md, "Protocol" "equal budgets with top-up"). Asking
 a strategy for the whole order is cheap (M is the number of clients) and lets a client that
 runs out of unlabeled points hand its share to the next-best client.
 """
@@ -9,7 +9,7 @@ runs out of unlabeled points hand its share to the next-best client.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -46,14 +46,83 @@ class DiffusionParams:
     points_per_client: int = 200  # W: how far a pick moves the projected class counts (balanced)
 
 
+@dataclass(frozen=True)
+class ClientStrategy:
+    """A ``client-strategy``: its ordering function and what it needs, declared once here so
+    that the server loop, the clients' probe and the config ask the entry, never the name.
+
+    - ``probes``: reads g (mean entropy over U_z) from a probe after training; False: needs only
+      |U_z|, which the server tracks from acquire replies (no probe message at all).
+    - ``needs_pseudo_updates``: reads the client graph built from pseudo-parameter updates m_t,
+      taken after each of the last ⌈T/4⌉ FL rounds.
+    - ``needs_predicted_mix``: reads each client's mean prediction over U_z (C numbers).
+    - ``needs_label_histogram``: reads the labeled set's class counts, which clients report only
+      with ``report-label-histogram = true``.
+    - ``config_keys``: run-config keys it reads; keys that no strategy of a run reads stay out of
+      the run's hash (``fedal.config.experiment_key``).
+    - ``params``: builds the strategy's parameters from a ``fedal.config.Config``.
+    """
+
+    name: str
+    order: Callable[..., np.ndarray]
+    probes: bool = True
+    needs_pseudo_updates: bool = False
+    needs_predicted_mix: bool = False
+    needs_label_histogram: bool = False
+    config_keys: tuple[str, ...] = ()
+    params: Callable[[Any], Any] = lambda cfg: DiffusionParams()
+
+
+_REGISTRY: dict[str, ClientStrategy] = {}
+
+
+def register(name: str, **declared: Any) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
+    """Decorator adding an ordering function to the registry as client strategy ``name``."""
+
+    def add(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        if name in _REGISTRY:
+            raise ValueError(f"client strategy {name!r} is registered twice")
+        _REGISTRY[name] = ClientStrategy(name, fn, **declared)
+        return fn
+
+    return add
+
+
+def available() -> tuple[str, ...]:
+    """Registered client strategies, in registration order (the order shown to users)."""
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> ClientStrategy:
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"client-strategy = {name!r} is not valid; valid values: {', '.join(_REGISTRY)}") from None
+
+
+def diffusion_params(cfg) -> DiffusionParams:
+    # client-impact = false is the "no impact term" ablation: H = 0 makes v ≡ 0
+    return DiffusionParams(cfg.knn_k, cfg.rho, cfg.delta, cfg.diffusion_steps if cfg.client_impact else 0,
+                           cfg.sigma_scope, cfg.laplacian, cfg.points_per_client)
+
+
+# what the client graph reads: the probe's pseudo-update settings, the graph and the diffusion
+CLIENT_GRAPH_KEYS = ("pseudo-optimizer", "pseudo-epochs", "pseudo-lr", "pseudo-params", "sketch-dim",
+                     "knn-k", "rho", "sigma-scope", "laplacian", "client-impact", "delta",
+                     "diffusion-steps")
+_GRAPH = dict(needs_pseudo_updates=True, config_keys=CLIENT_GRAPH_KEYS, params=diffusion_params)
+
+
+@register("random", probes=False)
 def random_order(stats: ClientStats, rng: np.random.Generator, params: DiffusionParams,
-                 n: int | None = None) -> np.ndarray:
+                 n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     elig = np.flatnonzero(stats.eligible)
     return rng.permutation(elig)
 
 
+@register("entropy")
 def entropy_order(stats: ClientStats, rng: np.random.Generator, params: DiffusionParams,
-                  n: int | None = None) -> np.ndarray:
+                  n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     """Highest mean entropy first (the paper's Ent client baseline); ties → lower index."""
     elig = np.flatnonzero(stats.eligible)
     return elig[np.lexsort((elig, -stats.entropy[elig]))]
@@ -119,6 +188,7 @@ def _graph_nodes(stats: ClientStats) -> np.ndarray:
     return np.flatnonzero(stats.n_unlabeled > 0)
 
 
+@register("diffusion", **_GRAPH)
 def diffusion_order(stats: ClientStats, rng: np.random.Generator, params: DiffusionParams,
                     n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     """Greedy impact + uncertainty selection (Algorithm 1) over the mutual-kNN client graph.
@@ -130,6 +200,7 @@ def diffusion_order(stats: ClientStats, rng: np.random.Generator, params: Diffus
     return _diffusion(stats, params, n, diagnostics, balance=False)
 
 
+@register("balanced-diffusion", **_GRAPH, needs_predicted_mix=True, needs_label_histogram=True)
 def balanced_diffusion_order(stats: ClientStats, rng: np.random.Generator, params: DiffusionParams,
                              n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     """Diffusion with a class-balance term (fedal's own variant, docs/method.md, "Balanced
@@ -161,7 +232,7 @@ def _diffusion(stats: ClientStats, params: DiffusionParams, n: int | None, diagn
     g = np.asarray(stats.entropy, dtype=np.float64)[nodes]
     prev = stats.prev_entropy
     if prev is not None:
-        # δ_g is undefined for a client without a previous value (SPEC §2): treat its δ as 0
+        # δ_g is undefined for a client without a previous value (docs/method.md, "Pseudo-updates"): treat its δ as 0
         prev = np.where(np.isnan(prev), stats.entropy, prev)[nodes]
     k = min(params.k, len(nodes) - 1)
     if k < 1:  # a single client: nothing to diffuse over
@@ -176,7 +247,7 @@ def _diffusion(stats: ClientStats, params: DiffusionParams, n: int | None, diagn
                              "labeled set's class counts")
         mix = np.asarray(stats.predicted_mix, dtype=np.float64)[nodes]
         counts = np.asarray(stats.labeled_per_class, dtype=np.float64)
-        # labels each graph client would give if picked: W, or all it has (SPEC §1 top-up)
+        # labels each graph client would give if picked: W, or all it has (docs/method.md, "Protocol" top-up)
         gives = np.minimum(stats.n_unlabeled[nodes], params.points_per_client).astype(np.float64)
 
         def extra(picked: np.ndarray) -> np.ndarray:
@@ -194,37 +265,18 @@ def _diffusion(stats: ClientStats, params: DiffusionParams, n: int | None, diagn
     return nodes[np.asarray(sel.order, dtype=np.int64)]
 
 
-CLIENT_STRATEGIES: dict[str, Callable[..., np.ndarray]] = {
-    "random": random_order,
-    "entropy": entropy_order,
-    "diffusion": diffusion_order,
-    "balanced-diffusion": balanced_diffusion_order,
-}
-
-# which strategies need the costly pseudo-parameter probe (SPEC §2) and which only g / |U|
-NEEDS_EMBEDDINGS = {"random": False, "entropy": False, "diffusion": True, "balanced-diffusion": True}
-# which need each client's mean prediction over U (an aggregate of model outputs, C numbers)
-NEEDS_PREDICTED_MIX = {"random": False, "entropy": False, "diffusion": False, "balanced-diffusion": True}
-
-
 def order_clients(name: str, stats: ClientStats, rng: np.random.Generator,
                   params: DiffusionParams = DiffusionParams(), n: int | None = None,
                   diagnostics: dict | None = None) -> np.ndarray:
     """Eligible clients, best first: at least the first ``n`` (random and entropy always return
     the whole order, which is cheap; diffusion returns exactly ``n`` picks). Strategies with a
     client graph put its diagnostics into ``diagnostics``."""
-    try:
-        fn = CLIENT_STRATEGIES[name]
-    except KeyError:
-        raise ValueError(f"client-strategy = {name!r} is not valid; valid values: {', '.join(CLIENT_STRATEGIES)}") from None
-    if NEEDS_EMBEDDINGS[name]:
-        return fn(stats, rng, params, n, diagnostics)
-    return fn(stats, rng, params, n)
+    return get(name).order(stats, rng, params, n, diagnostics)
 
 
 def plan_round(name: str, stats: ClientStats, rng: np.random.Generator, params: DiffusionParams,
                per_client: int, clients: int, diagnostics: dict | None = None) -> list[tuple[int, int]]:
-    """Client batch with equal-budget top-up (SPEC §1): ask the strategy for V clients and, only
+    """Client batch with equal-budget top-up (docs/method.md, "Protocol"): ask the strategy for V clients and, only
     if some of them hold fewer than W points, for more (doubling). The greedy's first n picks do
     not depend on n, so asking again for more extends the same order."""
     n_elig = int(stats.eligible.sum())
@@ -238,7 +290,7 @@ def plan_round(name: str, stats: ClientStats, rng: np.random.Generator, params: 
 
 
 def allocate_budget(order, n_unlabeled, per_client: int, clients: int) -> list[tuple[int, int]]:
-    """Walk ``order`` and give each client min(W, |U_z|) until V·W labels are assigned (SPEC §1).
+    """Walk ``order`` and give each client min(W, |U_z|) until V·W labels are assigned (docs/method.md, "Protocol").
 
     Returns (client index, number of points) pairs. If the eligible clients together hold less
     than V·W unlabeled points, everything they hold is assigned (the data has run out).

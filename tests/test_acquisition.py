@@ -399,7 +399,7 @@ def test_diffusion_wraps_select_points_on_global_entropy():
     D = pytest.importorskip("fedal.diffusion")
     v = random_view(n=80, n_labeled=15, seed=2)
     k = entropy(v.probs)
-    k[v.labeled] = 0.0  # SPEC §5: labeled nodes carry 0
+    k[v.labeled] = 0.0  # docs/method.md, "Local batch": labeled nodes carry 0
     ref = D.select_points(v.embeddings, k, v.labeled, n=6, k=5, return_scores=True)
     sel = select("diffusion", v, 6, k=5)
     np.testing.assert_array_equal(sel.indices, ref.order)

@@ -1,4 +1,4 @@
-"""Continual-AL training modes (fedal/continual.py; seeds/002 Eq. 1–6, SPEC §6)."""
+"""Continual-AL training modes (fedal/continual.py; seeds/002 Eq. 1–6, docs/method.md, "Baselines and training modes")."""
 
 import copy
 import math

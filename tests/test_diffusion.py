@@ -1,4 +1,4 @@
-"""Impact, score and greedy selection (SPEC §4–5): closed form against the literal Algorithm 1."""
+"""Impact, score and greedy selection (docs/method.md, "Impact, score, greedy", "Local batch"): closed form against the literal Algorithm 1."""
 
 import tracemalloc
 
@@ -299,7 +299,7 @@ def test_bad_point_inputs():
 
 
 # --------------------------------------------------------------------------------------------
-# local batch (SPEC §5)
+# local batch (docs/method.md, "Local batch")
 # --------------------------------------------------------------------------------------------
 def test_select_points_equals_literal_on_its_graph_and_labeled_carry_zero():
     rng = np.random.default_rng(17)

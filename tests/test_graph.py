@@ -1,4 +1,4 @@
-"""Mutual kNN graph, weights, anisotropy and Laplacians (SPEC §3, §5)."""
+"""Mutual kNN graph, weights, anisotropy and Laplacians (docs/method.md, "Client graph", "Local batch")."""
 
 import tracemalloc
 

@@ -313,3 +313,19 @@ def test_exclude_initial_budget_from_counts(toy_root, tmp_path):
     md = R.write_report(toy_root, tmp_path / "o", exclude_initial=True, command="CMD").read_text()
     assert "| Better | 4 / 0 | 0 | 0 | 4 | 4 / 0 (of 4) |" in md
     assert "The initial budget (round 0" in md
+
+
+def test_significance_uses_students_pooled_test_not_welchs():
+    # unequal sizes and variances: here Student's and Welch's t differ (with equal sizes they
+    # coincide, which is how a switch to Welch once went unnoticed)
+    a = R.Cell(seeds=(0, 1, 2, 3, 4), values=(0.60, 0.61, 0.62, 0.60, 0.61))
+    b = R.Cell(seeds=(5, 6, 7), values=(0.50, 0.58, 0.40))
+    c = R.compare_cells(a, b, alpha=0.05)
+    from scipy import stats
+
+    na, nb = 5, 3
+    sp2 = ((na - 1) * np.var(a.values, ddof=1) + (nb - 1) * np.var(b.values, ddof=1)) / (na + nb - 2)
+    t = (np.mean(a.values) - np.mean(b.values)) / math.sqrt(sp2 * (1 / na + 1 / nb))
+    p = 2 * stats.t.sf(abs(t), na + nb - 2)
+    assert c.t == pytest.approx(t) and c.p == pytest.approx(p)
+    assert c.verdict == "better"  # Welch's test (p ≈ 0.12) would call it a tie

@@ -33,6 +33,13 @@ def test_same_seed_same_initial_model_and_training():
     la = train_local(a, x, y, epochs=2, batch_size=16, lr=3e-3, seed=1)
     lb = train_local(b, x, y, epochs=2, batch_size=16, lr=3e-3, seed=1)
     assert la == lb
+    # the trained models themselves, not only their losses, and training did move them
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    init = build_model("mnist1d", (40,), 3, seed=5)
+    assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), init.state_dict().values()))
+    c = build_model("mnist1d", (40,), 3, seed=5)
+    train_local(c, x, y, epochs=2, batch_size=16, lr=3e-3, seed=2)  # another batch order
+    assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
 
 
 def test_training_learns_a_separable_toy_problem():

@@ -1,4 +1,4 @@
-"""Point (within-client) acquisition strategies behind one interface (SPEC §5, §6).
+"""Point (within-client) acquisition strategies behind one interface (docs/method.md, "Local batch", "Baselines and training modes").
 
     from fedal import acquisition
     strategy = acquisition.get("badge")                 # or get("hybrid", c=10), …
@@ -16,8 +16,10 @@ from .base import (
     Selection,
     Strategy,
     available,
+    from_config,
     get,
     register,
+    strategy_class,
 )
 from . import ranking, boundary, diversity, logo, local_diffusion  # noqa: E402,F401  (registration)
 
@@ -27,6 +29,8 @@ __all__ = [
     "Selection",
     "Strategy",
     "available",
+    "from_config",
     "get",
+    "strategy_class",
     "register",
 ]

@@ -1,5 +1,5 @@
 """The point-acquisition interface: what a client knows at acquisition time, what a strategy
-returns, and the registry that maps a configured name to a strategy (SPEC §5, §6).
+returns, and the registry that maps a configured name to a strategy (docs/method.md, "Local batch", "Baselines and training modes").
 
 Every strategy is a frozen dataclass whose fields are its hyper-parameters; the model is not
 owned by the strategy but summarised in a `LocalView` that the client fills from the global
@@ -18,7 +18,7 @@ import numpy as np
 class PoolExhausted(ValueError):
     """Raised when a batch larger than the client's unlabeled pool is requested.
 
-    SPEC §1 makes the caller (the client batch loop) responsible for giving all remaining points
+    docs/method.md, "Protocol" makes the caller (the client batch loop) responsible for giving all remaining points
     and moving on, so a strategy refuses rather than silently returning fewer points.
     """
 
@@ -216,6 +216,14 @@ class Strategy:
     # True when the client must train a local-only model first and fill local_probs /
     # local_embeddings in the view (LoGo).
     needs_local_model: ClassVar[bool] = False
+    # run-config keys this strategy reads (``params_from_config``); keys no strategy of a run
+    # reads stay out of the run's hash (fedal.config.experiment_key)
+    config_keys: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def params_from_config(cls, cfg) -> dict:
+        """The strategy's hyper-parameters taken from a ``fedal.config.Config``."""
+        return {}
 
     def select(self, view: LocalView, n: int, rng: np.random.Generator) -> Selection:
         if not isinstance(view, LocalView):
@@ -269,14 +277,23 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str, **params) -> Strategy:
-    """Build the strategy registered as `name` with the given hyper-parameters."""
+def strategy_class(name: str) -> type[Strategy]:
     try:
-        cls = _REGISTRY[name]
+        return _REGISTRY[name]
     except (KeyError, TypeError):
         raise ValueError(
             f"unknown point strategy {name!r}; valid names: {', '.join(available())}"
         ) from None
+
+
+def from_config(name: str, cfg) -> Strategy:
+    """The strategy ``name`` with the hyper-parameters it takes from the run's config."""
+    return get(name, **strategy_class(name).params_from_config(cfg))
+
+
+def get(name: str, **params) -> Strategy:
+    """Build the strategy registered as `name` with the given hyper-parameters."""
+    cls = strategy_class(name)
     accepted = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
     unknown = sorted(set(params) - set(accepted))
     if unknown:

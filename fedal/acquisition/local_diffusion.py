@@ -1,6 +1,6 @@
-"""Local-batch selection by diffusion of entropy on the client's point graph (SPEC §5), the
+"""Local-batch selection by diffusion of entropy on the client's point graph (docs/method.md, "Local batch"), the
 point-level half of seeds/001's algorithm. The graph, impact and greedy rule live in
-fedal.diffusion (shared with client selection, SPEC §4); this module only builds its inputs."""
+fedal.diffusion (shared with client selection, docs/method.md, "Impact, score, greedy"); this module only builds its inputs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ _SPACES = ("embedding", "input")
 @register("diffusion")
 @dataclass(frozen=True)
 class LocalDiffusion(Strategy):
-    """SPEC §5: nodes L_z ∪ U_z, features = global-model embeddings (space="embedding", default)
+    """docs/method.md, "Local batch": nodes L_z ∪ U_z, features = global-model embeddings (space="embedding", default)
     or flattened raw inputs (space="input", the paper's ‖x_i − x_j‖; needs view.inputs); values
     k(x) = global-model entropy on unlabeled nodes and 0 on labeled nodes (their uncertainty is
     resolved); mutual kNN with k neighbours, δ = delta, H = steps; greedy n points by
@@ -29,6 +29,12 @@ class LocalDiffusion(Strategy):
     k: int = 7
     delta: float = 0.1
     steps: int = 5
+
+    config_keys = ("local-k", "local-space", "delta", "diffusion-steps")
+
+    @classmethod
+    def params_from_config(cls, cfg) -> dict:
+        return {"k": cfg.local_k, "delta": cfg.delta, "steps": cfg.diffusion_steps, "space": cfg.local_space}
 
     def __post_init__(self):
         if self.space not in _SPACES:

@@ -56,6 +56,11 @@ class LoGo(Strategy):
     tol: float = 1e-4
     without_local_model: str = "error"
 
+    @classmethod
+    def params_from_config(cls, cfg) -> dict:
+        # a client whose labels all came from others' rounds may hold none yet: use f^r there
+        return {"without_local_model": "global"}
+
     def __post_init__(self):
         if not isinstance(self.max_iter, int) or isinstance(self.max_iter, bool) or self.max_iter < 1:
             raise ValueError(f"logo: max_iter must be a positive integer; got {self.max_iter!r}")

@@ -2,7 +2,7 @@
 
 ``load_dataset(name)`` returns the full train/test arrays (the simulation needs them to carve
 client partitions; in deployment each SuperNode loads only its own files). ``partition_indices``
-splits the training set across clients with flwr-datasets partitioners (SPEC §1, issue #3:
+splits the training set across clients with flwr-datasets partitioners (docs/method.md, "Protocol", issue #3:
 ``dirichlet`` α, ``shard`` = each client's data from a fraction of the classes, ``iid``).
 ``client_data`` is what a ClientApp calls: its own partition, nothing else.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import warnings
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,10 +72,10 @@ def _load_mnist1d() -> Dataset:
         "x_test": d["x_test"].astype(np.float32), "y_test": d["y_test"].astype(np.int64),
     }
     # Atomic write: two simulation actors may generate concurrently on first use.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    os.close(fd)
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    from fedal.atomic import atomic_file
+
+    with atomic_file(path) as f:
+        np.savez(f, **arrays)
     return Dataset("mnist1d", arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"], 10)
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -100,14 +99,10 @@ def _exists(p: Path) -> tuple[str, bool]:
 def _gunzip_atomic(src: Path, dst: Path) -> None:
     """Decompress ``src`` (x.gz) to ``dst`` via a temporary file, so that concurrent readers
     (simulation actors loading the same data-root) never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=dst.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, length=1 << 20)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from fedal.atomic import atomic_file
+
+    with atomic_file(dst) as out, gzip.open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out, length=1 << 20)
 
 
 def _ensure_decompressed(name: str, root: Path, files: list[Path]) -> None:

@@ -17,7 +17,7 @@ load average is printed next to every row); CPU time counts all BLAS threads.
 
 Synthetic data. Clients: m = normalise(π·B + 0.05·ε) with π ~ Dirichlet(0.5) over 10 classes,
 B a random 10×64 class-direction matrix, ε ~ N(0, I): pseudo-gradient directions that depend on
-the client's class mix (SPEC §2), clustered but not separable. g ~ U[0.2, 2.0], previous g with
+the client's class mix (docs/method.md, "Pseudo-updates"), clustered but not separable. g ~ U[0.2, 2.0], previous g with
 N(0, 0.1) noise. Points: 10 Gaussian classes in 64 dimensions. The kNN search is exact and
 visits all pairs, so its cost does not depend on the values; only the float64 redo for unsettled
 rows (reported) would.
@@ -264,7 +264,7 @@ def run(quick: bool = False, log=print) -> str:
         "thread, and scales by M/50·V (each client's loop costs the same). Speed-ups: literal time "
         "over closed-form selection time (same graph), or over closed-form selection + graph.",
         "",
-        "## C. select_points (local batch, SPEC §5)",
+        "## C. select_points (local batch, docs/method.md, 'Local batch')",
         "",
         "| N points | wall s | CPU s | peak MB | a dense N×N float64 would be, MB | same picks on rerun | load |",
         "|---:|---:|---:|---:|---:|:---:|---|",

@@ -223,7 +223,7 @@ def bench_al_round(extract_rate: dict[str, dict], labels_list: list[int], probe_
         out["train"][labels] = c.pair()
 
     # 2. probing: every client predicts on its unlabeled features (g = mean entropy) and runs the
-    # pseudo-label head updates (SPEC §2). Timed on `probe_clients` clients, scaled to 100.
+    # pseudo-label head updates (docs/method.md, "Pseudo-updates"). Timed on `probe_clients` clients, scaled to 100.
     unl = PER_CLIENT - INIT_POINTS  # a client that has given W points: 300 unlabelled
     m_all, g = [], np.zeros(CLIENTS)
     with Clock() as c:
@@ -241,7 +241,7 @@ def bench_al_round(extract_rate: dict[str, dict], labels_list: list[int], probe_
                   for cl in range(CLIENTS)])
     g[probe_clients:] = rng.uniform(0.5, 2.0, CLIENTS - probe_clients)
 
-    # 3. server: order of all eligible clients by diffusion (SPEC §3-4; Algorithm 1)
+    # 3. server: order of all eligible clients by diffusion (docs/method.md, "Client graph", "Impact, score, greedy"; Algorithm 1)
     try:
         from strategies.client_selection import ClientStats, order_clients
 
@@ -256,7 +256,7 @@ def bench_al_round(extract_rate: dict[str, dict], labels_list: list[int], probe_
         out["notes"].append(f"client-level diffusion not timed: {e}")
         chosen = list(range(V))
 
-    # 4. local batch on the V chosen clients: embeddings + entropy, then local diffusion (SPEC §5)
+    # 4. local batch on the V chosen clients: embeddings + entropy, then local diffusion (docs/method.md, "Local batch")
     try:
         from fedal.diffusion import select_points
     except ImportError as e:

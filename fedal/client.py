@@ -1,0 +1,335 @@
+"""The client side of the protocol without Flower: one client's private data, its pools, and the
+calls into training, probing and acquisition.
+
+``fedal.client_app`` decodes Flower messages, calls a ``ClientWorker`` and encodes its answers;
+a deployment or an asynchronous labeling service can drive the same worker directly. Models go
+in and out as torch state dicts, statistics as plain dicts of scalars and lists.
+
+What leaves the worker is what may leave the client: model parameters, pseudo-parameter updates
+(optionally sketched) and aggregate statistics (README, "Privacy"). ``x`` and ``y`` never do.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from fedal import acquisition
+from fedal.config import Config
+from fedal.pools import Pools
+
+
+def configure_threads() -> None:
+    """One intra-op thread per process unless ``FEDAL_TORCH_THREADS`` says otherwise.
+
+    Ray runs one client actor per CPU, and torch's default of all cores per actor oversubscribes
+    a small machine badly; the same holds for BLAS/OpenMP pools (sklearn's k-means in BADGE/LoGo).
+    Called by the ClientApp when it is built, not on import, so importing fedal never changes a
+    process's thread settings behind its back."""
+    n = int(os.environ.get("FEDAL_TORCH_THREADS", "1"))
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:  # threadpoolctl comes with scikit-learn; without it only torch is limited
+        pass
+
+
+# ---------------------------------------------------------------------------------- pool stores
+class PoolStore(Protocol):
+    """Where a client keeps its pools between messages. ``save`` must be atomic: the pools hold
+    paid labels, and a crash mid-write must leave the previous state readable."""
+
+    def load(self) -> Pools | None:
+        """The stored pools, or None when nothing is stored yet."""
+
+    def save(self, pools: Pools) -> None:
+        ...
+
+
+class MemoryPoolStore:
+    """Pools kept as a dict in a mapping owned by the caller (Flower: the node's
+    ``context.state``, through ``fedal.client_app.ContextPoolStore``)."""
+
+    def __init__(self, records: dict | None = None, key: str = "fedal.pools", wrap=dict):
+        self.records = {} if records is None else records
+        self.key = key
+        self.wrap = wrap  # how a dict is stored in ``records`` (Flower wants a ConfigRecord)
+
+    def load(self) -> Pools | None:
+        if self.key not in self.records:
+            return None
+        return Pools.from_dict(dict(self.records[self.key]))
+
+    def save(self, pools: Pools) -> None:
+        # one assignment of a freshly built record: a reader sees the old pools or the new ones
+        self.records[self.key] = self.wrap(pools.to_dict())
+
+
+class FilePoolStore:
+    """Pools in one checksummed JSON file, written atomically (``Pools.save``), so a restarted
+    SuperNode recovers every paid label."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def load(self) -> Pools | None:
+        return Pools.load(self.path) if self.path.exists() else None
+
+    def save(self, pools: Pools) -> None:
+        pools.save(self.path)
+
+
+class StackedPoolStore:
+    """Reads from the first store that holds pools, writes to all (memory first, a file behind)."""
+
+    def __init__(self, *stores: PoolStore):
+        self.stores = stores
+
+    def load(self) -> Pools | None:
+        for store in self.stores:
+            pools = store.load()
+            if pools is not None:
+                return pools
+        return None
+
+    def save(self, pools: Pools) -> None:
+        for store in self.stores:
+            store.save(pools)
+
+
+def state_dir_store(cfg: Config, partition_id: int) -> FilePoolStore | None:
+    """The durable pool file of a client when ``FEDAL_STATE_DIR`` is set (else None)."""
+    d = os.environ.get("FEDAL_STATE_DIR", "")
+    if not d:
+        return None
+    return FilePoolStore(Path(d) / f"pools-client{partition_id}-{cfg.config_hash()}-s{cfg.seed}.json")
+
+
+# ---------------------------------------------------------------------------------- the data
+@dataclass
+class ClientData:
+    cfg: Config
+    partition_id: int
+    x: np.ndarray  # private inputs (or their frozen-backbone features): never put into a reply
+    y: np.ndarray  # private labels: read only by the oracle, never put into a reply
+    num_classes: int
+    input_shape: tuple[int, ...]
+    device: torch.device
+
+
+@functools.lru_cache(maxsize=256)
+def _client_data(run_config_items: tuple, partition_id: int, num_partitions: int) -> ClientData:
+    from fedal.data import client_data, load_dataset, model_inputs
+    from fedal.devices import resolve_device
+
+    cfg = Config.from_run_config(dict(run_config_items))
+    x, y = client_data(cfg, partition_id, num_partitions)
+    ds = load_dataset(cfg.dataset, cfg.data_root)
+    x = model_inputs(cfg, x, partition_id)
+    return ClientData(cfg, partition_id, x, y, ds.num_classes, tuple(x.shape[1:]), resolve_device(cfg.device))
+
+
+def load_client_data(run_config: dict, partition_id: int, num_partitions: int) -> ClientData:
+    """A client's private data (cached per run config and partition: loading is costly)."""
+    return _client_data(tuple(sorted(run_config.items())), partition_id, num_partitions)
+
+
+def derived_seed(cfg: Config, pid: int, *parts: int) -> int:
+    # stable, distinct seeds per (run seed, client, round, ...) without Python's salted hash()
+    return int(np.random.SeedSequence([cfg.seed, pid, *parts]).generate_state(1)[0])
+
+
+def sketch(m: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Dense Gaussian random projection S m_t with S_ij ~ N(0, 1/k) from the server's seed
+    (docs/method.md, "Pseudo-updates"): every client draws the same S, so distances are
+    preserved within Johnson–Lindenstrauss bounds."""
+    rng = np.random.default_rng(seed)
+    s = rng.standard_normal((m.shape[1], k), dtype=np.float32) / np.float32(np.sqrt(k))
+    return m @ s
+
+
+# ---------------------------------------------------------------------------------- the worker
+StateDict = dict  # name -> torch.Tensor
+
+
+class ClientWorker:
+    """One client's side of each protocol step. Stateless between calls apart from the store."""
+
+    def __init__(self, data: ClientData, store: PoolStore):
+        self.data = data
+        self.cfg = data.cfg
+        self.store = store
+
+    # ------------------------------------------------------------------ helpers
+    def oracle(self, indices: np.ndarray) -> np.ndarray:
+        """The simulation's annotator: returns the true labels of the requested points."""
+        return self.data.y[indices]
+
+    def model(self, state: StateDict | None = None):
+        from fedal.training import build_model
+
+        cfg, d = self.cfg, self.data
+        m = build_model(cfg.dataset, d.input_shape, d.num_classes, cfg.backbone, cfg.backbone_weights,
+                        seed=cfg.seed, freeze_backbone=cfg.freeze_backbone)
+        if state is not None:
+            m.load_state_dict(state)
+        return m.to(d.device)
+
+    def pools(self) -> Pools:
+        pools = self.store.load()
+        if pools is None:
+            return Pools(size=len(self.data.x))
+        if pools.size != len(self.data.x):
+            raise ValueError(f"the stored pools describe {pools.size} points but this client holds "
+                             f"{len(self.data.x)}")
+        return pools
+
+    def _seed(self, *parts: int) -> int:
+        return derived_seed(self.cfg, self.data.partition_id, *parts)
+
+    # ------------------------------------------------------------------ protocol steps
+    def info(self) -> dict:
+        pools = self.pools()
+        return {"partition-id": self.data.partition_id, "n-labeled": pools.n_labeled,
+                "n-unlabeled": pools.n_unlabeled, "num-classes": self.data.num_classes}
+
+    def train(self, state: StateDict, al_round: int, fl_round: int, epochs: int) -> tuple[StateDict, dict]:
+        """Local training on L_z from the global weights ``state``; returns the new weights (on
+        the CPU) and the metrics of the reply."""
+        from fedal.continual import training_mode
+
+        pools = self.pools()
+        model = self.model(state)
+        seed = self._seed(al_round, fl_round)
+        t0 = time.perf_counter()
+        mode = training_mode(self.cfg.training_mode)
+        if mode.warm_start:
+            loss = self._train_continual(mode, pools, model, al_round, fl_round, epochs, seed)
+        else:
+            from fedal.training import train_local
+
+            idx, labels = pools.labeled_arrays()
+            loss = train_local(model, self.data.x[idx], labels, epochs=epochs, batch_size=self.cfg.batch_size,
+                               lr=self.cfg.learning_rate, seed=seed)
+        # FedAvg weight: the client's labeled set in every mode, so that the modes differ only in
+        # their local update
+        metrics = {"num-examples": pools.n_labeled, "train-loss": float(np.nan_to_num(loss)),
+                   "train-time": time.perf_counter() - t0}
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics
+
+    def _train_continual(self, mode, pools: Pools, model, al_round: int, fl_round: int, epochs: int,
+                         seed: int) -> float:
+        """Warm start / CAL local update on this client's own labels only."""
+        from fedal.continual import record_logits, train_continual
+
+        x = self.data.x
+        idx, labels = pools.labeled_arrays()
+        rounds = np.asarray(pools.acquired_round, dtype=np.int64)
+        if fl_round == 1 and al_round > 0:
+            # z' of DER/SD: the logits of the global model that finished the AL round in which a
+            # point was first trained on — the model received now, for last round's labels
+            fresh = [int(i) for i, r in zip(idx, rounds) if r < al_round and int(i) not in pools.logits]
+            if fresh:
+                pools.set_logits(fresh, record_logits(model, torch.from_numpy(x[fresh])).numpy())
+                self.store.save(pools)
+        new, old = rounds == al_round, rounds < al_round
+        old_idx = idx[old]
+        old_logits = None
+        if mode.needs_logits and len(old_idx):
+            old_logits = np.array([pools.logits[int(i)] for i in old_idx], dtype=np.float32)
+        stats = train_continual(model, x[idx[new]], labels[new], x[old_idx], labels[old], old_logits,
+                                mode=mode.name, epochs=epochs, batch_size=self.cfg.batch_size,
+                                lr=self.cfg.learning_rate, generator=torch.Generator().manual_seed(seed))
+        losses = stats.get("loss_per_epoch") or [float("nan")]
+        return float(losses[-1])
+
+    def probe(self, state: StateDict, al_round: int, fl_round: int, *, pseudo_update: bool,
+              mix: bool, sketch_seed: int = 0) -> tuple[dict, np.ndarray | None]:
+        """Statistics of U_z under the global model w(t): g, and when asked the pseudo-update m_t
+        (1, D) and the mean prediction over U_z. Returns (metrics, m_t or None)."""
+        from fedal.training import predict
+        from fedal.training import pseudo_update as take_pseudo_update
+        from fedal.uncertainty import entropy
+
+        cfg = self.cfg
+        pools = self.pools()
+        model = self.model(state)
+        x_u = self.data.x[pools.unlabeled]
+        probs, _ = predict(model, x_u)
+        g = float(entropy(probs).mean()) if len(probs) else 0.0  # |U|=0 → g=0
+        metrics = {"partition-id": self.data.partition_id, "g": g, "n-unlabeled": pools.n_unlabeled,
+                   "n-labeled": pools.n_labeled}
+        if mix:
+            # the mean softmax over U: C numbers, an aggregate of model outputs (balanced diffusion)
+            mean = probs.mean(0) if len(probs) else np.zeros(self.data.num_classes)
+            metrics["mix"] = [float(v) for v in mean]
+        if not pseudo_update:
+            return metrics, None
+        m = take_pseudo_update(model, x_u, optimizer=cfg.pseudo_optimizer, epochs=cfg.pseudo_epochs,
+                               lr=cfg.pseudo_lr if cfg.pseudo_optimizer == "gd" else cfg.learning_rate,
+                               batch_size=cfg.batch_size, scope=cfg.pseudo_params, probs=probs,
+                               seed=self._seed(al_round, 7, fl_round))[None, :]
+        if cfg.sketch_dim > 0:
+            m = sketch(m, cfg.sketch_dim, sketch_seed)
+        return metrics, m.astype(np.float32)
+
+    def acquire(self, state: StateDict | None, n: int, al_round: int, point_strategy: str) -> dict:
+        """Run the point strategy on this client, ask the oracle for the labels of its picks and
+        store them. ``state`` None: round 0, no model yet. Returns the reply's metrics."""
+        cfg = self.cfg
+        pools = self.pools()
+        n = min(n, pools.n_unlabeled)  # a client short of W gives all it has (docs/method.md, Protocol)
+        t0 = time.perf_counter()
+        strategy = acquisition.from_config(point_strategy, cfg)
+        model = self.model(state) if state is not None else None
+        view = self.local_view(pools, model, needs_local=strategy.needs_local_model, al_round=al_round)
+        rng = np.random.default_rng(self._seed(al_round, 11))
+        chosen = (np.asarray(strategy.select(view, n, rng).indices, dtype=np.int64) if n > 0
+                  else np.zeros(0, np.int64))
+        labels = self.oracle(chosen)
+        pools.add(chosen, labels, al_round)
+        self.store.save(pools)
+        metrics = {"partition-id": self.data.partition_id, "acquired": int(len(chosen)),
+                   "n-labeled": pools.n_labeled, "n-unlabeled": pools.n_unlabeled,
+                   "acquire-time": time.perf_counter() - t0}
+        if cfg.report_label_histogram:
+            # an aggregate count per class, never per-point labels (README: privacy)
+            metrics["acquired-per-class"] = np.bincount(labels, minlength=self.data.num_classes).astype(int).tolist()
+        return metrics
+
+    def local_view(self, pools: Pools, model, *, needs_local: bool, al_round: int) -> acquisition.LocalView:
+        """Everything a point strategy may look at, computed on the client (docs/method.md,
+        "Local batch")."""
+        from fedal.training import predict, train_local
+
+        x, cfg = self.data.x, self.cfg
+        mask = pools.labeled_mask
+        if model is None:  # round 0 (random initial labels): no model exists yet
+            c = self.data.num_classes
+            probs = np.full((len(x), c), 1.0 / c)
+            emb = x.reshape(len(x), -1).astype(np.float32)
+            w, b = np.zeros((c, emb.shape[1])), np.zeros(c)
+        else:
+            probs, emb = predict(model, x)
+            w = model.head.classifier.weight.detach().cpu().numpy()
+            b = model.head.classifier.bias.detach().cpu().numpy()
+        labels = np.full(len(x), -1, dtype=np.int64)
+        idx, lab = pools.labeled_arrays()
+        labels[idx] = lab
+        extra = {}
+        if needs_local and len(idx) > 0:  # without local labels LoGo falls back to the global model
+            local = self.model(None)
+            train_local(local, x[idx], lab, epochs=cfg.local_epochs * cfg.fl_rounds,
+                        batch_size=cfg.batch_size, lr=cfg.learning_rate, seed=self._seed(al_round, 13))
+            extra["local_probs"], extra["local_embeddings"] = predict(local, x)
+        return acquisition.LocalView(probs=probs, embeddings=emb, labeled=mask, head_weight=w, head_bias=b,
+                                     inputs=x, labels=labels, **extra)

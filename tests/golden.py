@@ -1,0 +1,93 @@
+"""Golden results: rounds.jsonl rows (timings removed) of fixed-seed runs, recorded from the code
+before a refactoring, so that a change which should not alter behaviour can prove it did not.
+
+``python -m tests.golden`` rewrites tests/data/golden_*.json from the current code: do it only for
+a deliberate behaviour change, in a commit of its own that says which rows changed and why.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tests.helpers import without_times
+
+DATA = Path(__file__).resolve().parent / "data"
+
+# in-process runs (the real ServerApp loop and ClientApp handlers, no Ray): small digits
+# federations covering every client strategy, the point strategies with their own machinery
+# (local diffusion, a local model, k-means) and every training mode
+INPROCESS_BASE = {"dataset": "digits", "al-rounds": 2, "init-clients": 2, "init-points": 15,
+                  "clients-per-round": 2, "points-per-client": 12, "fl-rounds": 2, "local-epochs": 1,
+                  "pseudo-epochs": 2, "knn-k": 3, "local-k": 3}
+INPROCESS_CLIENTS = 8
+INPROCESS_CASES = {
+    "diffusion-diffusion-cal-der": {"client-strategy": "diffusion", "point-strategy": "diffusion",
+                                    "training-mode": "cal-der"},
+    "balanced-logo-retrain": {"client-strategy": "balanced-diffusion", "point-strategy": "logo",
+                              "training-mode": "retrain"},
+    "diffusion-margin-cal-mir-gd-sketch": {"client-strategy": "diffusion", "point-strategy": "margin",
+                                           "training-mode": "cal-mir", "pseudo-optimizer": "gd",
+                                           "sketch-dim": 16},
+    "entropy-badge-cal-sds2": {"client-strategy": "entropy", "point-strategy": "badge",
+                               "training-mode": "cal-sds2"},
+    "random-entropy-cal-er-shard": {"client-strategy": "random", "point-strategy": "entropy",
+                                    "training-mode": "cal-er", "partition": "shard"},
+    "diffusion-hybrid-cal-sd-all-params": {"client-strategy": "diffusion", "point-strategy": "hybrid",
+                                           "training-mode": "cal-sd", "pseudo-params": "all",
+                                           "laplacian": "rw", "sigma-scope": "all"},
+    "entropy-coreset-warm-start-iid": {"client-strategy": "entropy", "point-strategy": "coreset",
+                                       "training-mode": "warm-start", "partition": "iid",
+                                       "seed": 3},
+}
+
+# one run through Flower's simulation engine (Ray actors) with the defaults' strategies
+# (diffusion / diffusion, warm start), on digits to keep it fast
+SIMULATION_CONFIG = {**INPROCESS_BASE, "seed": 1}
+SIMULATION_CLIENTS = 8
+
+
+def inprocess_rows(name: str) -> list[dict]:
+    from simulations.inprocess import run_inprocess
+
+    rows, _ = run_inprocess({**INPROCESS_BASE, **INPROCESS_CASES[name]}, INPROCESS_CLIENTS)
+    return normalised(rows)
+
+
+def simulation_rows(run_dir_root: Path) -> list[dict]:
+    from simulations.engine import read_rows, simulate
+
+    return normalised(read_rows(simulate({**SIMULATION_CONFIG, "run-dir": str(run_dir_root)},
+                                         num_clients=SIMULATION_CLIENTS)))
+
+
+def normalised(rows: list[dict]) -> list[dict]:
+    # through JSON, as rounds.jsonl stores them (tuples become lists, floats round-trip exactly)
+    return json.loads(json.dumps(without_times(rows), sort_keys=True))
+
+
+def load(name: str) -> list[dict]:
+    return json.loads((DATA / f"golden_{name}.json").read_text())
+
+
+def write(name: str, rows: list[dict]) -> None:
+    DATA.mkdir(exist_ok=True)
+    (DATA / f"golden_{name}.json").write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+
+
+def main(argv: list[str]) -> int:
+    import tempfile
+
+    for name in INPROCESS_CASES:
+        write(f"inprocess_{name}", inprocess_rows(name))
+        print("wrote", name)
+    if "--no-simulation" not in argv:
+        with tempfile.TemporaryDirectory() as d:
+            write("simulation", simulation_rows(Path(d)))
+        print("wrote simulation")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,201 @@
+"""Behaviours whose breaking went unnoticed before: each test names one and fails when it breaks
+(each was checked by breaking the behaviour once)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fedal.config import Config
+from fedal.pools import PoolError, Pools
+from tests.golden import INPROCESS_BASE as SMALL
+
+M = 8
+
+
+# ------------------------------------------------------------------ FedAvg weighted by |L_z|
+def test_fedavg_weights_each_client_by_its_labeled_set():
+    from simulations.inprocess import run_inprocess
+
+    seen = []  # (al round, fl round, client's labels, reply weight, reply arrays / sent arrays)
+    rc = {**SMALL, "client-strategy": "entropy", "point-strategy": "entropy", "training-mode": "retrain"}
+
+    def on_reply(msg, reply):
+        if msg.metadata.message_type == "train":
+            conf = msg.content["config"]
+            seen.append((int(conf["al-round"]), int(conf["server-round"]),
+                         int(reply.content["metrics"]["num-examples"]),
+                         {k: v.numpy().copy() for k, v in reply.content["arrays"].items()},
+                         {k: v.numpy().copy() for k, v in msg.content["arrays"].items()}))
+
+    rows, _ = run_inprocess(rc, M, on_reply=on_reply)
+    # AL round 1: the labeled clients hold different numbers of labels (15 or 15 + 12 ...)
+    first = [s for s in seen if s[:2] == (1, 1)]
+    sent_next = next(s[4] for s in seen if s[:2] == (1, 2))
+    weights = np.array([s[2] for s in first], dtype=np.float64)
+    assert weights.sum() == rows[0]["labels"] + rows[0]["acquired"]  # |L_z| of every labeled client
+    assert len(set(weights)) > 1
+    for key in sent_next:
+        want = sum(w * s[3][key] for w, s in zip(weights, first)) / weights.sum()
+        assert np.allclose(sent_next[key], want, atol=1e-6)
+    unweighted = np.mean([s[3][key] for s in first], axis=0)
+    assert not np.allclose(sent_next[key], unweighted, atol=1e-6)
+
+
+# ------------------------------------------------------------------ the probe's g is over U
+def test_probe_entropy_is_the_mean_over_the_unlabeled_pool_only():
+    from fedal.client import ClientWorker, MemoryPoolStore, load_client_data
+    from fedal.training import predict
+    from fedal.uncertainty import entropy
+
+    data = load_client_data(SMALL, 0, M)
+    store = MemoryPoolStore()
+    worker = ClientWorker(data, store)
+    model = worker.model()
+    probs, _ = predict(model, data.x)
+    k = entropy(probs)
+    # label the most uncertain half: the mean over all points and over U then differ clearly
+    labeled = np.argsort(-k)[: len(k) // 2]
+    pools = Pools(size=len(data.x))
+    pools.add(labeled, data.y[labeled], 0)
+    store.save(pools)
+    metrics, m = worker.probe(model.state_dict(), 1, 1, pseudo_update=False, mix=False)
+    unlabeled = np.setdiff1d(np.arange(len(k)), labeled)
+    assert m is None
+    assert metrics["g"] == pytest.approx(float(k[unlabeled].mean()), rel=1e-6)
+    assert abs(metrics["g"] - float(k.mean())) > 1e-3
+
+
+# ------------------------------------------------------------------ sketches
+def test_sketch_every_client_draws_the_same_projection_and_distances_survive():
+    from fedal.client import sketch
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((1, 3000)).astype(np.float32), rng.standard_normal((1, 3000)).astype(np.float32)
+    # "two clients", the same server seed: sketching is linear in one shared matrix
+    sa, sb, sab = sketch(a, 1500, 42), sketch(b, 1500, 42), sketch(a - b, 1500, 42)
+    assert np.allclose(sa - sb, sab, atol=1e-3)
+    assert not np.allclose(sketch(a, 1500, 43), sa)  # another round's seed: another matrix
+    ratio = np.linalg.norm(sa - sb) / np.linalg.norm(a - b)
+    assert 0.9 < ratio < 1.1  # Johnson–Lindenstrauss: k = 1500 keeps distances within a few %
+
+
+# ------------------------------------------------------------------ partitions
+@pytest.mark.parametrize("partition", ["dirichlet", "shard", "iid"])
+def test_partitions_are_disjoint_covering_and_seed_stable(partition):
+    from fedal.data import load_dataset, partition_indices
+
+    args = ("digits", "", M, partition, 0.1, 0.2)
+    parts = partition_indices(*args, 0)
+    flat = np.concatenate(parts)
+    assert len(flat) == len(np.unique(flat))  # disjoint
+    y = load_dataset("digits").y_train
+    if partition == "shard":
+        # flwr-datasets' pathological partitioner assigns classes to clients at random, so a
+        # class no client drew is left out (found while writing this test; kept as it is):
+        # every point of a class some client holds is covered
+        assert np.array_equal(np.sort(flat), np.flatnonzero(np.isin(y, np.unique(y[flat]))))
+    else:
+        assert np.array_equal(np.sort(flat), np.arange(len(y)))  # covering
+    partition_indices.cache_clear()  # recomputed, not the cached tuple
+    again = partition_indices(*args, 0)
+    assert all(np.array_equal(p, q) for p, q in zip(parts, again))
+    if partition != "iid":
+        other = partition_indices(*args, 1)
+        assert not all(np.array_equal(p, q) for p, q in zip(parts, other))
+
+
+def test_dirichlet_alpha_sets_the_label_skew():
+    from fedal.data import client_data
+
+    def classes_per_client(alpha):
+        cfg = Config.from_run_config({**SMALL, "dirichlet-alpha": alpha})
+        return np.mean([len(np.unique(client_data(cfg, pid, M)[1])) for pid in range(M)])
+
+    skewed, even = classes_per_client(0.05), classes_per_client(100.0)
+    assert even == 10 and skewed < 6
+
+
+# ------------------------------------------------------------------ report-label-histogram = false
+def test_without_label_histograms_the_rows_carry_no_class_counts():
+    from simulations.inprocess import run_inprocess
+
+    rc = {**SMALL, "client-strategy": "entropy", "point-strategy": "entropy", "report-label-histogram": False}
+    replies = []
+    rows, _ = run_inprocess(rc, M, on_reply=lambda m, r: replies.append(r))
+    assert [r["labels"] for r in rows] == [30, 54, 78]  # labels are still paid
+    # the server learns per-class counts only from the histograms, and the row's "acquired" is
+    # their sum: without them it reads 0 (a quirk kept as it is; "labels" is the reliable count)
+    assert [r["acquired"] for r in rows] == [0, 0, 0]
+    assert all(not any(r["acquired_per_class"]) and not any(r["labeled_per_class"]) for r in rows)
+    assert not any("acquired-per-class" in r.content["metrics"] for r in replies)
+
+
+# ------------------------------------------------------------------ config error exits the ServerApp
+def test_a_config_error_exits_the_server_app_with_status_2(capsys):
+    from types import SimpleNamespace
+
+    from fedal.server_app import main
+
+    grid = SimpleNamespace(get_node_ids=lambda: pytest.fail("no client may be contacted"))
+    with pytest.raises(SystemExit) as e:
+        main(grid, SimpleNamespace(run_config={}), {"client-strategy": "oracle"})
+    assert e.value.code == 2
+    assert "client-strategy = 'oracle'" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ pools on disk
+def test_pools_save_replaces_the_file_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "pools.json"
+    a = Pools(size=10)
+    a.add([1, 2], [0, 1], 0)
+    a.save(path)
+    b = Pools(size=10)
+    b.add([3], [1], 0)
+
+    def crash(*args, **kwargs):
+        raise OSError("power cut before the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        b.save(path)
+    monkeypatch.undo()
+    assert Pools.load(path).labeled == [1, 2]  # the previous pools survive a crash mid-save
+    assert [p.name for p in tmp_path.iterdir() if p.name != "pools.json" and not p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("bad", [10, -1])
+def test_a_labeled_index_outside_the_pool_is_refused_on_load(tmp_path, bad):
+    import zlib
+
+    body = {"size": 10, "labeled": [1, bad], "labels": [0, 1], "acquired_round": [0, 0],
+            "logit-index": [], "logits": []}
+    text = json.dumps(body, sort_keys=True)
+    path = tmp_path / "pools.json"
+    path.write_text(json.dumps({"crc32": zlib.crc32(text.encode()), "pools": body}))
+    with pytest.raises(PoolError, match="outside"):
+        Pools.load(path)
+    with pytest.raises(PoolError, match="outside"):
+        Pools.from_dict(body)
+
+
+# ------------------------------------------------------------------ MIR uses its scores
+def test_mir_replays_the_candidates_whose_loss_grows_most(monkeypatch):
+    import torch
+
+    from fedal import continual as C
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3))
+    old_x, old_y = torch.randn(20, 6), torch.randint(0, 3, (20,))
+    hp = C.CALHyperParams(replay_size=3, mir_candidates=20).resolve(4, 0.1)
+    ctx = C._Ctx(model, old_x, old_y, None, hp, torch.Generator().manual_seed(0), 0.5)
+    xb, yb = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    # scores fixed by hand: the three largest sit at candidate positions 17, 4 and 9
+    fixed = torch.zeros(20)
+    fixed[[17, 4, 9]] = torch.tensor([3.0, 2.0, 1.0])
+    monkeypatch.setattr(C, "mir_scores", lambda *a, **k: fixed)
+    monkeypatch.setattr(C._Ctx, "uniform", lambda self, n: torch.arange(n))
+    picked = C._select_mir(ctx, xb, yb)
+    assert sorted(picked.tolist()) == [4, 9, 17]
