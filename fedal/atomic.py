@@ -15,11 +15,15 @@ from typing import IO, Iterator
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
-    """A binary file handle whose content replaces ``path`` when the block ends without error."""
+def atomic_file(path: str | Path, mode: int | None = None) -> Iterator[IO[bytes]]:
+    """A binary file handle whose content replaces ``path`` when the block ends without error.
+    ``mode``: the file's permission bits, set before any byte is written (a private key is never
+    readable by others, not even for a moment); None keeps mkstemp's 0600."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

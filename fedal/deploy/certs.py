@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +40,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedal.atomic import atomic_file
 
 CURVE = ec.SECP384R1  # NIST P-384: accepted by Flower's SuperNode authentication and by TLS
 HASH = hashes.SHA384
@@ -170,19 +170,8 @@ def generate(out: str | Path, hosts: list[str], n_supernodes: int = 0, *, days: 
 
 
 def _write(path: Path, data: bytes, *, private: bool) -> None:
-    """Write atomically with the final mode from the start: a private key is never readable by
-    others, not even for the moment between creating and chmod-ing it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600 if private else 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, mode=0o600 if private else 0o644) as f:
+        f.write(data)
 
 
 def main(argv: list[str] | None = None) -> int:
