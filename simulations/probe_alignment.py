@@ -43,7 +43,8 @@ def _state_labels(rng, sizes: list[int], kind: str) -> list[np.ndarray]:
             for z, s in enumerate(sizes)]
 
 
-def measure(seed: int, clients: int, weights: str, log=print) -> list[tuple[str, str, float, float, float]]:
+def measure(seed: int, clients: int, weights: str, log=print, settings=SETTINGS,
+            train_epochs: int = 30) -> list[tuple[str, str, float, float, float]]:
     """Rows (state, setting, alignment, pooled, seconds) for one federation seed."""
     from fedal.config import Config
     from fedal.data import client_data
@@ -62,8 +63,8 @@ def measure(seed: int, clients: int, weights: str, log=print) -> list[tuple[str,
         x_l = np.concatenate([x[i] for (x, _), i in zip(data, labeled)])
         y_l = np.concatenate([y[i] for (_, y), i in zip(data, labeled)])
         model = build_model("mnist1d", x_l.shape[1:], 10, backbone_weights=w, seed=seed)
-        train_local(model, x_l, y_l, epochs=30, batch_size=32, lr=0.003, seed=seed)
-        for opt, steps, lr, scope in SETTINGS:
+        train_local(model, x_l, y_l, epochs=train_epochs, batch_size=32, lr=0.003, seed=seed)
+        for opt, steps, lr, scope in settings:
             label = f"{opt} ×{steps} lr {lr:g} {scope}"
             t0 = time.perf_counter()
             m = []
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
              "| model state | probe (optimiser × steps, step size, parameters) | alignment | pooled |", "|---|---|---:|---:|"]
     for (state, setting), v in per.items():
         a = np.array(v)
-        lines.append(f"| {state} | {setting} | {a[:, 0].mean():+.3f} | {a[:, 1].mean():+.3f} |")
+        cells = ["diverged" if np.isnan(v) else f"{v:+.3f}" for v in (a[:, 0].mean(), a[:, 1].mean())]
+        lines.append(f"| {state} | {setting} | {cells[0]} | {cells[1]} |")
     text = "\n".join(lines)
     print(text)
     if args.out:
