@@ -7,6 +7,7 @@ import pytest
 
 from fedal import diffusion as D
 from fedal import graph as G
+from fedal import knn as KN
 
 
 def random_clients(M=50, d=6, seed=0):
@@ -321,7 +322,7 @@ def test_select_points_equals_literal_on_its_graph_and_labeled_carry_zero():
 
 
 def test_select_points_has_no_n_by_n_matrix(monkeypatch):
-    monkeypatch.setattr(G, "BLOCK_BYTES", 1 << 21)
+    monkeypatch.setattr(KN, "BLOCK_BYTES", 1 << 21)
     n = 4000
     rng = np.random.default_rng(18)
     x = rng.standard_normal((n, 16))

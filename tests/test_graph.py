@@ -7,13 +7,14 @@ import pytest
 import scipy.sparse as sp
 
 from fedal import graph as G
+from fedal import knn as KN
 
 
 def brute_knn(x, k):
     """Reference: every distance by difference, order by (tie class, index)."""
     x = x if x.ndim == 3 else x[:, None, :]
     n = x.shape[0]
-    quantum = G._distance_scale(x) * G._TIE_GRID
+    quantum = KN._distance_scale(x) * KN._TIE_GRID
     idx, dist = [], []
     for s in range(0, n, 64):
         diff = x[s:s + 64, None] - x[None]  # (b, n, T, d)
@@ -41,7 +42,7 @@ def test_normalize_embeddings_unit_rows_and_zero_rows_stay_zero():
 @pytest.mark.parametrize("shape", [(300, 16), (250, 3, 8), (200, 2), (40, 64)])
 def test_knn_is_exact(shape):
     x = G.normalize_embeddings(np.random.default_rng(1).standard_normal(shape))
-    r = G.knn(x, 7)
+    r = KN.knn(x, 7)
     idx, dist = brute_knn(x, 7)
     np.testing.assert_array_equal(r.index, idx)
     np.testing.assert_array_equal(r.distance, dist)
@@ -50,7 +51,7 @@ def test_knn_is_exact(shape):
 def test_knn_exact_with_large_screening_blocks_and_group_trick():
     # n > 4·32·(3K) so that the grouped threshold (not a plain partition) screens the columns
     x = G.normalize_embeddings(np.random.default_rng(2).standard_normal((1500, 32)))
-    r = G.knn(x, 3, block_rows=256)
+    r = KN.knn(x, 3, block_rows=256)
     idx, _ = brute_knn(x, 3)
     np.testing.assert_array_equal(r.index, idx)
     assert r.fallback_rows == 0
@@ -60,11 +61,11 @@ def test_knn_ties_break_to_lower_index():
     # node 0 at the origin, nodes 1..4 at distance 1, nodes 5, 6 farther: with K = 2 node 0 must
     # take 1 and 2 among the four tied ones
     x = np.array([[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1], [3, 3], [-3, 3]], float)
-    r = G.knn(x, 2)
+    r = KN.knn(x, 2)
     assert list(r.index[0]) == [1, 2]
     # a duplicate is nearer than anyone, and duplicates tie among themselves
     x = np.array([[0.0, 0], [5, 5], [0, 0], [0, 0], [1, 0]])
-    assert list(G.knn(x, 2).index[0]) == [2, 3]
+    assert list(KN.knn(x, 2).index[0]) == [2, 3]
 
 
 def test_knn_huge_tie_groups_fall_back_to_float64_and_stay_exact():
@@ -72,7 +73,7 @@ def test_knn_huge_tie_groups_fall_back_to_float64_and_stay_exact():
     # from all of them. The float32 screen cannot order these, so the rows go to the float64 band.
     d = 150
     x = np.vstack([np.zeros(d), np.eye(d), -np.eye(d)])
-    r = G.knn(x, 7)
+    r = KN.knn(x, 7)
     idx, dist = brute_knn(x, 7)
     assert r.fallback_rows > 0
     np.testing.assert_array_equal(r.index, idx)
@@ -85,8 +86,8 @@ def test_float64_redo_is_exact_on_its_own(shape):
     # the redo path normally sees only rows with big tie groups; run it on every row of generic
     # data so that its distances, band and ordering are checked against brute force
     x = G.normalize_embeddings(np.random.default_rng(10).standard_normal(shape))
-    quantum = G._distance_scale(x) * G._TIE_GRID
-    idx, dist = G._knn_band(x, np.arange(len(x)), 7, quantum, block_rows=37)
+    quantum = KN._distance_scale(x) * KN._TIE_GRID
+    idx, dist = KN._knn_band(x, np.arange(len(x)), 7, quantum, block_rows=37)
     want_i, want_d = brute_knn(x, 7)
     np.testing.assert_array_equal(idx, want_i)
     np.testing.assert_array_equal(dist, want_d)
@@ -95,23 +96,23 @@ def test_float64_redo_is_exact_on_its_own(shape):
 def test_knn_duplicates_exact():
     base = np.random.default_rng(3).standard_normal((30, 6))
     x = np.repeat(base, 12, axis=0)  # 12 copies each: tie groups larger than K
-    r = G.knn(x, 7)
+    r = KN.knn(x, 7)
     idx, _ = brute_knn(x, 7)
     np.testing.assert_array_equal(r.index, idx)
 
 
 def test_knn_clamps_k_for_small_graphs():
     x = np.random.default_rng(0).standard_normal((4, 3))
-    r = G.knn(x, 7)
+    r = KN.knn(x, 7)
     assert r.index.shape == (4, 3)
-    assert G.knn(x[:1], 7).index.shape == (1, 0)
+    assert KN.knn(x[:1], 7).index.shape == (1, 0)
 
 
 def test_mutual_knn_edges_are_mutual_and_outlier_is_isolated():
     rng = np.random.default_rng(4)
     x = np.vstack([rng.normal(0, 0.1, (30, 3)), [[50.0, 50.0, 50.0]]])
     e = G.mutual_knn(x, 5)
-    nn = G.knn(x, 5).index
+    nn = KN.knn(x, 5).index
     assert np.all(e.i < e.j)
     for i, j in zip(e.i, e.j):
         assert j in nn[i] and i in nn[j]
@@ -139,7 +140,7 @@ def test_sigma_w2_edges_and_all_pairs():
         assert G.sigma_w2(x, e, "edges") == pytest.approx(np.mean(e.q**2))
         n = x.shape[0]
         iu = np.triu_indices(n, 1)
-        q = G.pair_distances(x, iu[0], iu[1])
+        q = KN.pair_distances(x, iu[0], iu[1])
         assert G.sigma_w2(x, e, "all") == pytest.approx(np.mean(q**2), rel=1e-10)
 
 
@@ -223,7 +224,7 @@ def test_delta_stable_range():
 
 
 def test_knn_memory_is_blockwise_not_n_squared(monkeypatch):
-    monkeypatch.setattr(G, "BLOCK_BYTES", 1 << 21)
+    monkeypatch.setattr(KN, "BLOCK_BYTES", 1 << 21)
     n = 4001
     x = G.normalize_embeddings(np.random.default_rng(9).standard_normal((n, 16)))
     tracemalloc.start()
@@ -249,7 +250,7 @@ def test_symmetric_screen_exact_across_tiles(block_rows):
     # small tiles make every row collect candidates from many tiles, in both roles, tighten its
     # threshold repeatedly, and take the dense (broadcast) survivor path on uneven data
     x = _uneven_clusters(block_rows)
-    r = G.knn(x, 7, block_rows=block_rows)
+    r = KN.knn(x, 7, block_rows=block_rows)
     idx, dist = brute_knn(x, 7)
     np.testing.assert_array_equal(r.index, idx)
     np.testing.assert_array_equal(r.distance, dist)
@@ -258,7 +259,7 @@ def test_symmetric_screen_exact_across_tiles(block_rows):
 def test_symmetric_screen_tie_groups_across_tiles_fall_back_exactly():
     d = 60
     x = np.vstack([np.zeros(d), np.eye(d), -np.eye(d), np.eye(d)])  # ties and duplicates
-    r = G.knn(x, 7, block_rows=32)
+    r = KN.knn(x, 7, block_rows=32)
     idx, dist = brute_knn(x, 7)
     assert r.fallback_rows > 0
     np.testing.assert_array_equal(r.index, idx)
@@ -273,6 +274,6 @@ def test_symmetric_screen_same_result_with_tile_threads():
     want = brute_knn(x, 7)
     for limit in (1, 2):
         with threadpoolctl.threadpool_limits(limit, user_api="blas"):
-            r = G.knn(x, 7, block_rows=48)
+            r = KN.knn(x, 7, block_rows=48)
         np.testing.assert_array_equal(r.index, want[0])
         np.testing.assert_array_equal(r.distance, want[1])
