@@ -339,7 +339,7 @@ def table_json(table: AlignmentTable) -> dict:
 def plot_alignment(table: AlignmentTable, path: str | Path, colors: Mapping[str, object] | None = None,
                    title: str = "") -> Path:
     """Alignment (mean, ±1 std band over seeds) vs AL round, one line per group."""
-    from simulations.reports import _RC, _pyplot, group_colors
+    from simulations.reports.plots import _RC, _pyplot, group_colors
 
     plt = _pyplot()
     groups = sorted(table)

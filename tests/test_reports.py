@@ -295,7 +295,7 @@ def test_cli_subprocess_records_exact_command(toy_root, tmp_path):
     import sys
     from pathlib import Path
 
-    repo = Path(R.__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "sub"
     cmd = [sys.executable, "-m", "simulations.reports", str(toy_root), "--out", str(out), "--title", "Toy run"]
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # headless: Agg must be chosen by us
