@@ -10,6 +10,22 @@ from typing import Any
 
 from fedal.atomic import write_atomic
 
+# The results layout, defined once: every writer and reader of a run directory (the recorder
+# here, the simulation wrappers, the reports) names its files and row keys through these.
+CONFIG_FILE = "config.json"  # {"method", "suite", "seed", "config_hash", "config": {...}}
+ROUNDS_FILE = "rounds.jsonl"  # one row per AL round, keys below
+SUMMARY_FILE = "summary.json"  # {"completed": true, ...}; its presence marks a finished run
+Q_FILE = "q.npz"  # optional: the client graph's distances per AL round (diffusion selection)
+LOG_FILE = "log.txt"  # the run's console output, when a suite runs it in a subprocess
+
+# Keys of a rounds.jsonl row, as the AL loop writes them (strategies/active_learning.py), and the
+# optional ones: "graph" (client-graph scalars, diffusion selection only).
+ROUND_KEYS = ("round", "labels", "accuracy", "loss", "chosen_clients", "acquired", "acquired_per_class",
+              "labeled_per_class", "clients_with_labels", "time_s")
+ROUND_OPTIONAL_KEYS = ("graph",)
+# What a report cannot do without; the rest is read when present (older rows lack some).
+ROUND_REQUIRED = ("round", "labels", "accuracy")
+
 
 class RunRecorder:
     """Writes ``config.json``, ``rounds.jsonl`` (appended and flushed per round) and ``summary.json``."""
@@ -19,15 +35,15 @@ class RunRecorder:
         self.dir.mkdir(parents=True, exist_ok=True)
         # a rerun into the same directory starts the rows afresh (a partial run is not resumable:
         # client pools live with the clients of that run)
-        for name in ("rounds.jsonl", "summary.json", "q.npz"):
+        for name in (ROUNDS_FILE, SUMMARY_FILE, Q_FILE):
             (self.dir / name).unlink(missing_ok=True)
-        write_atomic(self.dir / "config.json", json.dumps(config, indent=2, sort_keys=True))
+        write_atomic(self.dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
         self.rows: list[dict[str, Any]] = []
         self.arrays: dict[str, Any] = {}
 
     def add_round(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        with open(self.dir / "rounds.jsonl", "a") as f:
+        with open(self.dir / ROUNDS_FILE, "a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
             f.flush()
 
@@ -41,7 +57,7 @@ class RunRecorder:
         self.arrays.update(arrays)
         buf = io.BytesIO()
         np.savez_compressed(buf, **self.arrays)
-        write_atomic(self.dir / "q.npz", buf.getvalue())
+        write_atomic(self.dir / Q_FILE, buf.getvalue())
 
     def finish(self, summary: dict[str, Any]) -> None:
-        write_atomic(self.dir / "summary.json", json.dumps({"completed": True, **summary}, indent=2))
+        write_atomic(self.dir / SUMMARY_FILE, json.dumps({"completed": True, **summary}, indent=2))

@@ -42,7 +42,8 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-Q_FILE = "q.npz"
+from fedal.results import CONFIG_FILE, Q_FILE
+
 DEFAULT_CLIENTS = 100  # simulations.engine's default number of simulated clients
 
 _Q_KEY = re.compile(r"q_r(\d+)")
@@ -224,7 +225,7 @@ def recorded_clients(run, default: int = DEFAULT_CLIENTS) -> int:
     """The number of simulated clients of a run: ``--clients N`` of the command line recorded in
     its config.json (``argv``), else ``default``."""
     try:
-        argv = json.loads((Path(run.path) / "config.json").read_text()).get("argv") or []
+        argv = json.loads((Path(run.path) / CONFIG_FILE).read_text()).get("argv") or []
     except (OSError, ValueError, AttributeError):
         return default
     for i, a in enumerate(argv):

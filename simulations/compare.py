@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedal.config import TRAINING_MODES, Config, ConfigError, experiment_hash
+from fedal.results import CONFIG_FILE, LOG_FILE, SUMMARY_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,7 +176,7 @@ class PlannedRun:
 
     @property
     def done(self) -> bool:
-        return (self.run_dir / "summary.json").exists()
+        return (self.run_dir / SUMMARY_FILE).exists()
 
 
 def plan(suite: Suite, results: Path, seeds=None, methods=None, extra: dict | None = None) -> list[PlannedRun]:
@@ -209,7 +210,7 @@ def finished_runs(results: Path) -> dict[str, list[Path]]:
     index: dict[str, list[Path]] = {}
     if not results.is_dir():
         return index
-    for summary in sorted(results.rglob("summary.json")):
+    for summary in sorted(results.rglob(SUMMARY_FILE)):
         try:
             finished = json.loads(summary.read_text()).get("completed") is True
         except (OSError, ValueError):
@@ -229,7 +230,7 @@ def _identity(run_dir: Path) -> str:
     """``<experiment hash>-s<seed>`` of a finished run, from its config.json (the directory name
     if that cannot be read)."""
     try:
-        meta = json.loads((run_dir / "config.json").read_text())
+        meta = json.loads((run_dir / CONFIG_FILE).read_text())
         rc = meta["config"]
         if _uses_client_graph(rc.get("client-strategy")) and "pseudo-optimizer" not in rc:
             # a client-graph run from before the revised probe (one probe after training, exhausted
@@ -259,7 +260,7 @@ def reuse(run: PlannedRun, source: Path) -> None:
     tmp = run.run_dir.with_name(run.run_dir.name + ".reusing")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
-    cfg_path = tmp / "config.json"
+    cfg_path = tmp / CONFIG_FILE
     cfg = json.loads(cfg_path.read_text())
     cfg.update({"method": run.method.name, "suite": run.suite.name, "reused_from": str(source)})
     cfg.setdefault("config", {}).update({"method-name": run.method.name, "suite": run.suite.name})
@@ -324,7 +325,7 @@ def main(argv=None) -> int:
 
     def one(r: PlannedRun) -> tuple[PlannedRun, int, float]:
         t0 = time.time()
-        return r, run_one(r, r.run_dir / "log.txt"), time.time() - t0
+        return r, run_one(r, r.run_dir / LOG_FILE), time.time() - t0
 
     # --jobs > 1 runs whole simulations side by side (each its own Ray cluster); results do not
     # depend on it, only the wall times recorded in them do, so timing suites should use 1
@@ -332,7 +333,7 @@ def main(argv=None) -> int:
         for i, fut in enumerate(as_completed([pool.submit(one, r) for r in todo]), 1):
             r, code, took = fut.result()
             eta = (time.time() - t_start) / i * (len(todo) - i)
-            status = "ok" if code == 0 and r.done else f"FAILED (exit {code}; see {r.run_dir / 'log.txt'})"
+            status = "ok" if code == 0 and r.done else f"FAILED (exit {code}; see {r.run_dir / LOG_FILE})"
             failures += status != "ok"
             bar = "#" * int(30 * i / len(todo))
             print(f"[{bar:30s}] {i}/{len(todo)} {r.method.name} seed {r.seed}: {status} in {took:.0f}s, "

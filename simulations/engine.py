@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+from fedal.results import ROUNDS_FILE, SUMMARY_FILE
+
 for _k, _v in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                "RAY_USAGE_STATS_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
                "RAY_DEDUP_LOGS": "0", "OMP_NUM_THREADS": "1"}.items():
@@ -43,13 +45,13 @@ def simulate(run_config: dict, num_clients: int, *, num_cpus: float = 1.0, num_g
         verbose_logging=verbose,
     )
     run_dir = run_directory(cfg)
-    if not (run_dir / "summary.json").exists():
+    if not (run_dir / SUMMARY_FILE).exists():
         raise RuntimeError(f"the simulation ended without completing the run; see the log and {run_dir}")
     return run_dir
 
 
 def read_rows(run_dir: str | Path) -> list[dict]:
-    with open(Path(run_dir) / "rounds.jsonl") as f:
+    with open(Path(run_dir) / ROUNDS_FILE) as f:
         return [json.loads(line) for line in f]
 
 

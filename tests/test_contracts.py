@@ -199,3 +199,20 @@ def test_mir_replays_the_candidates_whose_loss_grows_most(monkeypatch):
     monkeypatch.setattr(C._Ctx, "uniform", lambda self, n: torch.arange(n))
     picked = C._select_mir(ctx, xb, yb)
     assert sorted(picked.tolist()) == [4, 9, 17]
+
+
+# ------------------------------------------------------------------ the results layout
+def test_recorded_rows_carry_exactly_the_declared_round_keys():
+    # fedal.results.ROUND_KEYS is the one declaration of a rounds.jsonl row; the golden rows are
+    # what the AL loop really writes (timings dropped), so a key added or renamed there without
+    # the declaration fails here
+    from fedal.results import ROUND_KEYS, ROUND_OPTIONAL_KEYS, ROUND_REQUIRED
+    from tests.golden import DATA
+
+    paths = sorted(DATA.glob("golden_*.json"))
+    assert paths
+    for path in paths:
+        for row in json.loads(path.read_text()):
+            keys = set(row) | {"time_s"}
+            assert set(ROUND_KEYS) <= keys <= set(ROUND_KEYS) | set(ROUND_OPTIONAL_KEYS), path.name
+    assert set(ROUND_REQUIRED) <= set(ROUND_KEYS)

@@ -9,16 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from fedal.results import CONFIG_FILE, ROUND_REQUIRED, ROUNDS_FILE, SUMMARY_FILE
 
-# Files that make a directory a run directory.
-CONFIG_FILE = "config.json"
-ROUNDS_FILE = "rounds.jsonl"
-SUMMARY_FILE = "summary.json"
-
-ROUND_REQUIRED = ("round", "labels", "accuracy")
 CONFIG_REQUIRED = ("method", "seed")
 # Run-level attributes that `--group-by` can name besides the kebab-case run-config keys.
 TOP_LEVEL_KEYS = ("method", "suite", "seed", "config_hash")
+
 
 class ReportError(Exception):
     """A results root that cannot be reported on; the message says which file and why."""
