@@ -50,8 +50,9 @@ Decisions where the paper is silent or the federated setting differs (each also 
 4. *DER's distillation term* is the mean squared error over the C logits, averaged over the replay
    batch: α · mean_{x'} (1/C)‖g(x'; θ) − z'‖²₂. Eq. 2 prints ‖·‖²₂ (a sum over classes), but the
    paper's text calls the term an "MSE based distillation loss", the reference DER code uses
-   ``F.mse_loss`` (mean over classes) and the paper's α ∈ {0.1, 0.25} were tuned with it. On our
-   toy check (below) the summed reading, i.e. a C-times larger α, cost ≈ 5 accuracy points.
+   ``F.mse_loss`` (mean over classes) and the paper's α ∈ {0.1, 0.25} were tuned with it. The
+   summed reading, i.e. a C-times larger α, also did worse in the toy check of docs/method.md,
+   "Baselines and training modes".
 5. *ER's loss* is one mean cross-entropy over the interleaved m + m' batch (the paper's "gradient
    computed on B"), which equals (m·CE_new + m'·CE_replay)/(m + m') — not CE_new + CE_replay.
 6. *Which logits z' to store* is the caller's choice (``old_logits``). The paper's z' = g(x'; θ*_t')
@@ -86,17 +87,15 @@ from. A mode's own schedule is capped at the retrain one (``resolve_schedule``).
   D_{1:t−1}, and only the ~V·W new labels must be absorbed — but each FL round revisits only a
   small replayed slice of the history, so not as far as warm start.
 - ``warm-start``: 5 FL rounds × 2 epochs. Its epochs cover the whole labeled set like retrain's;
-  its only saving is the good start (the paper measures 1.0–2.2× for it); 5 rounds, the fewest
-  we tried, already matched retrain in our check.
-Toy check behind these numbers (not a benchmark; /tmp script, not committed): MNIST-1D, CNN1D,
-10 clients Dirichlet(0.5), 5 random clients × 40 random points per AL round, 7 AL rounds,
-Adam 1e-3, m = m' = 32, FedAvg weighted by |L_z|, 2 seeds; retrain 15 × 2. Final test accuracy
-(mean of 2 seeds) and samples trained: retrain 0.468 (165k); warm-start 5×2 0.492 (59k);
-CAL-ER 5×2 0.431 / 8×2 0.498 (69k); CAL-SD 5×2 0.432 / 8×2 0.462; CAL-MIR, -SDS2 5×2 0.43;
-CAL-DER 5×2 0.397 with the summed norm, 0.444 with the MSE of decision 4 (z' recorded after
-training, decision 6; with z' recorded at labeling time the summed-norm DER got 0.377). CAL at
-5 FL rounds fell short of retrain on both seeds, hence 8. Retrain itself is far from converged in
-this toy, which flatters the warm-started modes; re-measure on the real protocol.
+  its only saving is the good start (the paper measures 1.0–2.2× for it).
+The two counts come from a small toy check, not a benchmark (its setting and numbers are in
+docs/method.md, "Baselines and training modes"): CAL with 5 FL rounds fell short of retrain,
+hence 8; warm start with 5, the fewest tried, already matched it. They are priors to re-measure
+on the real protocol.
+
+Code: the losses are in ``fedal.continual_losses``, MIR's and SDS2's replay scoring in
+``fedal.continual_replay``; this module holds the hyperparameters, schedules, the ``MODES``
+registry and the training loop, and every public name of the three is importable from here.
 """
 
 from __future__ import annotations
@@ -112,7 +111,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+
+from fedal.continual_losses import (  # noqa: F401  (public names of fedal.continual)
+    current_loss,
+    der_loss,
+    er_loss,
+    sd_lambda,
+    sd_loss,
+    sd_replay_loss,
+)
+from fedal.continual_replay import (  # noqa: F401
+    entropy_from_logits,
+    mir_scores,
+    mir_select,
+    sds2_objective,
+    sds2_select,
+    sds2_similarity,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,183 +266,8 @@ def _check_mode(mode: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Pure losses (logits in, scalar tensor out). An empty term contributes 0 (keeping the graph).
+# Stored logits z' (DER, SD)
 # --------------------------------------------------------------------------------------------
-
-def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if logits.shape[0] == 0:
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits, y)
-
-
-def current_loss(logits_new: torch.Tensor, y_new: torch.Tensor) -> torch.Tensor:
-    """Eq. 1: L_c = E_{(x,y)∼B_current} ℓ(y, f(x; θ)), ℓ = cross-entropy."""
-    return _ce(logits_new, y_new)
-
-
-def er_loss(logits_new, y_new, logits_replay, y_replay) -> torch.Tensor:
-    """CAL-ER (and CAL-MIR's update): B_current and B_replay are interleaved into one minibatch B
-    of size m + m' and the gradient is computed on B:
-
-        L_ER = (1 / (m + m')) Σ_{(x,y)∈B} ℓ(y, f(x; θ)) = (m·L_c + m'·L_r) / (m + m'),
-
-    which is (L_c + L_r)/2 when m = m', and L_c when the replay batch is empty.
-    """
-    logits = torch.cat([logits_new, logits_replay])
-    y = torch.cat([y_new, y_replay])
-    if logits.shape[0] == 0:
-        raise ValueError("er_loss needs at least one current or replay point")
-    return F.cross_entropy(logits, y)
-
-
-def der_loss(logits_new, y_new, logits_replay, y_replay, stored_logits, *, alpha: float,
-             beta: float) -> torch.Tensor:
-    """CAL-DER, Eq. 2 with the MSE reading of its distillation term (module decision 4):
-
-        L_DER = L_c + E_{(x',y',z')∼B_replay}[ α (1/C)‖g(x'; θ) − z'‖²₂ + β ℓ(y', f(x'; θ)) ],
-
-    g = pre-softmax logits, z' = the logits stored for x', C = number of classes; the expectation
-    averages over the replay batch. The distillation term is exactly 0 when g(x'; θ) = z'.
-    """
-    if logits_replay.shape != stored_logits.shape:
-        raise ValueError(f"stored_logits shape {tuple(stored_logits.shape)} != replay logits "
-                         f"shape {tuple(logits_replay.shape)}")
-    if logits_replay.shape[0]:
-        distill = F.mse_loss(logits_replay, stored_logits)   # mean over batch and classes
-    else:
-        distill = logits_replay.sum() * 0.0
-    return _ce(logits_new, y_new) + alpha * distill + beta * _ce(logits_replay, y_replay)
-
-
-def sd_lambda(n_new: int, n_old: int) -> float:
-    """Eq. 5: λ_t = 1 / (1 + |D_{1:t−1}| / |D_t|), written as |D_t| / (|D_t| + |D_{1:t−1}|) so
-    that it is defined for |D_t| = 0 (λ_t = 0: a client with nothing new is purely stable).
-    Empty history → 1 (pure plasticity: SD reduces to L_c)."""
-    if n_new < 0 or n_old < 0 or n_new + n_old == 0:
-        raise ValueError(f"sd_lambda needs counts >= 0 with a positive sum; got |D_t|={n_new}, "
-                         f"|D_1:t-1|={n_old}")
-    return n_new / (n_new + n_old)
-
-
-def sd_replay_loss(logits_replay, y_replay, stored_logits, *, alpha: float) -> torch.Tensor:
-    """Eq. 3: L_replay = E_{(x',y',z')∼B_replay}[ α D_KL(softmax(z') ‖ f(x'; θ))
-    + (1 − α) ℓ(y', f(x'; θ)) ], KL averaged over the batch (``batchmean``)."""
-    if logits_replay.shape != stored_logits.shape:
-        raise ValueError(f"stored_logits shape {tuple(stored_logits.shape)} != replay logits "
-                         f"shape {tuple(logits_replay.shape)}")
-    if logits_replay.shape[0] == 0:
-        return logits_replay.sum() * 0.0
-    kl = F.kl_div(F.log_softmax(logits_replay, dim=1), F.log_softmax(stored_logits, dim=1),
-                  reduction="batchmean", log_target=True)
-    return alpha * kl + (1.0 - alpha) * F.cross_entropy(logits_replay, y_replay)
-
-
-def sd_loss(logits_new, y_new, logits_replay, y_replay, stored_logits, *, alpha: float,
-            lam: float) -> torch.Tensor:
-    """CAL-SD (and CAL-SDS2), Eq. 4: L_SD = λ_t L_c + (1 − λ_t) L_replay (λ_t from ``sd_lambda``).
-    An empty term contributes 0, so with λ_t = 1 this is exactly L_c."""
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam must be in [0, 1]; got {lam}")
-    return lam * _ce(logits_new, y_new) + (1.0 - lam) * sd_replay_loss(
-        logits_replay, y_replay, stored_logits, alpha=alpha)
-
-
-# --------------------------------------------------------------------------------------------
-# Replay selection
-# --------------------------------------------------------------------------------------------
-
-def _stable_top(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest scores, ties → lower index."""
-    order = torch.sort(scores, descending=True, stable=True).indices
-    return order[:k]
-
-
-def mir_scores(model: nn.Module, x_cur: torch.Tensor, y_cur: torch.Tensor, x_cand: torch.Tensor,
-               y_cand: torch.Tensor, *, virtual_lr: float) -> torch.Tensor:
-    """MIR interference scores of the candidates (decision 3 of the module docstring):
-
-        θ_v = θ − η ∇_θ L_c(θ; B_current),   s_MIR(x) = ℓ(y, f(x; θ_v)) − ℓ(y, f(x; θ)).
-
-    The virtual step is evaluated with ``torch.func.functional_call``: the model's parameters,
-    their ``.grad`` and its buffers are left untouched. Forward passes run in the model's current
-    train/eval mode (our models have neither dropout nor batch norm).
-    """
-    if x_cur.shape[0] == 0:
-        raise ValueError("mir_scores needs a non-empty current batch for the virtual step")
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    loss = F.cross_entropy(model(x_cur), y_cur)
-    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
-    virtual = {n: (p - virtual_lr * g if g is not None else p).detach()
-               for (n, p), g in zip(named, grads)}
-    with torch.no_grad():
-        before = F.cross_entropy(model(x_cand), y_cand, reduction="none")
-        after = F.cross_entropy(functional_call(model, virtual, (x_cand,)), y_cand,
-                                reduction="none")
-    return after - before
-
-
-def mir_select(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """The k candidates with the largest s_MIR (ties → lower index)."""
-    return _stable_top(scores, min(int(k), scores.shape[0]))
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy −Σ p log p of softmax(logits), natural log (= ``fedal.uncertainty.entropy``)."""
-    logp = F.log_softmax(logits, dim=1)
-    return -(logp.exp() * logp).sum(dim=1)
-
-
-def sds2_similarity(embeddings: torch.Tensor, sigma: float) -> torch.Tensor:
-    """w_ij = exp(−‖z_i − z_j‖² / 2σ²) (Eq. 6), in float64, exact 1 on the diagonal."""
-    z = embeddings.detach().to(torch.float64)
-    d = torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist")
-    return torch.exp(-(d ** 2) / (2.0 * sigma ** 2))
-
-
-def sds2_objective(similarity: torch.Tensor, uncertainty: torch.Tensor, subset, *,
-                   lam: float) -> float:
-    """Eq. 6: G(S) = Σ_{i∈A} max_{j∈S} w_ij + λ log(1 + Σ_{i∈S} h(x_i)); G(∅) = 0."""
-    idx = torch.as_tensor(list(subset), dtype=torch.long)
-    if idx.numel() == 0:
-        return 0.0
-    fl = similarity[:, idx].max(dim=1).values.sum()
-    h = uncertainty.to(torch.float64)[idx].sum()
-    return float(fl + lam * torch.log1p(h))
-
-
-def sds2_select(embeddings: torch.Tensor, uncertainty: torch.Tensor, k: int, *, sigma: float,
-                lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy maximisation of Eq. 6 over the ground set A = the given candidates.
-
-    Returns (indices into A in the order picked, the marginal gain of each pick). Each step adds
-    argmax_j G(S ∪ {j}) − G(S) among unpicked j (ties → lower index); G is monotone submodular for
-    h ≥ 0, so greedy is within 1 − 1/e of the optimum. Picks are distinct by construction.
-    """
-    n = embeddings.shape[0]
-    if embeddings.dim() != 2 or uncertainty.shape != (n,):
-        raise ValueError(f"embeddings must be (n, d) and uncertainty (n,); got "
-                         f"{tuple(embeddings.shape)} and {tuple(uncertainty.shape)}")
-    h = uncertainty.detach().to(torch.float64)
-    if torch.any(h < 0) or not torch.all(torch.isfinite(h)):
-        raise ValueError("uncertainty must be finite and >= 0 (Eq. 6's concave-over-modular term)")
-    k = min(int(k), n)
-    w = sds2_similarity(embeddings, sigma)
-    cover = torch.zeros(n, dtype=torch.float64)        # max_{j∈S} w_ij per i ∈ A; 0 for S = ∅
-    h_sum = torch.zeros((), dtype=torch.float64)
-    picked = torch.zeros(n, dtype=torch.bool)
-    order, gains = [], []
-    for _ in range(k):
-        fl_gain = torch.clamp(w - cover[:, None], min=0.0).sum(dim=0)
-        unc_gain = lam * (torch.log1p(h_sum + h) - torch.log1p(h_sum))
-        gain = (fl_gain + unc_gain).masked_fill(picked, -math.inf)
-        j = int(torch.argmax(gain))                     # first maximum → lower index on ties
-        order.append(j)
-        gains.append(float(gain[j]))
-        picked[j] = True
-        cover = torch.maximum(cover, w[:, j])
-        h_sum = h_sum + h[j]
-    return torch.as_tensor(order, dtype=torch.long), torch.as_tensor(gains, dtype=torch.float64)
-
 
 @torch.no_grad()
 def record_logits(model: nn.Module, x, *, batch_size: int = 512) -> torch.Tensor:
