@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from fedal.errors import ConfigError  # noqa: F401  (defined below fedal.data, which raises it too)
+
 # Choices are tuples so that error messages can list them.
 DATASETS = ("mnist1d", "digits", "cifar10", "cifar100", "fashion-mnist", "emnist-letters", "cinic10")
 PARTITIONS = ("dirichlet", "shard", "iid")
@@ -142,10 +144,6 @@ def experiment_key(run_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def experiment_hash(run_config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(experiment_key(run_config), sort_keys=True).encode()).hexdigest()[:12]
-
-
-class ConfigError(ValueError):
-    """A run-config value is invalid. The message names the key, the value and the valid values."""
 
 
 def _kebab(name: str) -> str:

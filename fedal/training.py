@@ -58,7 +58,7 @@ def build_model(dataset: str, input_shape: tuple[int, ...], num_classes: int, ba
         return FedALModel(bb, num_classes, init_backbone=not backbone_weights)
     else:
         from fedal.backbones import PixelInput, build_backbone, make_backbone_transform
-        from fedal.data.vision import vision_meta
+        from fedal.image_meta import vision_meta
 
         net = build_backbone(backbone, backbone_weights or None, seed=seed)
         tf = make_backbone_transform(weights=backbone_weights or None, dataset_meta=vision_meta(dataset))

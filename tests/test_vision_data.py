@@ -326,3 +326,16 @@ def test_download_failure_offline_is_one_clear_error(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "download failed" in msg and "network is unreachable" in msg and "data_batch_1" in msg
     assert tv is not None
+
+
+def test_registry_is_built_on_the_model_side_metadata():
+    # fedal.training reads fedal.image_meta; the loaders' registry takes its leading fields from
+    # it by position, so a field order that drifted apart would swap e.g. classes and channels
+    from fedal.data.vision import REGISTRY
+    from fedal.image_meta import IMAGE_DATASETS, IMAGE_META
+
+    assert tuple(REGISTRY) == IMAGE_DATASETS
+    for name, spec in REGISTRY.items():
+        m = IMAGE_META[name]
+        assert (spec.name, spec.num_classes, spec.channels, spec.image_size, spec.mean, spec.std) == (
+            name, m.num_classes, m.channels, m.image_size, m.mean, m.std)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedal.config import ConfigError
+from fedal.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from typing import Callable
 import numpy as np
 
 from fedal.compat import import_torchvision
+from fedal.image_meta import IMAGE_META, image_meta_entry, vision_meta  # noqa: F401  (vision_meta: public here too)
 
 SPLITS = ("train", "test")
 
@@ -55,8 +56,7 @@ class VisionSpec:
     num_classes: int
     channels: int
     image_size: tuple[int, int]
-    # Per-channel training-set statistics commonly used for each dataset (pixel values in [0, 1]).
-    mean: tuple[float, ...]
+    mean: tuple[float, ...]  # the fields up to here come from fedal.image_meta
     std: tuple[float, ...]
     splits: tuple[str, ...]
     downloadable: bool
@@ -66,10 +66,7 @@ class VisionSpec:
     load: Callable[..., tuple[np.ndarray, np.ndarray]]
 
     def meta(self) -> dict:
-        return {
-            "name": self.name, "num_classes": self.num_classes, "channels": self.channels,
-            "image_size": list(self.image_size), "mean": list(self.mean), "std": list(self.std),
-        }
+        return vision_meta(self.name)
 
 
 # --------------------------------------------------------------------------- errors / helpers
@@ -281,33 +278,38 @@ def _cinic_load(tv, root: Path, split: str, download: bool, spec: VisionSpec):
 
 # --------------------------------------------------------------------------- registry
 
+def _meta(name: str) -> tuple:
+    """The leading VisionSpec fields (name, classes, channels, size, mean, std) from fedal.image_meta."""
+    m = IMAGE_META[name]
+    return name, m.num_classes, m.channels, m.image_size, m.mean, m.std
+
+
 def _build_registry() -> dict[str, VisionSpec]:
     specs = [
         VisionSpec(
-            "cifar10", 10, 3, (32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), SPLITS, True,
+            *_meta("cifar10"), SPLITS, True,
             _cifar_expected("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6))
                             + ("test_batch", "batches.meta")),
             _cifar_loader("CIFAR10")),
         VisionSpec(
-            "cifar100", 100, 3, (32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), SPLITS, True,
+            *_meta("cifar100"), SPLITS, True,
             _cifar_expected("cifar-100-python", ("train", "test", "meta")),
             _cifar_loader("CIFAR100")),
         VisionSpec(
-            "fashion-mnist", 10, 1, (28, 28), (0.2860,), (0.3530,), SPLITS, True,
+            *_meta("fashion-mnist"), SPLITS, True,
             _mnist_like_expected("FashionMNIST", _fmnist_stems, ("training.pt", "test.pt")),
             _mnist_like_loader("FashionMNIST", _fmnist_stems, ("training.pt", "test.pt"),
                                lambda tv, root, train, dl: tv.datasets.FashionMNIST(root, train=train, download=dl),
                                _fmnist_post)),
         VisionSpec(
-            "emnist-letters", 26, 1, (28, 28), (0.1722,), (0.3309,), SPLITS, True,
+            *_meta("emnist-letters"), SPLITS, True,
             _mnist_like_expected("EMNIST", _emnist_stems, ("training_letters.pt", "test_letters.pt")),
             _mnist_like_loader("EMNIST", _emnist_stems, ("training_letters.pt", "test_letters.pt"),
                                lambda tv, root, train, dl: tv.datasets.EMNIST(root, split="letters", train=train,
                                                                               download=dl),
                                _emnist_letters_post)),
         VisionSpec(
-            "cinic10", 10, 3, (32, 32), (0.47889522, 0.47227842, 0.43047404),
-            (0.24205776, 0.23828046, 0.25874835), ("train", "valid", "test"), False,
+            *_meta("cinic10"), ("train", "valid", "test"), False,
             _cinic_expected, _cinic_load),
     ]
     return {s.name: s for s in specs}
@@ -318,15 +320,8 @@ VISION_DATASETS: tuple[str, ...] = tuple(REGISTRY)
 
 
 def vision_spec(name: str) -> VisionSpec:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"dataset = {name!r} is not an image dataset; valid: {', '.join(VISION_DATASETS)}") from None
-
-
-def vision_meta(name: str) -> dict:
-    """Metadata of a registered dataset without touching the disk."""
-    return vision_spec(name).meta()
+    image_meta_entry(name)  # an unknown name: the one "not an image dataset" error
+    return REGISTRY[name]
 
 
 def load_vision_dataset(name: str, root: str | os.PathLike, split: str = "train",
