@@ -49,7 +49,7 @@ SIMULATION_CLIENTS = 8
 
 
 def inprocess_rows(name: str) -> list[dict]:
-    from simulations.inprocess import run_inprocess
+    from tests.inprocess import run_inprocess
 
     rows, _ = run_inprocess({**INPROCESS_BASE, **INPROCESS_CASES[name]}, INPROCESS_CLIENTS)
     return normalised(rows)

@@ -16,7 +16,7 @@ M = 8
 
 # ------------------------------------------------------------------ FedAvg weighted by |L_z|
 def test_fedavg_weights_each_client_by_its_labeled_set():
-    from simulations.inprocess import run_inprocess
+    from tests.inprocess import run_inprocess
 
     seen = []  # (al round, fl round, client's labels, reply weight, reply arrays / sent arrays)
     rc = {**SMALL, "client-strategy": "entropy", "point-strategy": "entropy", "training-mode": "retrain"}
@@ -119,7 +119,7 @@ def test_dirichlet_alpha_sets_the_label_skew():
 
 # ------------------------------------------------------------------ report-label-histogram = false
 def test_without_label_histograms_the_rows_carry_no_class_counts():
-    from simulations.inprocess import run_inprocess
+    from tests.inprocess import run_inprocess
 
     rc = {**SMALL, "client-strategy": "entropy", "point-strategy": "entropy", "report-label-histogram": False}
     replies = []

@@ -4,7 +4,7 @@ ResNet-18 run once per client, and the AL protocol on the cached features."""
 import numpy as np
 import pytest
 
-from simulations.inprocess import run_inprocess
+from tests.inprocess import run_inprocess
 from tests.test_vision_data import _write_idx
 from tests.helpers import without_times
 

@@ -194,7 +194,7 @@ def test_model_inputs_are_the_frozen_backbones_features(weights, x_unlabeled):
 # --------------------------------------------------------------------------- federated runs
 
 def _run(path, frozen, tmp_path):
-    from simulations.inprocess import run_inprocess
+    from tests.inprocess import run_inprocess
 
     rc = {"dataset": "mnist1d", "client-strategy": "random", "point-strategy": "random",
           "init-clients": 2, "init-points": 20, "al-rounds": 1, "clients-per-round": 2,

@@ -1,5 +1,5 @@
 """The AL protocol through the real ServerApp loop and real ClientApp handlers, in-process
-(simulations.inprocess.InProcessGrid), so every message can be inspected."""
+(tests.inprocess.InProcessGrid), so every message can be inspected."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from fedal.client_app import POOLS_KEY
 from fedal.data import client_data
 from fedal.config import Config
 from fedal.pools import Pools
-from simulations.inprocess import run_inprocess
+from tests.inprocess import run_inprocess
 from tests.helpers import without_times
 
 SMALL = {"dataset": "digits", "al-rounds": 2, "init-clients": 2, "init-points": 15,
