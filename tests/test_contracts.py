@@ -204,9 +204,12 @@ def test_mir_replays_the_candidates_whose_loss_grows_most(monkeypatch):
 # ------------------------------------------------------------------ the results layout
 def test_recorded_rows_carry_exactly_the_declared_round_keys():
     # fedal.results.ROUND_KEYS is the one declaration of a rounds.jsonl row; the golden rows are
-    # what the AL loop really writes (timings dropped), so a key added or renamed there without
-    # the declaration fails here
+    # what the AL loop really writes (timings dropped), so a key added or renamed on either side
+    # without the declaration fails here
+    import dataclasses
+
     from fedal.results import ROUND_KEYS, ROUND_OPTIONAL_KEYS, ROUND_REQUIRED
+    from simulations.reports import Round
     from tests.golden import DATA
 
     paths = sorted(DATA.glob("golden_*.json"))
@@ -216,3 +219,5 @@ def test_recorded_rows_carry_exactly_the_declared_round_keys():
             keys = set(row) | {"time_s"}
             assert set(ROUND_KEYS) <= keys <= set(ROUND_KEYS) | set(ROUND_OPTIONAL_KEYS), path.name
     assert set(ROUND_REQUIRED) <= set(ROUND_KEYS)
+    # and what the reports read from a row is named as the writer names it
+    assert {f.name for f in dataclasses.fields(Round)} <= set(ROUND_KEYS)
