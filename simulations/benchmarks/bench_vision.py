@@ -374,9 +374,9 @@ def render(res: dict) -> str:
         notes.append(f"client selection dominates the frozen round: with pseudo-params = {PSEUDO_PARAMS} the "
                      f"client embeddings have D = {al['pseudo_param_dim']:,} dimensions; a cProfile of "
                      "order_clients on the same input (made while writing this benchmark, not part "
-                     "of this run) put ~90% of its time in fedal.graph.pair_distances, for only "
+                     "of this run) put ~90% of its time in fedal.knn.pair_distances, for only "
                      "100×100 distances. A faster exact distance for large D, or sketch-dim > 0, "
-                     "would remove most of it (owner: fedal.graph).")
+                     "would remove most of it (owner: fedal.knn).")
     if not al["local_selection_complete"]:
         notes.append("\\* local selection covers predict + entropy only.")
     if notes:
