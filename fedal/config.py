@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from fedal.errors import ConfigError  # noqa: F401  (defined below fedal.data, which raises it too)
+from fedal.errors import ConfigError  # defined below fedal.data, which raises it too
 
 # Choices are tuples so that error messages can list them.
 DATASETS = ("mnist1d", "digits", "cifar10", "cifar100", "fashion-mnist", "emnist-letters", "cinic10")

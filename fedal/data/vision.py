@@ -37,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 from fedal.compat import import_torchvision
-from fedal.image_meta import IMAGE_META, image_meta_entry, vision_meta  # noqa: F401  (vision_meta: public here too)
+from fedal.image_meta import IMAGE_META, image_meta_entry, vision_meta
 
 SPLITS = ("train", "test")
 
