@@ -39,7 +39,7 @@ from fedal.config import DEFAULTS
 from fedal.devices import resolve_device
 from fedal.feature_cache import FeatureCache, cached_features, extract_features
 from fedal.models import FedALModel, Identity
-from fedal.training import evaluate, predict, pseudo_updates, train_local
+from fedal.training import evaluate, predict, pseudo_update, train_local
 from fedal.uncertainty import entropy
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vision.md"
@@ -50,7 +50,8 @@ CLIENTS, PER_CLIENT, TEST_SIZE, NUM_CLASSES = 100, 500, 10_000, 10
 BATCH = 64  # section B's step batch
 FL_ROUNDS, LOCAL_EPOCHS = DEFAULTS["fl-rounds"], DEFAULTS["local-epochs"]
 AL_BATCH, LR = DEFAULTS["batch-size"], DEFAULTS["learning-rate"]
-PSEUDO_EPOCHS, PSEUDO_PARAMS = DEFAULTS["pseudo-epochs"], DEFAULTS["pseudo-params"]
+PSEUDO_OPTIMIZER, PSEUDO_EPOCHS, PSEUDO_PARAMS = (DEFAULTS["pseudo-optimizer"], DEFAULTS["pseudo-epochs"],
+                                                   DEFAULTS["pseudo-params"])
 V, W, INIT_POINTS = DEFAULTS["clients-per-round"], DEFAULTS["points-per-client"], DEFAULTS["init-points"]
 AL_ROUNDS = DEFAULTS["al-rounds"]
 
@@ -231,8 +232,10 @@ def bench_al_round(extract_rate: dict[str, dict], labels_list: list[int], probe_
             probs, _ = predict(global_model, feats[cl, :unl])
             g[cl] = entropy(probs).mean()
             local = copy.deepcopy(global_model)
-            m_all.append(pseudo_updates(local, feats[cl, :unl], epochs=PSEUDO_EPOCHS, batch_size=AL_BATCH,
-                                        lr=LR, seed=cl, scope=PSEUDO_PARAMS))
+            # one recorded round's update (T' = 1 here), as (1, D) like a probe reply
+            m_all.append(pseudo_update(local, feats[cl, :unl], optimizer=PSEUDO_OPTIMIZER, epochs=PSEUDO_EPOCHS,
+                                       batch_size=AL_BATCH, lr=LR, seed=cl, scope=PSEUDO_PARAMS,
+                                       probs=probs)[None, :])
     out["probe"] = c.pair(CLIENTS / probe_clients)
     out["probe_measured_clients"] = probe_clients
     out["pseudo_param_dim"] = int(m_all[0].shape[1])
@@ -337,7 +340,7 @@ def render(res: dict) -> str:
           f"{PER_CLIENT} images; settings = fedal.config defaults at run time. Training: fl-rounds "
           f"{FL_ROUNDS} × local-epochs {LOCAL_EPOCHS}, batch {AL_BATCH}, {_optimizer_name()} lr {LR} (`fedal.training.train_local`), FedAvg weighted by labels, every "
           f"labelled client holding {INIT_POINTS} labels, then evaluation on {TEST_SIZE:,} cached test "
-          f"features. Probing: `predict` + `pseudo_updates` (pseudo-epochs {PSEUDO_EPOCHS}, "
+          f"features. Probing: `predict` + `pseudo_update` ({PSEUDO_OPTIMIZER}, pseudo-epochs {PSEUDO_EPOCHS}, "
           f"pseudo-params {PSEUDO_PARAMS} → D = {al['pseudo_param_dim']:,}) on 300 unlabelled features per "
           f"client, measured on {al['probe_measured_clients']} clients and scaled to {CLIENTS}. "
           f"Client selection: `strategies.client_selection.order_clients('diffusion')` over all "
