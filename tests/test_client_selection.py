@@ -65,11 +65,11 @@ def test_plan_round_asks_diffusion_for_more_only_when_a_client_runs_dry():
     assert sum(k for _, k in plan) == 150 and [k for _, k in plan][:3] == [10, 10, 10]
 
 
-def _clustered_clients(rng, m=100, clusters=10, dim=400):
+def _clustered_clients(rng, m=100, clusters=10, dim=400, noise=0.5):
     """Update directions of m clients in a few clusters (nearly orthogonal across clusters, as
     pseudo-updates of clients with different class mixes are)."""
     centers = rng.standard_normal((clusters, dim))
-    emb = centers[np.arange(m) % clusters] + 0.5 * rng.standard_normal((m, dim))
+    emb = centers[np.arange(m) % clusters] + noise * rng.standard_normal((m, dim))
     return (emb / np.linalg.norm(emb, axis=1, keepdims=True))[:, None, :]
 
 
@@ -80,7 +80,7 @@ def test_exhausted_clients_do_not_become_hubs_of_the_client_graph():
     from strategies.client_selection import DiffusionParams
 
     rng = np.random.default_rng(0)
-    emb = _clustered_clients(rng)
+    emb = _clustered_clients(rng, noise=1.5)  # live clients 1.06-1.41 apart, as measured updates are
     g = rng.random(100) + 0.5
     prev = g + 0.1 * rng.standard_normal(100)
     n_u = np.full(100, 300)
@@ -95,6 +95,13 @@ def test_exhausted_clients_do_not_become_hubs_of_the_client_graph():
                           DiffusionParams(), n=5)
     assert picks.tolist() == live[alone].tolist()
     assert diag["q"].shape == (92, 92) and diag["q_clients"].tolist() == live.tolist()
+
+    # the failure this prevents: the same clients with the exhausted ones as zero points
+    from fedal.graph import build_graph, normalize_embeddings
+
+    old = build_graph(normalize_embeddings(emb), k=7, delta=0.1)
+    deg = np.bincount(np.concatenate([old.edges.i, old.edges.j]), minlength=100)
+    assert (deg[live] == 0).all()  # every live client isolated: v ≡ 0, entropy-only selection
 
 
 def test_a_client_without_direction_stays_in_the_graph_without_edges():
