@@ -53,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "batch-size": 32,
     "learning-rate": 0.003,
     # probing: pseudo-updates after each of the last ceil(T/4) FL rounds (docs/method.md)
-    "pseudo-optimizer": "adam",
+    "pseudo-optimizer": "gd",
     "pseudo-epochs": 1,
     "pseudo-lr": 0.001,
     "pseudo-params": "head",
