@@ -2,13 +2,16 @@
 engine, one results directory per run keyed by config hash and seed, resumable.
 
     python -m simulations.compare SUITE [--seeds 0 1 2 3 4] [--methods Rand Ours] [--results results]
+                                        [--engine ray|inprocess] [--jobs N]
     python -m simulations.compare --list
 
 Each run is a separate process (``python -m simulations.engine``): a fresh Ray cluster per run
 keeps runs independent and a crash in one from poisoning the rest. A finished run (its
 ``summary.json`` exists) is skipped, so an interrupted suite resumes where it stopped. Runs are
 sequential by default: each simulation already runs one client actor per core; ``--jobs 2``
-fills the gaps (server phases, stragglers) at the price of contended wall times.
+fills the gaps (server phases, stragglers) at the price of contended wall times. ``--engine
+inprocess`` runs the same handlers without Ray (the same rows; ``simulations/inprocess.py``) on
+one core, so there ``--jobs 2`` uses both cores.
 
 Reports are produced from the results files afterwards with ``python -m simulations.reports``.
 """
@@ -275,10 +278,10 @@ def reuse(run: PlannedRun, source: Path) -> None:
     tmp.rename(run.run_dir)  # atomic: a half-copied run is never mistaken for a finished one
 
 
-def run_one(run: PlannedRun, log_file: Path) -> int:
+def run_one(run: PlannedRun, log_file: Path, engine: str = "ray") -> int:
     run.run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "simulations.engine", "--clients", str(run.suite.clients),
-           "--run-config", json.dumps(run.run_config)]
+           "--engine", engine, "--run-config", json.dumps(run.run_config)]
     with open(log_file, "w") as f:
         return subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
 
@@ -293,6 +296,10 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra run-config values for every run, e.g. data-root=/data")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    ap.add_argument("--engine", choices=("ray", "inprocess"), default="ray",
+                    help="ray: Flower's simulation engine (default); inprocess: the same handlers "
+                         "in one process without Ray — the same rows, one core per run, so "
+                         "--jobs 2 uses both cores (simulations/inprocess.py)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at a time (default 1; wall times recorded in results are then contended)")
     args = ap.parse_args(argv)
@@ -330,7 +337,7 @@ def main(argv=None) -> int:
 
     def one(r: PlannedRun) -> tuple[PlannedRun, int, float]:
         t0 = time.time()
-        return r, run_one(r, r.run_dir / LOG_FILE), time.time() - t0
+        return r, run_one(r, r.run_dir / LOG_FILE, args.engine), time.time() - t0
 
     # --jobs > 1 runs whole simulations side by side (each its own Ray cluster); results do not
     # depend on it, only the wall times recorded in them do, so timing suites should use 1

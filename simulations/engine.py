@@ -50,6 +50,21 @@ def simulate(run_config: dict, num_clients: int, *, num_cpus: float = 1.0, num_g
     return run_dir
 
 
+def simulate_inprocess(run_config: dict, num_clients: int) -> Path:
+    """The same run through ``simulations.inprocess`` (no Ray: one process, one core, the same
+    rows as ``simulate``); returns the run directory."""
+    from fedal.config import Config
+    from fedal.server_app import run_directory
+    from simulations.inprocess import run_inprocess
+
+    cfg = Config.from_run_config(run_config)
+    run_inprocess(run_config, num_clients, log=lambda line: print(line, flush=True), record=True)
+    return run_directory(cfg)
+
+
+ENGINES = {"ray": simulate, "inprocess": simulate_inprocess}
+
+
 def read_rows(run_dir: str | Path) -> list[dict]:
     with open(Path(run_dir) / ROUNDS_FILE) as f:
         return [json.loads(line) for line in f]
@@ -63,8 +78,14 @@ def main(argv=None) -> int:
     ap.add_argument("--run-config", default="{}", help="run config as a JSON object (kebab-case keys)")
     ap.add_argument("--num-gpus", type=float, default=None,
                     help="GPU fraction per client (default: 0.25 with CUDA and device != cpu, else 0)")
+    ap.add_argument("--engine", choices=sorted(ENGINES), default="ray",
+                    help="ray: Flower's simulation engine (default); inprocess: the same handlers "
+                         "without Ray, same rows, one core (simulations/inprocess.py)")
     args = ap.parse_args(argv)
-    run_dir = simulate(json.loads(args.run_config), args.clients, num_gpus=args.num_gpus)
+    if args.engine == "ray":
+        run_dir = simulate(json.loads(args.run_config), args.clients, num_gpus=args.num_gpus)
+    else:
+        run_dir = simulate_inprocess(json.loads(args.run_config), args.clients)
     print(f"fedal: results in {run_dir}")
     return 0
 

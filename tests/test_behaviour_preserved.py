@@ -16,3 +16,13 @@ def test_inprocess_run_matches_golden(name):
 def test_simulation_engine_run_matches_golden(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDAL_STATE_DIR", str(tmp_path / "state"))
     assert golden.simulation_rows(tmp_path / "runs") == golden.load("simulation")
+
+
+def test_inprocess_engine_gives_the_simulation_engines_rows(tmp_path):
+    # the comparison runner's --engine inprocess rests on this: the same config through the
+    # in-process grid gives exactly the rows Flower's simulation engine recorded
+    from simulations.engine import read_rows, simulate_inprocess
+
+    run_dir = simulate_inprocess({**golden.SIMULATION_CONFIG, "run-dir": str(tmp_path)},
+                                 golden.SIMULATION_CLIENTS)
+    assert golden.normalised(read_rows(run_dir)) == golden.load("simulation")
