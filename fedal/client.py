@@ -124,6 +124,14 @@ class ClientData:
     num_classes: int
     input_shape: tuple[int, ...]
     device: torch.device
+    # the client's stable name, sent with every reply so the server can follow a client across
+    # node ids (a restarted SuperNode may get a new one); a site's node config names it, a
+    # simulated client is its partition id
+    client_id: str = ""
+
+    def __post_init__(self):
+        if not self.client_id:
+            self.client_id = str(self.partition_id)
 
 
 @functools.lru_cache(maxsize=256)

@@ -42,37 +42,44 @@ def _state(msg: Message):
     return msg.content["arrays"].to_torch_state_dict()
 
 
-def _reply(msg: Message, metrics: dict, arrays: dict[str, ArrayRecord] | None = None) -> Message:
-    content = RecordDict({"metrics": MetricRecord(metrics), **(arrays or {})})
+CLIENT_KEY = "client"  # the ConfigRecord of every reply that names the client ({"client-id": str})
+
+
+def _reply(msg: Message, w: ClientWorker, metrics: dict, arrays: dict[str, ArrayRecord] | None = None) -> Message:
+    content = RecordDict({"metrics": MetricRecord(metrics),
+                          CLIENT_KEY: ConfigRecord({"client-id": w.data.client_id}), **(arrays or {})})
     return Message(content=content, reply_to=msg)
 
 
 # ---------------------------------------------------------------------------------- handlers
 def info(msg: Message, context: Context, run_config: dict) -> Message:
-    return _reply(msg, worker(context, run_config).info())
+    w = worker(context, run_config)
+    return _reply(msg, w, w.info())
 
 
 def train(msg: Message, context: Context, run_config: dict) -> Message:
     conf = msg.content["config"]
-    state, metrics = worker(context, run_config).train(
-        _state(msg), int(conf["al-round"]), int(conf["server-round"]), int(conf["local-epochs"]))
-    return _reply(msg, metrics, {"arrays": ArrayRecord(state)})
+    w = worker(context, run_config)
+    state, metrics = w.train(_state(msg), int(conf["al-round"]), int(conf["server-round"]),
+                             int(conf["local-epochs"]))
+    return _reply(msg, w, metrics, {"arrays": ArrayRecord(state)})
 
 
 def probe(msg: Message, context: Context, run_config: dict) -> Message:
     conf = msg.content["config"]
-    metrics, m = worker(context, run_config).probe(
+    w = worker(context, run_config)
+    metrics, m = w.probe(
         _state(msg), int(conf["al-round"]), int(conf.get("fl-round", 0)),
         pseudo_update=bool(conf["need-embeddings"]), mix=bool(conf.get("need-mix", False)),
         sketch_seed=int(conf.get("sketch-seed", 0)))
-    return _reply(msg, metrics, None if m is None else {"pseudo": ArrayRecord({"m": Array(m)})})
+    return _reply(msg, w, metrics, None if m is None else {"pseudo": ArrayRecord({"m": Array(m)})})
 
 
 def acquire(msg: Message, context: Context, run_config: dict) -> Message:
     conf = msg.content["config"]
     state = _state(msg) if "arrays" in msg.content.array_records else None
-    return _reply(msg, worker(context, run_config).acquire(
-        state, int(conf["n"]), int(conf["al-round"]), str(conf["point-strategy"])))
+    w = worker(context, run_config)
+    return _reply(msg, w, w.acquire(state, int(conf["n"]), int(conf["al-round"]), str(conf["point-strategy"])))
 
 
 def build_client_app(run_config: dict | None = None) -> ClientApp:

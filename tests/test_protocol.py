@@ -139,8 +139,10 @@ def test_privacy_no_raw_inputs_or_labels_leave_a_client(histogram):
     assert len(replies) == grid.sent > 0
     for msg, reply in replies:
         content = reply.content
-        assert set(content.config_records) == set()  # clients send no config records
         pid = grid.contexts[reply.metadata.src_node_id].node_config["partition-id"]
+        # the one config record: the client's name, nothing else
+        assert set(content.config_records) == {"client"}
+        assert dict(content.config_records["client"]) == {"client-id": str(pid)}
         for name, metrics in content.metric_records.items():
             assert set(metrics) <= ALLOWED_METRICS, set(metrics) - ALLOWED_METRICS
             for k, v in metrics.items():
