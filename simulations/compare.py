@@ -144,6 +144,8 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
           {**MNIST1D_SHARD, **COMPARISON_TRAINING, **PRETRAINED}, GEOMETRY_METHODS),
     Suite("mnist1d-probe", "the probe's optimiser (gd vs adam): alignment of q with true class mixes, Dirichlet α=0.1",
           {**MNIST1D_DIRICHLET, **COMPARISON_TRAINING}, PROBE_METHODS, seeds=(0, 1)),
+    Suite("mnist1d-probe-pretrained", "as mnist1d-probe with the self-supervised backbone",
+          {**MNIST1D_DIRICHLET, **COMPARISON_TRAINING, **PRETRAINED}, PROBE_METHODS, seeds=(0, 1)),
     Suite("mnist1d-dirichlet-retrain", "as mnist1d-dirichlet with the paper's default retrain (about 4× the CPU)",
           MNIST1D_DIRICHLET, PAPER_METHODS),
     Suite("mnist1d-ablations", "ablations of the paper's method on MNIST-1D, Dirichlet α=0.1, warm-start training",

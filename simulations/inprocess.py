@@ -6,7 +6,7 @@ quickly. The comparison runner can use it as an engine (``python -m simulations.
 --engine inprocess``): the same handlers run on the same messages, so the rows equal the
 simulation engine's (``tests/test_behaviour_preserved.py`` checks both against the same golden
 rows), and without Ray's per-message overhead a run takes one core instead of two and less
-wall time (``simulations/benchmarks/bench_engines.py``). It is not a substitute for Flower's
+wall time (``python -m simulations.benchmarks.bench_engines``). It is not a substitute for Flower's
 engine: ``tests/test_simulation.py`` runs the real one as well.
 """
 
