@@ -72,17 +72,17 @@ def test_jobs_runs_every_planned_run_once_and_validates(tmp_path, monkeypatch, c
 
     seen, lock = [], threading.Lock()
 
-    def fake_run_one(run, log_file):  # stands in for a whole simulation
+    def fake_run_one(run, log_file, engine):  # stands in for a whole simulation
         with lock:
-            seen.append((run.method.name, run.seed))
+            seen.append((run.method.name, run.seed, engine))
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / "summary.json").write_text(json.dumps({"completed": True}))
         return 0
 
     monkeypatch.setattr(C, "run_one", fake_run_one)
-    assert C.main(["digits-smoke", "--results", str(tmp_path), "--jobs", "2"]) == 0
+    assert C.main(["digits-smoke", "--results", str(tmp_path), "--jobs", "2", "--engine", "inprocess"]) == 0
     suite = SUITES["digits-smoke"]
-    assert sorted(seen) == sorted((m.name, s) for m in suite.methods for s in suite.seeds)
+    assert sorted(seen) == sorted((m.name, s, "inprocess") for m in suite.methods for s in suite.seeds)
     assert capsys.readouterr().out.count(": ok in") == len(seen)
     seen.clear()
     assert C.main(["digits-smoke", "--results", str(tmp_path), "--jobs", "2"]) == 0 and seen == []  # resumed
