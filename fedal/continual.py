@@ -95,7 +95,9 @@ on the real protocol.
 
 Code: the losses are in ``fedal.continual_losses``, MIR's and SDS2's replay scoring in
 ``fedal.continual_replay``; this module holds the hyperparameters, schedules, the ``MODES``
-registry and the training loop, and every public name of the three is importable from here.
+registry and each mode's per-batch loss term, and every public name of the three is importable
+from here. The loop itself (batch order, optimizer step, divergence check) is the one every local
+update shares, ``fedal.training.local_sgd``.
 """
 
 from __future__ import annotations
@@ -478,14 +480,15 @@ def train_continual(
       batches of m = ``batch_size``; ``steps_per_epoch`` replaces the one-pass step count by a
       fixed number of m-sized batches (a client without new labels: module docstring, decision 1).
     - ``generator``: the only source of randomness (batch order, replay draws).
-    - ``optimizer`` ∈ ``OPTIMIZERS`` (fresh state per call, as usual for a FedAvg client), ``lr``.
+    - ``optimizer`` ∈ ``fedal.training.OPTIMIZERS`` (fresh state per call, as usual for a FedAvg client), ``lr``.
     - ``hp``: ``CALHyperParams`` (defaults if None). ``lambda_t`` overrides SD's Eq. 5 value.
 
     Labels must be integers in [0, C). Raises ValueError on inconsistent shapes, bad labels,
     missing logits, an unknown mode/optimizer, or a client without any label.
 
     Returns a dict: mode, epochs, steps, n_new, n_old, batch_size, lambda_t (SD modes, else None),
-    hp (resolved, as a dict), loss_per_epoch, samples_trained (forward+backward samples),
+    hp (resolved, as a dict), loss_per_epoch (per epoch the sample-weighted mean batch loss, as
+    ``local_sgd`` reports it; a CAL batch counts its m + m' points), samples_trained (forward+backward samples),
     selection_samples (extra samples forwarded to choose replay), replay_draws (replayed points,
     with repetition), replay_indices (sorted unique positions in ``old_x`` that were replayed),
     wall_s.
