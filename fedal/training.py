@@ -152,8 +152,9 @@ def local_sgd(model: nn.Module, x, y, *, epochs: int, batch_size: int, generator
     fresh ``optimizer`` (``OPTIMIZERS``) over ``params`` (default: the trainable parameters).
     ``loss_term`` is where a mode plugs in more than cross-entropy (CAL's replay and
     distillation, ``fedal.continual``); it may draw from ``generator`` too (replay batches): the
-    draws then interleave with the batch order deterministically. ``x``: a numpy array or tensor
-    (uint8 pixels stay uint8; other inputs become float32 as in ``predict``); ``y``: integer labels.
+    draws then interleave with the batch order deterministically. ``x``: a numpy array (converted as
+    ``predict`` converts it: uint8 pixels stay bytes, other inputs become float32) or a tensor,
+    used as it is; ``y``: integer labels.
     The model is left in the train/eval mode it came in.
     """
     xt = x if isinstance(x, torch.Tensor) else _tensor(x)
