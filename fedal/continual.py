@@ -95,7 +95,9 @@ on the real protocol.
 
 Code: the losses are in ``fedal.continual_losses``, MIR's and SDS2's replay scoring in
 ``fedal.continual_replay``; this module holds the hyperparameters, schedules, the ``MODES``
-registry and the training loop, and every public name of the three is importable from here.
+registry and each mode's per-batch loss term, and every public name of the three is importable
+from here. The loop itself (batch order, optimizer step, divergence check) is the one every local
+update shares, ``fedal.training.local_sgd``.
 """
 
 from __future__ import annotations
@@ -109,7 +111,6 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedal.continual_losses import (  # noqa: F401  (public names of fedal.continual)
@@ -128,6 +129,7 @@ from fedal.continual_replay import (  # noqa: F401
     sds2_select,
     sds2_similarity,
 )
+from fedal.training import OPTIMIZERS, local_sgd  # noqa: F401  (OPTIMIZERS: public here too)
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,12 +410,6 @@ def training_mode(name: str) -> TrainingMode:
     return MODES[name]
 
 
-OPTIMIZERS: Mapping[str, Callable[..., torch.optim.Optimizer]] = MappingProxyType({
-    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
-    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
-})
-
-
 def _device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -442,7 +438,8 @@ def _labeled(name: str, x, y, dtype: torch.dtype) -> tuple[torch.Tensor, torch.T
     y = torch.as_tensor(y)
     if x.dim() < 2:
         raise ValueError(f"{name}_x must have shape (n, *features); got {tuple(x.shape)}")
-    x = x.to(dtype)                      # numpy float64 / uint8 inputs → the model's dtype
+    if x.dtype != torch.uint8:           # uint8 pixels stay bytes (PixelInput normalises them)
+        x = x.to(dtype)                  # numpy float64 / integer features → the model's dtype
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"{name}_y must have shape ({x.shape[0]},) to label every row of "
                          f"{name}_x; got {tuple(y.shape)}")
@@ -483,14 +480,15 @@ def train_continual(
       batches of m = ``batch_size``; ``steps_per_epoch`` replaces the one-pass step count by a
       fixed number of m-sized batches (a client without new labels: module docstring, decision 1).
     - ``generator``: the only source of randomness (batch order, replay draws).
-    - ``optimizer`` ∈ ``OPTIMIZERS`` (fresh state per call, as usual for a FedAvg client), ``lr``.
+    - ``optimizer`` ∈ ``fedal.training.OPTIMIZERS`` (fresh state per call, as usual for a FedAvg client), ``lr``.
     - ``hp``: ``CALHyperParams`` (defaults if None). ``lambda_t`` overrides SD's Eq. 5 value.
 
     Labels must be integers in [0, C). Raises ValueError on inconsistent shapes, bad labels,
     missing logits, an unknown mode/optimizer, or a client without any label.
 
     Returns a dict: mode, epochs, steps, n_new, n_old, batch_size, lambda_t (SD modes, else None),
-    hp (resolved, as a dict), loss_per_epoch, samples_trained (forward+backward samples),
+    hp (resolved, as a dict), loss_per_epoch (per epoch the sample-weighted mean batch loss, as
+    ``local_sgd`` reports it; a CAL batch counts its m + m' points), samples_trained (forward+backward samples),
     selection_samples (extra samples forwarded to choose replay), replay_draws (replayed points,
     with repetition), replay_indices (sorted unique positions in ``old_x`` that were replayed),
     wall_s.
@@ -543,76 +541,42 @@ def train_continual(
     lam = float(lambda_t) if lambda_t is not None else sd_lambda(n_new, n_old)
 
     device = _device_of(model)
-    opt = OPTIMIZERS[optimizer]([p for p in model.parameters() if p.requires_grad], lr)
     stats: dict[str, Any] = dict(
         mode=mode, epochs=epochs, n_new=n_new, n_old=n_old, batch_size=batch_size,
         lambda_t=lam if spec is not None and spec.uses_lambda else None, hp=dataclasses.asdict(hp),
-        optimizer=optimizer, lr=float(lr), loss_per_epoch=[], steps=0, samples_trained=0,
-        selection_samples=0, replay_draws=0)
+        optimizer=optimizer, lr=float(lr), selection_samples=0, replay_draws=0)
     replayed = torch.zeros(n_old, dtype=torch.bool)
-    was_training = model.training
-    model.train()
+    if spec is None:
+        # retrain / warm-start: plain CE over the client's whole labeled set, new rows first
+        # (decision in the module docstring: re-initialisation for retrain is the server's)
+        x, y, term = torch.cat([new_x, old_x]), torch.cat([new_y, old_y]), None
+    else:
+        ctx = _Ctx(model, old_x, old_y, old_logits, hp, generator, lam)
+        if steps_per_epoch is None and n_new == 0:
+            steps_per_epoch = math.ceil(n_old / (batch_size + hp.replay_size))  # decision 1
+        empty = torch.zeros(0, dtype=torch.long)
 
-    def step(loss: torch.Tensor, n_samples: int) -> float:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        stats["steps"] += 1
-        stats["samples_trained"] += n_samples
-        return float(loss.detach())
+        def term(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, int]:
+            """CAL's per-batch loss: draw the replay batch, one interleaved forward (ER's B)."""
+            rep = spec.select(ctx, xb, yb) if n_old > 0 else empty
+            replayed[rep] = True
+            stats["replay_draws"] += rep.numel()
+            xr, yr = old_x[rep].to(device), old_y[rep].to(device)
+            zr = old_logits[rep].to(device) if old_logits is not None else None
+            if zr is None and spec.needs_logits:   # empty history: no replay term
+                zr = torch.zeros((0, num_classes), device=device)
+            logits = model(torch.cat([xb, xr]))
+            ln, lr_ = logits[: xb.shape[0]], logits[xb.shape[0]:]
+            return spec.loss(ctx, ln, yb, lr_, yr, zr), logits.shape[0]
 
-    try:
-        if spec is None:
-            # retrain / warm-start: plain CE over the client's whole labeled set (decision in the
-            # module docstring: re-initialisation for retrain is the server's).
-            all_x, all_y = torch.cat([new_x, old_x]), torch.cat([new_y, old_y])
-            for _ in range(epochs):
-                losses = []
-                for b in _batches(all_x.shape[0], batch_size, steps_per_epoch, generator):
-                    xb, yb = all_x[b].to(device), all_y[b].to(device)
-                    losses.append(step(F.cross_entropy(model(xb), yb), b.numel()))
-                stats["loss_per_epoch"].append(float(np.mean(losses)))
-        else:
-            ctx = _Ctx(model, old_x, old_y, old_logits, hp, generator, lam)
-            if steps_per_epoch is None and n_new == 0:
-                steps_per_epoch = math.ceil(n_old / (batch_size + hp.replay_size))  # decision 1
-            empty = torch.zeros(0, dtype=torch.long)
-            for _ in range(epochs):
-                losses = []
-                if n_new > 0:
-                    batches = _batches(n_new, batch_size, steps_per_epoch, generator)
-                else:
-                    batches = [empty] * steps_per_epoch
-                for b in batches:
-                    xb, yb = new_x[b].to(device), new_y[b].to(device)
-                    rep = spec.select(ctx, xb, yb) if n_old > 0 else empty
-                    replayed[rep] = True
-                    stats["replay_draws"] += rep.numel()
-                    xr, yr = old_x[rep].to(device), old_y[rep].to(device)
-                    zr = old_logits[rep].to(device) if old_logits is not None else None
-                    if zr is None and spec.needs_logits:   # empty history: no replay term
-                        zr = torch.zeros((0, num_classes), device=device)
-                    logits = model(torch.cat([xb, xr]))     # one interleaved forward (ER's B)
-                    ln, lr_ = logits[: xb.shape[0]], logits[xb.shape[0]:]
-                    losses.append(step(spec.loss(ctx, ln, yb, lr_, yr, zr), logits.shape[0]))
-                stats["loss_per_epoch"].append(float(np.mean(losses)))
-            stats["selection_samples"] = ctx.selection_samples
-    finally:
-        model.train(was_training)
+        x, y = new_x, new_y
+    loop = local_sgd(model, x, y, epochs=epochs, batch_size=batch_size, generator=generator, lr=lr,
+                     optimizer=optimizer, loss_term=term, steps_per_epoch=steps_per_epoch,
+                     what=f"training-mode {mode}")
+    if spec is not None:
+        stats["selection_samples"] = ctx.selection_samples
+    stats.update(steps=loop.steps, samples_trained=loop.samples, loss_per_epoch=loop.loss_per_epoch)
     stats["replay_indices"] = torch.nonzero(replayed).flatten().numpy()
     stats["wall_s"] = time.perf_counter() - t0
     return stats
 
-
-def _batches(n: int, m: int, steps: int | None, generator: torch.Generator):
-    """Index batches over range(n). ``steps`` None: one random permutation in chunks of m (the last
-    may be smaller). Otherwise ``steps`` chunks of min(m, n) cut from consecutive permutations (a
-    chunk that straddles two permutations may hold an index twice; every index still appears
-    equally often over whole permutations)."""
-    if steps is None:
-        perm = torch.randperm(n, generator=generator)
-        return [perm[i:i + m] for i in range(0, n, m)]
-    size = min(m, n)
-    need = steps * size
-    perms = torch.cat([torch.randperm(n, generator=generator) for _ in range(math.ceil(need / n))])
-    return [perms[i * size:(i + 1) * size] for i in range(steps)]

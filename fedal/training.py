@@ -8,6 +8,9 @@ so it is testable without Flower. Determinism: every function that draws randomn
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -81,37 +84,128 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=lr)
+OPTIMIZERS: Mapping[str, Callable[..., torch.optim.Optimizer]] = MappingProxyType({
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
+})
+
+
+def make_optimizer(params, lr: float, name: str = "adam") -> torch.optim.Optimizer:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}; got {name!r}")
+    return OPTIMIZERS[name](params, lr)
+
+
+# --------------------------------------------------------------------------------------------
+# The local-training loop (docs/method.md, "Baselines and training modes")
+# --------------------------------------------------------------------------------------------
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator,
+                  steps: int | None = None) -> list[torch.Tensor]:
+    """The batch order of one epoch over rows 0..n−1 — the only place that decides it.
+
+    ``steps`` None: one permutation ``torch.randperm(n, generator)`` cut into chunks of
+    ``batch_size`` (the last may be smaller). Otherwise ``steps`` chunks of min(batch_size, n) cut
+    from consecutive permutations (a chunk that straddles two permutations may hold an index twice;
+    every index still appears equally often over whole permutations); with n = 0, ``steps`` empty
+    batches (a CAL client without new labels trains on replay alone) and no draw.
+    """
+    if steps is None:
+        perm = torch.randperm(n, generator=generator)
+        return [perm[s:s + batch_size] for s in range(0, n, batch_size)]
+    if n == 0:
+        return [torch.zeros(0, dtype=torch.long)] * steps
+    size = min(batch_size, n)
+    need = steps * size
+    perms = torch.cat([torch.randperm(n, generator=generator) for _ in range(math.ceil(need / n))])
+    return [perms[i * size:(i + 1) * size] for i in range(steps)]
+
+
+# (x_batch, y_batch) on the model's device -> (the batch's loss, the samples it trained on)
+BatchLoss = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, int]"]
+
+
+@dataclass
+class LoopStats:
+    """What ``local_sgd`` did: optimizer steps, samples forwarded and backpropagated, and per epoch
+    the sample-weighted mean batch loss (NaN for an epoch without samples)."""
+
+    steps: int = 0
+    samples: int = 0
+    loss_per_epoch: list[float] = field(default_factory=list)
+
+    @property
+    def last_loss(self) -> float:
+        return self.loss_per_epoch[-1] if self.loss_per_epoch else float("nan")
+
+
+def local_sgd(model: nn.Module, x, y, *, epochs: int, batch_size: int, generator: torch.Generator,
+              lr: float, optimizer: str = "adam", params=None, loss_term: BatchLoss | None = None,
+              steps_per_epoch: int | None = None, what: str = "local training") -> LoopStats:
+    """The one local-training loop: retrain, warm start, the CAL modes and the Adam pseudo-update
+    all run it, so batch order, device moves, the optimizer step and the divergence check live here.
+
+    Per epoch: the batches of ``epoch_batches(len(x), batch_size, generator, steps_per_epoch)``;
+    per batch: x[b], y[b] to the model's device, ``loss_term(xb, yb)`` (default: mean
+    cross-entropy of ``model(xb)``, counted as len(b) samples), a non-finite loss raises
+    ``FloatingPointError`` before it reaches the weights, then zero_grad / backward / step of a
+    fresh ``optimizer`` (``OPTIMIZERS``) over ``params`` (default: the trainable parameters).
+    ``loss_term`` is where a mode plugs in more than cross-entropy (CAL's replay and
+    distillation, ``fedal.continual``); it may draw from ``generator`` too (replay batches): the
+    draws then interleave with the batch order deterministically. ``x``: a numpy array (converted as
+    ``predict`` converts it: uint8 pixels stay bytes, other inputs become float32) or a tensor,
+    used as it is; ``y``: integer labels.
+    The model is left in the train/eval mode it came in.
+    """
+    xt = x if isinstance(x, torch.Tensor) else _tensor(x)
+    yt = torch.as_tensor(np.asarray(y, dtype=np.int64) if not isinstance(y, torch.Tensor) else y,
+                         dtype=torch.long)
+    if len(xt) != len(yt):
+        raise ValueError(f"x and y differ in length: {len(xt)} vs {len(yt)}")
+    dev = _device(model)
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, lr, optimizer)
+    if loss_term is None:
+        def loss_term(xb, yb):
+            return nn.functional.cross_entropy(model(xb), yb), len(yb)
+    stats = LoopStats()
+    was_training = model.training
+    model.train()
+    try:
+        for epoch in range(epochs):
+            total, count = 0.0, 0
+            for b in epoch_batches(len(xt), batch_size, generator, steps_per_epoch):
+                xb, yb = xt[b].to(dev), yt[b].to(dev)
+                opt.zero_grad()
+                loss, n = loss_term(xb, yb)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"{what} diverged: loss {value} at epoch {epoch + 1}, step {stats.steps + 1} "
+                        f"(optimizer {optimizer}, lr {lr}, batch size {batch_size}); lower the learning rate")
+                loss.backward()
+                opt.step()
+                total += value * n
+                count += n
+                stats.steps += 1
+                stats.samples += n
+            stats.loss_per_epoch.append(total / count if count else float("nan"))
+    finally:
+        model.train(was_training)
+    return stats
 
 
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
                 lr: float, seed: int, params=None) -> float:
-    """Cross-entropy training on the client's labeled pool; returns the mean loss of the last epoch."""
+    """Cross-entropy training on the client's labeled pool (``local_sgd`` with a generator seeded
+    by ``seed``); returns the mean loss of the last epoch (NaN without data)."""
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
     if len(x) == 0:
         return float("nan")
-    model.train()
-    opt = make_optimizer(params if params is not None else model.parameters(), lr)
-    gen = torch.Generator().manual_seed(seed)
-    dev = _device(model)
-    xt, yt = _tensor(x), torch.from_numpy(np.asarray(y, dtype=np.int64))
-    loss_fn = nn.CrossEntropyLoss()
-    last = float("nan")
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt), generator=gen)
-        total, count = 0.0, 0
-        for s in range(0, len(xt), batch_size):
-            b = perm[s:s + batch_size]
-            opt.zero_grad()
-            loss = loss_fn(model(xt[b].to(dev)), yt[b].to(dev))
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(b)
-            count += len(b)
-        last = total / count
-    return last
+    return local_sgd(model, x, y, epochs=epochs, batch_size=batch_size, lr=lr, params=params,
+                     generator=torch.Generator().manual_seed(seed)).last_loss
 
 
 @torch.no_grad()
@@ -216,15 +310,8 @@ def pseudo_update(model: FedALModel, x_unlabeled: np.ndarray, *, optimizer: str,
                     if p.grad is not None:
                         p -= lr * p.grad
     else:
-        opt = make_optimizer(trainable, lr)
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(epochs):
-            perm = torch.randperm(len(xt), generator=gen)
-            for s in range(0, len(xt), batch_size):
-                b = perm[s:s + batch_size]
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(xt[b].to(dev)), y_hat[b].to(dev)).backward()
-                opt.step()
+        local_sgd(model, xt, y_hat, epochs=epochs, batch_size=batch_size, lr=lr, params=trainable,
+                  generator=torch.Generator().manual_seed(seed), what="the Adam pseudo-update")
     d = torch.cat([params[n].detach().flatten() for n in names]) - w0
     norm = float(d.norm())
     if not np.isfinite(norm):

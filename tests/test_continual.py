@@ -477,3 +477,76 @@ def test_numpy_inputs_are_accepted_and_cast_to_the_model_dtype(client):
                       old_x.double().numpy(), old_y.numpy(), old_logits.double().numpy(),
                       mode="cal-der", epochs=1, batch_size=8, generator=gen())
     assert params_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# CAL on the shared loop (fedal.training.local_sgd)
+# ---------------------------------------------------------------------------------------------
+
+def test_the_shared_loop_descends_the_cal_loss_term(client, monkeypatch):
+    # ER's loss, scaled to 0: SGD then has nothing to descend, so the weights must not move (they
+    # would if the loop trained on its default cross-entropy), and it runs once per optimizer step
+    from fedal.continual_losses import er_loss
+
+    calls = []
+
+    def zero_er(*args):
+        calls.append(1)
+        return er_loss(*args) * 0.0
+
+    monkeypatch.setattr(C, "er_loss", zero_er)
+    model = make_model()
+    before = copy.deepcopy(model.state_dict())
+    s = C.train_continual(model, *client, mode="cal-er", epochs=2, batch_size=8, generator=gen(),
+                          optimizer="sgd", lr=0.1)
+    assert params_equal(model.state_dict(), before) and len(calls) == s["steps"] == 2 * 5
+
+
+def test_cal_modes_train_on_their_replay_loss_not_on_the_new_labels_alone(client):
+    new_x, new_y, old_x, old_y, old_logits = client
+    plain = make_model()
+    C.train_continual(plain, new_x, new_y, old_x[:0], old_y[:0], None, mode="warm-start", epochs=1,
+                      batch_size=8, generator=gen())
+    for mode in C.CAL_MODES:
+        model = make_model()
+        s = C.train_continual(model, *client, mode=mode, epochs=1, batch_size=8, generator=gen())
+        assert not params_equal(model, plain) and s["replay_draws"] > 0, mode
+    # DER's distillation weight α reaches the update
+    a, b = make_model(), make_model()
+    for m, alpha in ((a, 0.1), (b, 5.0)):
+        C.train_continual(m, *client, mode="cal-der", epochs=1, batch_size=8, generator=gen(),
+                          hp=C.CALHyperParams(der_alpha=alpha))
+    assert not params_equal(a, b)
+
+
+class _TinyNet(nn.Module):
+    out_dim = 4
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x).mean(dim=(2, 3))
+
+
+@pytest.mark.parametrize("mode", ["warm-start", "cal-der"])
+def test_uint8_pixels_reach_a_pixel_input_model_as_bytes(mode):
+    # PixelInput normalises uint8 pixels itself and rejects floats; train_local always passed the
+    # bytes through, and so does train_continual now (it used to cast them to float32)
+    from fedal.backbones import BackboneTransform, PixelInput
+    from fedal.training import train_local
+
+    torch.manual_seed(0)
+    base = FedALModel(PixelInput(_TinyNet(), BackboneTransform()), NUM_CLASSES)
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (30, 8, 8, 3), dtype=np.uint8))
+    y = torch.arange(30) % NUM_CLASSES
+    model = copy.deepcopy(base)
+    z = C.record_logits(model, x[10:])
+    s = C.train_continual(model, x[:10], y[:10], x[10:], y[10:], z, mode=mode, epochs=1,
+                          batch_size=8, generator=gen(3))
+    assert s["steps"] > 0 and not params_equal(model, base)
+    if mode == "warm-start":
+        ref = copy.deepcopy(base)
+        train_local(ref, x.numpy(), y.numpy(), epochs=1, batch_size=8, lr=1e-3, seed=3)
+        assert params_equal(model, ref)
