@@ -349,3 +349,10 @@ def test_a_version_1_store_of_another_experiment_is_refused_and_left_at_version_
     assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name = 'queries'").fetchone()[0] == 0
     assert raw.execute("SELECT count(*) FROM labels").fetchone()[0] == 5
     raw.close()
+
+
+def test_a_simulation_store_may_skip_fsync_but_a_site_store_never_does(tmp_path):
+    with open_store(tmp_path / "a.sqlite") as s:
+        assert s._read("PRAGMA synchronous")[0][0] == 2  # FULL
+    with open_store(tmp_path / "b.sqlite", durable=False) as s:
+        assert s._read("PRAGMA synchronous")[0][0] == 0 and s._read("PRAGMA journal_mode")[0][0] == "wal"
