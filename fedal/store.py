@@ -800,7 +800,8 @@ class PoolStore:
         In one transaction the label row (and its stored logits) is deleted and the query is
         open again, claimed by the same annotator, so it is the next one they see. The budget
         counts paid labels, so the unit comes back; queries withdrawn when it was spent stay
-        withdrawn. Called again, it undoes the label before."""
+        withdrawn, and the query the annotator held meanwhile is released to others. Called
+        again, it undoes the label before."""
         annotator = self._annotator(annotator)
         now = self._clock()
         with self._tx() as db:
@@ -812,6 +813,9 @@ class PoolStore:
             qid, idx = row
             db.execute("DELETE FROM logits WHERE idx = ?", (idx,))
             db.execute("DELETE FROM labels WHERE idx = ?", (idx,))
+            # an annotator works on one query at a time: the one they held is free for others again
+            db.execute("UPDATE queries SET claimed_by = NULL, lease_until = NULL WHERE state = 'open' "
+                       "AND claimed_by = ?", (annotator,))
             db.execute("UPDATE queries SET state = 'open', closed_by = NULL, closed_at = NULL, claimed_by = ?, "
                        "lease_until = ? WHERE id = ?", (annotator, now + float(lease_s), qid))
         return self.query(qid)

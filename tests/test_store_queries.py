@@ -203,6 +203,16 @@ def test_undo_unpays_the_annotators_last_label_and_gives_the_query_back(tmp_path
         assert s.undo_last("alice") is None
 
 
+def test_undo_releases_the_query_the_annotator_held_meanwhile(tmp_path):
+    with open_store(tmp_path / "p.sqlite") as s:
+        a, b = s.add_queries([1, 2], 0, "random")
+        s.submit_label(s.next_query("alice").id, 1, "alice")
+        assert s.next_query("alice").id == b  # alice now looks at b
+        assert s.undo_last("alice").id == a
+        assert s.progress().claimed == 1 and s.next_query("bob").id == b  # b is free again
+        assert s.next_query("alice").id == a
+
+
 def test_labels_from_acquisitions_cannot_be_undone(tmp_path):
     with open_store(tmp_path / "p.sqlite") as s:
         s.acquire(0, lambda p: [1], oracle)
