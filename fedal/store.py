@@ -141,8 +141,10 @@ CREATE INDEX IF NOT EXISTS queries_by_state ON queries(state, model_version, id)
 
 
 def _statements(script: str) -> list[str]:
-    # statement by statement: executescript would commit the open transaction first
-    return [st for st in script.split(";") if st.strip()]
+    # statement by statement: executescript would commit the open transaction first. Comment
+    # lines go first, so a ';' in a comment cannot split a statement.
+    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("--"))
+    return [st for st in code.split(";") if st.strip()]
 
 
 def site_store_path(state_dir: str | os.PathLike, experiment_id: str, client_id: str) -> Path:

@@ -108,6 +108,7 @@ def test_label_by_mouse_and_keyboard_undo_and_skip_land_exactly_in_the_store(pag
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 760})
+            page.set_default_timeout(10_000)  # a key that does nothing fails in 10 s, not 30
             page.goto(f"{url}/?token={TOKEN}")
             assert page.url == url + "/"  # the token moved into a cookie, out of the URL
             assert page.locator("svg.signal polyline").count() == 1
