@@ -151,11 +151,14 @@ def site_store_path(state_dir: str | os.PathLike, experiment_id: str, client_id:
     """Where a site's pool store lives under its state directory: one file per experiment and
     client, so the ClientApp and the labeling page started with the same ``state-dir``,
     ``experiment-id`` and ``client-id`` open the same file."""
-    exp = str(experiment_id)
-    if not exp or not all(ch.isalnum() or ch in "._-" for ch in exp) or len(exp) > 64:
+    def safe(name: str) -> str:  # any id as a safe file name: kept when plain ASCII, else hashed
+        if name and len(name) <= 64 and name.isascii() and all(ch.isalnum() or ch in "._-" for ch in name) \
+                and not name.startswith("."):
+            return name
         import hashlib
-        exp = "x" + hashlib.sha256(exp.encode()).hexdigest()[:16]  # any id, as a safe file name
-    return Path(state_dir).expanduser() / f"pools-{exp}-{client_id}.sqlite"
+        return "x" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+    return Path(state_dir).expanduser() / f"pools-{safe(str(experiment_id))}-{safe(str(client_id))}.sqlite"
 
 
 class StoreError(PoolError):

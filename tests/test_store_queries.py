@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from fedal.store import BudgetSpent, PoolStore, QueryClosed, StoreError
+from fedal.store import BudgetSpent, PoolStore, QueryClosed, StoreError, site_store_path
 
 ID = dict(experiment_id="exp-1", client_id="site-a", n_points=50, data_fingerprint="fp-abc")
 
@@ -366,3 +366,10 @@ def test_a_simulation_store_may_skip_fsync_but_a_site_store_never_does(tmp_path)
         assert s._read("PRAGMA synchronous")[0][0] == 2  # FULL
     with open_store(tmp_path / "b.sqlite", durable=False) as s:
         assert s._read("PRAGMA synchronous")[0][0] == 0 and s._read("PRAGMA journal_mode")[0][0] == "wal"
+
+
+def test_the_store_path_is_one_file_per_experiment_and_client_with_a_safe_name(tmp_path):
+    assert site_store_path(tmp_path, "exp-1", "clinic-3") == tmp_path / "pools-exp-1-clinic-3.sqlite"
+    odd = site_store_path(tmp_path, "../etc/passwd", "a b")
+    assert odd.parent == tmp_path and odd.name.startswith("pools-x") and "/" not in odd.name[6:]
+    assert odd == site_store_path(tmp_path, "../etc/passwd", "a b") != site_store_path(tmp_path, "../etc/pass", "a b")
