@@ -25,6 +25,25 @@ How the guarantees are obtained:
   An answer that reached this process but not the database is lost with the process: only the
   committed label counts as paid.
 
+Asynchronous labeling (issue #14, SPEC §6): beside the labeled pool the store keeps a *query
+pool*, the points chosen for labeling, each tagged with the model version and strategy that chose
+it, and optionally the model's guess and confidence at query time (a labeling page shows them
+without a model). Annotators (people on the labeling page, simulated ones) take queries and
+return labels while training and selection go on:
+
+- ``add_queries`` fills the pool (a client refills it with its latest model when it runs low;
+  ``candidates`` are the points it may choose from); ``next_query(annotator)`` claims the next
+  open query under a lease, so two annotators are never shown the same point while the lease
+  holds; ``submit_label`` pays it; ``skip``, ``undo_last`` and ``withdraw_open`` close, reopen and
+  retire queries; ``progress`` counts everything against the budget.
+- Budgets stay exact: a query is paid once, when its label is committed, in ONE transaction that
+  moves the query to 'labeled' and inserts the label row (a partial unique index allows one
+  labeled query per point, and the labels table one label per point). A second submit of the same
+  query returns the committed label without paying. The transaction that spends the last unit
+  of the budget withdraws every query still open; withdrawn queries are never paid.
+- The training step reads "whatever is labeled now" with ``labeled_arrays``/``pools``: a label
+  paid through a query carries the query's model version as its AL round.
+
 The store refuses, with an error naming the file and the way out, any database that belongs to
 another experiment, client or data set, and any file that is corrupt. It never silently starts
 empty over a file that may hold paid labels. The file must live on a local disk: SQLite's WAL
@@ -48,8 +67,10 @@ import numpy as np
 
 from fedal.pools import PoolError, Pools
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
+DEFAULT_LEASE_S = 600.0  # how long a claimed query stays reserved for its annotator
+QUERY_STATES = ("open", "labeled", "withdrawn", "skipped")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -91,8 +112,113 @@ CREATE TABLE IF NOT EXISTS chosen (
 """
 
 
+# Version 2 (issue #14): the query pool. Added to a version-1 file by ``_migrate_v1``; a fresh
+# file runs both scripts, so fresh and migrated files have the same tables.
+_SCHEMA_V2 = """
+-- the query pool: one row per point asked for. state: 'open' (waiting for or being labeled, a
+-- live claim is claimed_by + lease_until), 'labeled' (paid: its label is the labels row of idx),
+-- 'withdrawn' (retired unpaid: the budget was spent, a fresher model replaced it, or an
+-- acquisition paid the point), 'skipped' (an annotator could not label it, unpaid)
+CREATE TABLE IF NOT EXISTS queries (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    idx           INTEGER NOT NULL,
+    model_version INTEGER NOT NULL,
+    strategy      TEXT    NOT NULL,
+    state         TEXT    NOT NULL CHECK (state IN ('open', 'labeled', 'withdrawn', 'skipped')),
+    created_at    REAL    NOT NULL,
+    guess         INTEGER,
+    confidence    REAL,
+    claimed_by    TEXT,
+    lease_until   REAL,
+    closed_by     TEXT,
+    closed_at     REAL
+);
+-- at most one open and at most one labeled query per point, whatever the writers do
+CREATE UNIQUE INDEX IF NOT EXISTS queries_one_open ON queries(idx) WHERE state = 'open';
+CREATE UNIQUE INDEX IF NOT EXISTS queries_one_labeled ON queries(idx) WHERE state = 'labeled';
+CREATE INDEX IF NOT EXISTS queries_by_state ON queries(state, model_version, id)
+"""
+
+
+def _statements(script: str) -> list[str]:
+    # statement by statement: executescript would commit the open transaction first. Comment
+    # lines go first, so a ';' in a comment cannot split a statement.
+    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("--"))
+    return [st for st in code.split(";") if st.strip()]
+
+
+def site_store_path(state_dir: str | os.PathLike, experiment_id: str, client_id: str) -> Path:
+    """Where a site's pool store lives under its state directory: one file per experiment and
+    client, so the ClientApp and the labeling page started with the same ``state-dir``,
+    ``experiment-id`` and ``client-id`` open the same file."""
+    def safe(name: str) -> str:  # any id as a safe file name: kept when plain ASCII, else hashed
+        if name and len(name) <= 64 and name.isascii() and all(ch.isalnum() or ch in "._-" for ch in name) \
+                and not name.startswith("."):
+            return name
+        import hashlib
+        return "x" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+    return Path(state_dir).expanduser() / f"pools-{safe(str(experiment_id))}-{safe(str(client_id))}.sqlite"
+
+
 class StoreError(PoolError):
     """The pool store cannot be used as asked (foreign or corrupt file, invalid acquisition)."""
+
+
+class QueryClosed(StoreError):
+    """The query was labeled with another answer, withdrawn or skipped: nothing was paid."""
+
+
+class BudgetSpent(StoreError):
+    """The site's label budget is spent: nothing was paid, and open queries were withdrawn."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """One row of the query pool (``label`` is set once the query is paid)."""
+
+    id: int
+    index: int  # the point, an index into the site's data
+    model_version: int
+    strategy: str
+    state: str  # one of QUERY_STATES
+    created_at: float
+    guess: int | None  # the model's predicted class at query time, if the client gave it
+    confidence: float | None  # the model's probability of that class
+    claimed_by: str | None
+    lease_until: float | None
+    closed_by: str | None  # who labeled or skipped it ('budget'/'acquisition'/... for withdrawals)
+    closed_at: float | None
+    label: int | None = None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The outcome of ``submit_label``."""
+
+    query_id: int
+    index: int
+    label: int
+    paid_now: bool  # False: the query was already paid with this label; nothing was paid again
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The site's labeling progress, read in one snapshot."""
+
+    budget: int | None  # total labels this site may pay (None: no limit set)
+    labeled: int  # every paid label (acquisitions and queries)
+    remaining: int | None  # budget - labeled
+    open: int  # open queries (claimed or not)
+    claimed: int  # open queries under a live lease
+    labeled_queries: int
+    withdrawn: int
+    skipped: int
+    by_annotator: int | None = None  # labels paid through queries by the annotator asked about
+
+    @property
+    def spent(self) -> bool:
+        return self.remaining is not None and self.remaining <= 0
 
 
 @dataclass(frozen=True)
@@ -119,8 +245,14 @@ class PoolStore:
     """
 
     def __init__(self, path: str | os.PathLike, experiment_id: str, client_id: str, n_points: int,
-                 data_fingerprint: str, *, lock_timeout: float | None = None) -> None:
+                 data_fingerprint: str, *, lock_timeout: float | None = None,
+                 clock: Callable[[], float] = time.time, durable: bool = True) -> None:
         self.path = Path(path)
+        # durable=False (simulations only): synchronous=OFF, no fsync per commit, ~50x faster on a
+        # busy disk; a crash of the machine (not of the process) may then lose recent commits
+        self.durable = bool(durable)
+        # the time stamps and query leases; a simulation passes its simulated clock
+        self._clock = clock
         self.identity = {"experiment_id": str(experiment_id), "client_id": str(client_id),
                          "n_points": str(int(n_points)), "data_fingerprint": str(data_fingerprint)}
         for key, value in self.identity.items():
@@ -142,7 +274,7 @@ class PoolStore:
             if str(mode).lower() != "wal":
                 raise StoreError(f"pool store {self.path}: SQLite refused WAL mode ({mode}); "
                                  "put the state directory on a local disk")
-            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'OFF'}")
             self._db.execute("PRAGMA foreign_keys = ON")
             self._init_or_verify()
         except sqlite3.OperationalError as e:
@@ -200,15 +332,43 @@ class PoolStore:
                 raise StoreError(f"pool store {self.path} is an SQLite database but not a fedal pool "
                                  "store (no meta table); check the state-dir path")
             if not has_meta:
-                # statement by statement: executescript would commit the open transaction first
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in _statements(_SCHEMA) + _statements(_SCHEMA_V2):
+                    db.execute(statement)
                 rows = {"schema_version": str(SCHEMA_VERSION), **self.identity,
-                        "created_at": repr(time.time())}
+                        "created_at": repr(self._clock())}
                 db.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", sorted(rows.items()))
                 return
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            if meta.get("schema_version") == "1":
+                self._migrate_v1(db, meta)
         self._verify()
+
+    def _migrate_v1(self, db: sqlite3.Connection, meta: dict) -> None:
+        """Version 1 -> 2 inside the opening transaction: add the query pool's tables. Labels,
+        logits and acquisitions are not touched. A file of another experiment, client or data
+        set is refused before anything is written, and a failure rolls everything back, so the
+        file stays a valid version-1 store."""
+        n_labels = db.execute("SELECT count(*) FROM labels").fetchone()[0]
+        wrong = self._identity_mismatch(meta, n_labels)
+        if wrong:
+            raise StoreError(wrong)
+        for statement in _statements(_SCHEMA_V2):
+            db.execute(statement)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('migrated_from_v1_at', ?)",
+                   (repr(self._clock()),))
+
+    def _identity_mismatch(self, meta: dict, n_labels: int) -> str | None:
+        names = {"experiment_id": "experiment", "client_id": "client", "n_points": "number of points",
+                 "data_fingerprint": "data fingerprint"}
+        shown = (lambda k, v: v if k == "n_points" else repr(v))
+        wrong = [f"{names[k]} is {shown(k, meta.get(k))} there but {shown(k, v)} here"
+                 for k, v in self.identity.items() if meta.get(k) != v]
+        if not wrong:
+            return None
+        return (f"pool store {self.path} belongs to another experiment, client or data set: {'; '.join(wrong)}. "
+                "If this site's data changed, restore the data the labels were paid for; "
+                f"{_keep_hint(n_labels)}")
 
     def _verify(self) -> None:
         p = self.path
@@ -223,16 +383,9 @@ class PoolStore:
                              f"{SCHEMA_VERSION}: open it with the fedal version that wrote it; it may hold "
                              "paid labels: do not delete it")
         n_labels = self._read("SELECT count(*) FROM labels")[0][0]
-        names = {"experiment_id": "experiment", "client_id": "client", "n_points": "number of points",
-                 "data_fingerprint": "data fingerprint"}
-        shown = (lambda k, v: v if k == "n_points" else repr(v))
-        wrong = [f"{names[k]} is {shown(k, meta.get(k))} there but {shown(k, v)} here"
-                 for k, v in self.identity.items() if meta.get(k) != v]
+        wrong = self._identity_mismatch(meta, n_labels)
         if wrong:
-            raise StoreError(
-                f"pool store {p} belongs to another experiment, client or data set: {'; '.join(wrong)}. "
-                "If this site's data changed, restore the data the labels were paid for; "
-                f"{_keep_hint(n_labels)}")
+            raise StoreError(wrong)
         bad = self._read("SELECT idx FROM labels WHERE idx < 0 OR idx >= ? ORDER BY pos LIMIT 5",
                          (self.n_points,))
         if bad:
@@ -242,8 +395,10 @@ class PoolStore:
         if dup:
             raise StoreError(f"pool store {p} is corrupt: index {dup[0][0]} is labeled {dup[0][1]} times; "
                              f"{_keep_hint(n_labels)}")
+        # a label is paid by a committed acquisition of its round, or by a labeled query
         orphan = self._read("SELECT l.al_round FROM labels l LEFT JOIN acquisitions a ON a.al_round = l.al_round "
-                            "WHERE a.state IS NOT 'committed' LIMIT 1")
+                            "WHERE a.state IS NOT 'committed' "
+                            "AND l.idx NOT IN (SELECT idx FROM queries WHERE state = 'labeled') LIMIT 1")
         if orphan:
             raise StoreError(f"pool store {p} is corrupt: labels of AL round {orphan[0][0]} have no committed "
                              f"acquisition; {_keep_hint(n_labels)}")
@@ -257,6 +412,19 @@ class PoolStore:
         if loose:
             raise StoreError(f"pool store {p} is corrupt: stored logits of point {loose[0][0]} have no label "
                              f"or a wrong size; {_keep_hint(n_labels)}")
+        unpaid = self._read("SELECT q.id, q.idx FROM queries q LEFT JOIN labels l ON l.idx = q.idx "
+                            "WHERE q.state = 'labeled' AND l.idx IS NULL LIMIT 1")
+        if unpaid:
+            raise StoreError(f"pool store {p} is corrupt: query {unpaid[0][0]} is marked labeled but point "
+                             f"{unpaid[0][1]} has no label; {_keep_hint(n_labels)}")
+        outside = self._read("SELECT id, idx FROM queries WHERE idx < 0 OR idx >= ? LIMIT 1", (self.n_points,))
+        if outside:
+            raise StoreError(f"pool store {p} is corrupt: query {outside[0][0]} asks about point {outside[0][1]}, "
+                             f"outside 0..{self.n_points - 1}; {_keep_hint(n_labels)}")
+        budget = meta.get("budget")
+        if budget is not None and (not budget.isdigit() or int(budget) < n_labels):
+            raise StoreError(f"pool store {p} is corrupt: its budget {budget!r} is not a count of at least the "
+                             f"{n_labels} paid labels; {_keep_hint(n_labels)}")
 
     def close(self) -> None:
         with self._mutex:
@@ -308,7 +476,9 @@ class PoolStore:
         state = self._read("SELECT state FROM acquisitions WHERE al_round = ?", (int(al_round),))
         if not state or state[0][0] != "committed":
             return None
-        rows = self._read("SELECT idx, label FROM labels WHERE al_round = ? ORDER BY pos", (int(al_round),))
+        # labels paid through queries carry their model version as AL round: not this acquisition's
+        rows = self._read("SELECT idx, label FROM labels WHERE al_round = ? AND idx NOT IN "
+                          "(SELECT idx FROM queries WHERE state = 'labeled') ORDER BY pos", (int(al_round),))
         arr = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
         return Acquisition(int(al_round), arr[:, 0].copy(), arr[:, 1].copy(), paid_now=False)
 
@@ -345,19 +515,25 @@ class PoolStore:
                 chosen = self._validate_choice(choose_fn(self.pools()), r)
                 with self._tx() as db:
                     db.execute("INSERT INTO acquisitions(al_round, state, strategy, n_points, chosen_at) "
-                               "VALUES (?, 'pending', ?, ?, ?)", (r, str(strategy), len(chosen), time.time()))
+                               "VALUES (?, 'pending', ?, ?, ?)", (r, str(strategy), len(chosen), self._clock()))
                     db.executemany("INSERT INTO chosen(al_round, pos, idx) VALUES (?, ?, ?)",
                                    [(r, k, int(i)) for k, i in enumerate(chosen)])
             else:
                 strategy = self._read("SELECT strategy FROM acquisitions WHERE al_round = ?", (r,))[0][0]
             labels = self._validate_labels(label_fn(chosen.copy()), chosen, r)
-            now = time.time()
+            now = self._clock()
             with self._tx() as db:  # every label of the batch, or none of them
+                self._check_batch_fits(db, chosen, r)
                 db.executemany("INSERT INTO labels(idx, label, al_round, strategy, acquired_at) VALUES (?, ?, ?, ?, ?)",
                                [(int(i), int(v), r, str(strategy), now) for i, v in zip(chosen, labels)])
                 db.execute("DELETE FROM chosen WHERE al_round = ?", (r,))
                 db.execute("UPDATE acquisitions SET state = 'committed', committed_at = ? WHERE al_round = ?",
                            (now, r))
+                # a point paid here is no longer a question: its open query (if any) is retired
+                db.executemany("UPDATE queries SET state = 'withdrawn', closed_by = 'acquisition', closed_at = ?, "
+                               "claimed_by = NULL, lease_until = NULL WHERE state = 'open' AND idx = ?",
+                               [(now, int(i)) for i in chosen])
+                self._withdraw_if_spent(db, now)
             return Acquisition(r, chosen, labels, paid_now=True)
 
     def _validate_choice(self, chosen, r: int) -> np.ndarray:
@@ -375,7 +551,25 @@ class PoolStore:
         if len(again):
             raise StoreError(f"AL round {r}: chosen indices are already labeled (a label would be paid twice): "
                              f"{again[:10].tolist()}")
+        budget = self.budget
+        if budget is not None and len(labeled) + len(idx) > budget:
+            raise BudgetSpent(f"AL round {r}: {len(idx)} more labels would exceed the budget of {budget} "
+                              f"({len(labeled)} paid)")
         return idx
+
+    def _check_batch_fits(self, db: sqlite3.Connection, chosen: np.ndarray, r: int) -> None:
+        """Inside the commit: labelers working on queries may have paid points or budget since
+        the points were chosen; refuse instead of paying a point twice or over the budget."""
+        ids = [int(i) for i in chosen]
+        paid = [i for i in ids if db.execute("SELECT 1 FROM labels WHERE idx = ?", (i,)).fetchone()]
+        if paid:
+            raise StoreError(f"AL round {r}: points {paid[:10]} were labeled through the query pool after "
+                             "they were chosen; the round stays pending (a label would be paid twice)")
+        budget = self._budget(db)
+        n = db.execute("SELECT count(*) FROM labels").fetchone()[0]
+        if budget is not None and n + len(ids) > budget:
+            raise BudgetSpent(f"AL round {r}: {len(ids)} more labels would exceed the budget of {budget} "
+                              f"({n} paid); the round stays pending")
 
     @staticmethod
     def _validate_labels(labels, chosen: np.ndarray, r: int) -> np.ndarray:
@@ -400,6 +594,267 @@ class PoolStore:
                 raise StoreError(f"logits are stored only for labeled points; not labeled: {missing[:10]}")
             db.executemany("INSERT OR REPLACE INTO logits(idx, width, values_f64) VALUES (?, ?, ?)",
                            [(i, vals.shape[1], row.tobytes()) for i, row in zip(idx, vals)])
+
+    # ------------------------------------------------------------------ the query pool (issue #14)
+    @staticmethod
+    def _budget(db: sqlite3.Connection) -> int | None:
+        row = db.execute("SELECT value FROM meta WHERE key = 'budget'").fetchone()
+        return None if row is None else int(row[0])
+
+    @property
+    def budget(self) -> int | None:
+        """The total number of labels this site may pay (acquisitions and queries); None: no limit."""
+        rows = self._read("SELECT value FROM meta WHERE key = 'budget'")
+        return int(rows[0][0]) if rows else None
+
+    def set_budget(self, total: int | None) -> None:
+        """Set (or, with None, remove) the site's total label budget. It may grow at any time,
+        never below what is already paid; set equal to it, the open queries are withdrawn."""
+        with self._tx() as db:
+            if total is None:
+                db.execute("DELETE FROM meta WHERE key = 'budget'")
+                return
+            if isinstance(total, bool) or int(total) != total or total < 0:
+                raise StoreError(f"budget = {total!r} must be a count >= 0")
+            paid = db.execute("SELECT count(*) FROM labels").fetchone()[0]
+            if int(total) < paid:
+                raise StoreError(f"budget = {total} is below the {paid} labels already paid; a budget "
+                                 "cannot un-pay labels")
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('budget', ?)", (str(int(total)),))
+            self._withdraw_if_spent(db, self._clock())
+
+    def _withdraw_if_spent(self, db: sqlite3.Connection, now: float) -> int:
+        budget = self._budget(db)
+        if budget is None or db.execute("SELECT count(*) FROM labels").fetchone()[0] < budget:
+            return 0
+        return db.execute("UPDATE queries SET state = 'withdrawn', closed_by = 'budget', closed_at = ?, "
+                          "claimed_by = NULL, lease_until = NULL WHERE state = 'open'", (now,)).rowcount
+
+    def add_queries(self, indices, model_version: int, strategy: str, guesses=None,
+                    confidences=None) -> list[int]:
+        """Put points into the query pool, in the order given (the order annotators get them in,
+        among queries of the same model version; newer versions go first).
+
+        ``guesses``/``confidences``: the model's predicted class and its probability per point,
+        shown to annotators. Points already labeled, already in an open query or chosen by a
+        pending acquisition are left out (a label may have landed since the caller looked), and
+        nothing is added once the budget is spent. Returns the ids of the queries added.
+        """
+        idx = np.asarray(indices)
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):
+            raise StoreError(f"add_queries: indices must be integers, got {idx.dtype}")
+        idx = idx.astype(np.int64).ravel()
+        if len(np.unique(idx)) != len(idx):
+            raise StoreError("add_queries: the same point appears twice")
+        bad = idx[(idx < 0) | (idx >= self.n_points)]
+        if len(bad):
+            raise StoreError(f"add_queries: indices outside 0..{self.n_points - 1}: {bad[:10].tolist()}")
+        if isinstance(model_version, bool) or int(model_version) != model_version or model_version < 0:
+            raise StoreError(f"add_queries: model_version = {model_version!r} must be an integer >= 0")
+        g = [None] * len(idx) if guesses is None else [int(v) for v in np.asarray(guesses).ravel()]
+        c = [None] * len(idx) if confidences is None else [float(v) for v in np.asarray(confidences).ravel()]
+        if len(g) != len(idx) or len(c) != len(idx):
+            raise StoreError(f"add_queries: {len(idx)} points need as many guesses and confidences "
+                             f"(got {len(g)} and {len(c)})")
+        if any(v is not None and v < 0 for v in g):
+            raise StoreError("add_queries: a guess is a class id >= 0")
+        if any(v is not None and not (0.0 <= v <= 1.0) for v in c):  # also refuses NaN
+            raise StoreError("add_queries: a confidence is a probability in [0, 1]")
+        now, added = self._clock(), []
+        with self._tx() as db:
+            budget = self._budget(db)
+            if budget is not None and db.execute("SELECT count(*) FROM labels").fetchone()[0] >= budget:
+                return []
+            busy = {r[0] for r in db.execute(
+                "SELECT idx FROM labels UNION SELECT idx FROM queries WHERE state = 'open' "
+                "UNION SELECT idx FROM chosen")}
+            for i, gi, ci in zip(idx.tolist(), g, c):
+                if i in busy:
+                    continue
+                cur = db.execute("INSERT INTO queries(idx, model_version, strategy, state, created_at, guess, "
+                                 "confidence) VALUES (?, ?, ?, 'open', ?, ?, ?)",
+                                 (i, int(model_version), str(strategy), now, gi, ci))
+                added.append(int(cur.lastrowid))
+        return added
+
+    def candidates(self, *, exclude_skipped: bool = True) -> np.ndarray:
+        """The points a refill may choose from: unlabeled, not in an open query nor a pending
+        acquisition, and (by default) never skipped by an annotator."""
+        busy = "SELECT idx FROM labels UNION SELECT idx FROM queries WHERE state = 'open' UNION SELECT idx FROM chosen"
+        if exclude_skipped:
+            busy += " UNION SELECT idx FROM queries WHERE state = 'skipped'"
+        mask = np.ones(self.n_points, dtype=bool)
+        taken = [r[0] for r in self._read(busy)]
+        mask[np.asarray(taken, dtype=np.int64)] = False
+        return np.flatnonzero(mask)
+
+    _QUERY_COLS = ("q.id, q.idx, q.model_version, q.strategy, q.state, q.created_at, q.guess, q.confidence, "
+                   "q.claimed_by, q.lease_until, q.closed_by, q.closed_at, "
+                   "CASE WHEN q.state = 'labeled' THEN l.label END")
+    _QUERY_FROM = "queries q LEFT JOIN labels l ON l.idx = q.idx"
+
+    @staticmethod
+    def _query(row) -> Query:
+        return Query(*row)
+
+    def query(self, query_id: int) -> Query | None:
+        rows = self._read(f"SELECT {self._QUERY_COLS} FROM {self._QUERY_FROM} WHERE q.id = ?", (int(query_id),))
+        return self._query(rows[0]) if rows else None
+
+    def queries(self, state: str | None = None) -> list[Query]:
+        """The query pool (one state, or all), oldest first."""
+        if state is not None and state not in QUERY_STATES:
+            raise StoreError(f"query state {state!r} is not one of {QUERY_STATES}")
+        where, args = ("WHERE q.state = ?", (state,)) if state else ("", ())
+        return [self._query(r) for r in
+                self._read(f"SELECT {self._QUERY_COLS} FROM {self._QUERY_FROM} {where} ORDER BY q.id", args)]
+
+    def next_query(self, annotator: str, *, lease_s: float = DEFAULT_LEASE_S) -> Query | None:
+        """Claim the next open query for ``annotator`` (None when none is free).
+
+        The query this annotator already holds comes back first (a reloaded page shows the same
+        point), its lease renewed. Otherwise the first open query nobody holds (or whose lease
+        ran out), newest model version first, then in the order it was added."""
+        annotator = self._annotator(annotator)
+        now = self._clock()
+        with self._tx() as db:
+            if self._withdraw_if_spent(db, now) or self._spent(db):
+                return None
+            row = db.execute("SELECT id FROM queries WHERE state = 'open' AND claimed_by = ? AND lease_until > ? "
+                             "ORDER BY id LIMIT 1", (annotator, now)).fetchone()
+            if row is None:
+                row = db.execute("SELECT id FROM queries WHERE state = 'open' AND (claimed_by IS NULL OR "
+                                 "lease_until <= ?) ORDER BY model_version DESC, id LIMIT 1", (now,)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE queries SET claimed_by = ?, lease_until = ? WHERE id = ?",
+                       (annotator, now + float(lease_s), row[0]))
+            return self._query(db.execute(f"SELECT {self._QUERY_COLS} FROM {self._QUERY_FROM} WHERE q.id = ?",
+                                          (row[0],)).fetchone())
+
+    def _spent(self, db: sqlite3.Connection) -> bool:
+        budget = self._budget(db)
+        return budget is not None and db.execute("SELECT count(*) FROM labels").fetchone()[0] >= budget
+
+    @staticmethod
+    def _annotator(annotator: str) -> str:
+        name = str(annotator)
+        if not name or len(name) > 200:
+            raise StoreError(f"annotator name {annotator!r} must have 1-200 characters")
+        return name
+
+    def submit_label(self, query_id: int, label: int, annotator: str) -> Submitted:
+        """Pay query ``query_id`` with ``label``, at most once.
+
+        The query moves to 'labeled' and the label row is inserted in one transaction. Submitting
+        the same answer again returns it with ``paid_now=False``; another answer to a labeled query,
+        or any answer to a withdrawn or skipped one, raises ``QueryClosed``; a spent budget raises
+        ``BudgetSpent`` (and withdraws what is open). Nothing is paid in either case."""
+        annotator = self._annotator(annotator)
+        if isinstance(label, (bool, np.bool_)) or int(label) != label or label < 0:
+            raise StoreError(f"label {label!r} must be a class id >= 0")
+        label, qid, now = int(label), int(query_id), self._clock()
+        spent = False
+        with self._tx() as db:
+            row = db.execute("SELECT idx, model_version, strategy, state, closed_by FROM queries WHERE id = ?",
+                             (qid,)).fetchone()
+            if row is None:
+                raise StoreError(f"query {qid} does not exist in {self.path}")
+            idx, version, strategy, state, closed_by = row
+            if state == "labeled":
+                paid = db.execute("SELECT label FROM labels WHERE idx = ?", (idx,)).fetchone()[0]
+                if paid == label:
+                    return Submitted(qid, idx, label, paid_now=False)
+                raise QueryClosed(f"query {qid} (point {idx}) is already labeled {paid} by {closed_by}; "
+                                  "undo that label first to change it")
+            if state != "open":
+                raise QueryClosed(f"query {qid} (point {idx}) was {state}" +
+                                  (f" ({closed_by})" if closed_by else "") + "; it is not paid")
+            if self._spent(db):
+                self._withdraw_if_spent(db, now)
+                spent = True
+            else:
+                db.execute("INSERT INTO labels(idx, label, al_round, strategy, acquired_at) VALUES (?, ?, ?, ?, ?)",
+                           (idx, label, version, strategy, now))
+                db.execute("UPDATE queries SET state = 'labeled', closed_by = ?, closed_at = ?, claimed_by = NULL, "
+                           "lease_until = NULL WHERE id = ?", (annotator, now, qid))
+                self._withdraw_if_spent(db, now)
+        if spent:  # raised after the commit, so that the withdrawals stay
+            raise BudgetSpent(f"the label budget of {self.path} is spent; query {qid} (point {idx}) was withdrawn, "
+                              "not paid")
+        return Submitted(qid, idx, label, paid_now=True)
+
+    def skip(self, query_id: int, annotator: str) -> Query:
+        """Close an open query unpaid (the annotator cannot tell). Skipping it again is a no-op."""
+        annotator = self._annotator(annotator)
+        now = self._clock()
+        with self._tx() as db:
+            row = db.execute("SELECT idx, state FROM queries WHERE id = ?", (int(query_id),)).fetchone()
+            if row is None:
+                raise StoreError(f"query {query_id} does not exist in {self.path}")
+            if row[1] == "open":
+                db.execute("UPDATE queries SET state = 'skipped', closed_by = ?, closed_at = ?, claimed_by = NULL, "
+                           "lease_until = NULL WHERE id = ?", (annotator, now, int(query_id)))
+            elif row[1] != "skipped":
+                raise QueryClosed(f"query {query_id} (point {row[0]}) is {row[1]}; only an open query can be skipped")
+        return self.query(query_id)
+
+    def undo_last(self, annotator: str, *, lease_s: float = DEFAULT_LEASE_S) -> Query | None:
+        """Un-pay the last label ``annotator`` paid through a query (None if there is none).
+
+        In one transaction the label row (and its stored logits) is deleted and the query is
+        open again, claimed by the same annotator, so it is the next one they see. The budget
+        counts paid labels, so the unit comes back; queries withdrawn when it was spent stay
+        withdrawn, and the query the annotator held meanwhile is released to others. Called
+        again, it undoes the label before."""
+        annotator = self._annotator(annotator)
+        now = self._clock()
+        with self._tx() as db:
+            row = db.execute("SELECT q.id, q.idx FROM queries q JOIN labels l ON l.idx = q.idx "
+                             "WHERE q.state = 'labeled' AND q.closed_by = ? ORDER BY l.pos DESC LIMIT 1",
+                             (annotator,)).fetchone()
+            if row is None:
+                return None
+            qid, idx = row
+            db.execute("DELETE FROM logits WHERE idx = ?", (idx,))
+            db.execute("DELETE FROM labels WHERE idx = ?", (idx,))
+            # an annotator works on one query at a time: the one they held is free for others again
+            db.execute("UPDATE queries SET claimed_by = NULL, lease_until = NULL WHERE state = 'open' "
+                       "AND claimed_by = ?", (annotator,))
+            db.execute("UPDATE queries SET state = 'open', closed_by = NULL, closed_at = NULL, claimed_by = ?, "
+                       "lease_until = ? WHERE id = ?", (annotator, now + float(lease_s), qid))
+        return self.query(qid)
+
+    def withdraw_open(self, *, older_than: int | None = None, reason: str = "withdrawn") -> int:
+        """Retire open queries unpaid (all, or those chosen by a model version < ``older_than``,
+        e.g. before a refill with a fresher model). Returns how many."""
+        now = self._clock()
+        where, args = ("", ()) if older_than is None else (" AND model_version < ?", (int(older_than),))
+        with self._tx() as db:
+            return db.execute("UPDATE queries SET state = 'withdrawn', closed_by = ?, closed_at = ?, "
+                              f"claimed_by = NULL, lease_until = NULL WHERE state = 'open'{where}",
+                              (str(reason), now, *args)).rowcount
+
+    def progress(self, annotator: str | None = None) -> Progress:
+        """Counts against the budget, in one snapshot."""
+        now = self._clock()
+        with self._mutex:
+            self._db.execute("BEGIN")
+            try:
+                db = self._db
+                budget = self._budget(db)
+                labeled = db.execute("SELECT count(*) FROM labels").fetchone()[0]
+                counts = dict(db.execute("SELECT state, count(*) FROM queries GROUP BY state").fetchall())
+                claimed = db.execute("SELECT count(*) FROM queries WHERE state = 'open' AND claimed_by IS NOT NULL "
+                                     "AND lease_until > ?", (now,)).fetchone()[0]
+                mine = None if annotator is None else db.execute(
+                    "SELECT count(*) FROM queries WHERE state = 'labeled' AND closed_by = ?", (str(annotator),)
+                ).fetchone()[0]
+            finally:
+                self._db.execute("COMMIT")
+        return Progress(budget=budget, labeled=labeled, remaining=None if budget is None else budget - labeled,
+                        open=counts.get("open", 0), claimed=claimed, labeled_queries=counts.get("labeled", 0),
+                        withdrawn=counts.get("withdrawn", 0), skipped=counts.get("skipped", 0), by_annotator=mine)
 
     # ------------------------------------------------------------------ the acquisition lock
     @contextmanager

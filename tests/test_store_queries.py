@@ -1,0 +1,375 @@
+"""The query pool of the pool store (issue #14): queries paid once, withdrawn ones never, exact
+budgets, undo, leases, concurrent annotators in several processes, and the v1 -> v2 migration."""
+
+import multiprocessing as mp
+import sqlite3
+import time
+
+import numpy as np
+import pytest
+
+from fedal.store import BudgetSpent, PoolStore, QueryClosed, StoreError, site_store_path
+
+ID = dict(experiment_id="exp-1", client_id="site-a", n_points=50, data_fingerprint="fp-abc")
+
+
+class FakeClock:
+    def __init__(self, t=1000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def open_store(path, **over):
+    return PoolStore(path, **{**ID, **over})
+
+
+def oracle(indices):
+    return np.asarray(indices) % 7
+
+
+# ---------------------------------------------------------------------------------- basics
+def test_queries_are_claimed_labeled_and_paid_once(tmp_path):
+    with open_store(tmp_path / "p.sqlite") as s:
+        ids = s.add_queries([5, 6, 7], model_version=2, strategy="entropy", guesses=[1, 2, 3],
+                            confidences=[0.4, 0.5, 0.6])
+        assert len(ids) == 3 and [q.state for q in s.queries()] == ["open"] * 3
+        q = s.next_query("ann-1")
+        assert (q.id, q.index, q.model_version, q.strategy, q.guess, q.confidence) == (ids[0], 5, 2, "entropy", 1, 0.4)
+        assert s.next_query("ann-1").id == q.id  # the claim comes back to its holder (a reloaded page)
+        other = s.next_query("ann-2")
+        assert other.id == ids[1]  # never the point another annotator holds
+        r = s.submit_label(q.id, 3, "ann-1")
+        assert r.paid_now and (r.index, r.label) == (5, 3)
+        assert s.labeled_arrays()[0].tolist() == [5] and s.pools().acquired_round == [2]
+        again = s.submit_label(q.id, 3, "ann-2")  # a double click, a retried request
+        assert not again.paid_now and s.n_labeled == 1
+        with pytest.raises(QueryClosed, match="already labeled 3 by ann-1; undo that label first"):
+            s.submit_label(q.id, 4, "ann-2")
+        assert s.n_labeled == 1 and s.labeled_arrays()[1].tolist() == [3]
+        assert s.query(q.id).state == "labeled" and s.query(q.id).label == 3
+        assert s.next_query("ann-1").id == ids[2]
+        with pytest.raises(StoreError, match="does not exist"):
+            s.submit_label(999, 1, "ann-1")
+        with pytest.raises(StoreError, match="class id >= 0"):
+            s.submit_label(ids[2], -1, "ann-1")
+
+
+def test_newer_model_versions_are_asked_first_and_leases_expire(tmp_path):
+    clock = FakeClock()
+    with open_store(tmp_path / "p.sqlite", clock=clock) as s:
+        old = s.add_queries([1, 2], model_version=1, strategy="margin")
+        new = s.add_queries([3], model_version=4, strategy="entropy")
+        assert s.next_query("a", lease_s=10).id == new[0]
+        assert s.next_query("b", lease_s=10).id == old[0]
+        assert s.progress().claimed == 2
+        clock.t += 11  # a's lease ran out (its page was closed): the query goes to someone else
+        assert s.next_query("c", lease_s=10).id == new[0]
+        assert s.next_query("b", lease_s=10).id == old[0]  # b's lease ran out too: free, b takes it again
+        assert s.progress().claimed == 2
+
+
+def test_add_queries_leaves_out_labeled_open_and_pending_points_and_validates(tmp_path):
+    with open_store(tmp_path / "p.sqlite") as s:
+        s.acquire(0, lambda p: [0, 1], oracle)
+        s.add_queries([2], 0, "random")
+        with pytest.raises(ZeroDivisionError):
+            s.acquire(1, lambda p: [5], lambda i: 1 / 0)  # the oracle fails: 5 stays pending
+        s.skip(s.add_queries([3], 0, "random")[0], "ann")
+        assert 3 not in s.candidates() and 3 in s.candidates(exclude_skipped=False)
+        assert s.candidates().tolist() == [4] + list(range(6, 50))
+        added = s.add_queries([0, 2, 3, 4, 5], 1, "entropy")
+        assert [s.query(i).index for i in added] == [3, 4]  # a skipped point may be asked again
+        assert s.candidates().tolist() == list(range(6, 50))
+        with pytest.raises(StoreError, match="same point appears twice"):
+            s.add_queries([9, 9], 1, "x")
+        with pytest.raises(StoreError, match=r"outside 0\.\.49: \[50\]"):
+            s.add_queries([50], 1, "x")
+        with pytest.raises(StoreError, match="probability"):
+            s.add_queries([9], 1, "x", guesses=[1], confidences=[float("nan")])
+        with pytest.raises(StoreError, match="model_version"):
+            s.add_queries([9], -1, "x")
+
+
+# ---------------------------------------------------------------------------------- budgets
+def test_budget_is_exact_and_open_queries_are_withdrawn_never_paid(tmp_path):
+    with open_store(tmp_path / "p.sqlite") as s:
+        s.acquire(0, lambda p: [0, 1], oracle)
+        s.set_budget(5)
+        ids = s.add_queries(list(range(10, 20)), 1, "entropy")
+        paid = []
+        while True:
+            q = s.next_query("ann")
+            if q is None:
+                break
+            paid.append(s.submit_label(q.id, q.index % 7, "ann").index)
+        assert paid == [10, 11, 12] and s.n_labeled == 5
+        p = s.progress()
+        assert (p.budget, p.labeled, p.remaining, p.open, p.withdrawn, p.labeled_queries) == (5, 5, 0, 0, 7, 3)
+        assert p.spent
+        for qid in ids[3:]:  # a page that still shows one of them cannot pay it
+            with pytest.raises(QueryClosed, match="withdrawn"):
+                s.submit_label(qid, 1, "ann")
+        assert s.add_queries([30, 31], 2, "entropy") == []  # nothing is asked once spent
+        with pytest.raises(StoreError, match="below the 5 labels already paid"):
+            s.set_budget(4)
+        with pytest.raises(BudgetSpent, match="exceed the budget of 5"):
+            s.acquire(1, lambda p: [40], oracle)
+        s.set_budget(6)  # the server grants one more label
+        (qid,) = s.add_queries([30], 2, "entropy")
+        assert s.submit_label(qid, 2, "ann").paid_now and s.n_labeled == 6
+
+
+def test_a_query_opened_before_the_budget_was_lowered_to_the_paid_count_is_refused(tmp_path):
+    with open_store(tmp_path / "p.sqlite") as s:
+        (qid,) = s.add_queries([7], 0, "random")
+        s.set_budget(0)
+        assert s.query(qid).state == "withdrawn"
+        with pytest.raises(QueryClosed):
+            s.submit_label(qid, 0, "ann")
+        assert s.n_labeled == 0
+
+
+def test_a_budget_spent_behind_the_stores_back_pays_nothing_and_withdraws(tmp_path):
+    path = tmp_path / "p.sqlite"
+    with open_store(path) as s:
+        s.set_budget(5)
+        a, b = s.add_queries([1, 2], 0, "random")
+        s.submit_label(a, 1, "ann")
+        raw = sqlite3.connect(path)  # e.g. an operator's script sets the budget to what is paid
+        raw.execute("UPDATE meta SET value = '1' WHERE key = 'budget'")
+        raw.commit()
+        raw.close()
+        with pytest.raises(BudgetSpent, match="spent; query .* was withdrawn, not paid"):
+            s.submit_label(b, 2, "ann")
+        assert s.n_labeled == 1 and s.query(b).state == "withdrawn"
+
+
+def test_withdrawn_and_skipped_queries_are_not_paid(tmp_path):
+    with open_store(tmp_path / "p.sqlite") as s:
+        a, b, c = s.add_queries([1, 2, 3], 0, "random")
+        s.add_queries([4], 3, "entropy")
+        assert s.withdraw_open(older_than=1, reason="refill") == 3  # the version-0 queries
+        assert [q.state for q in s.queries()] == ["withdrawn"] * 3 + ["open"]
+        with pytest.raises(QueryClosed, match=r"was withdrawn \(refill\); it is not paid"):
+            s.submit_label(a, 1, "ann")
+        s.add_queries([1], 3, "entropy")  # a withdrawn point may be asked again
+        d = s.queries("open")[0].id
+        s.skip(d, "ann")
+        s.skip(d, "ann")  # idempotent
+        with pytest.raises(QueryClosed, match="was skipped"):
+            s.submit_label(d, 1, "ann")
+        assert s.n_labeled == 0 and s.progress().skipped == 1
+
+
+def test_an_acquisition_retires_open_queries_on_the_points_it_pays(tmp_path):
+    with open_store(tmp_path / "p.sqlite") as s:
+        q1, q2 = s.add_queries([3, 4], 0, "random")
+        s.acquire(0, lambda p: [3, 9], oracle)
+        assert s.query(q1).state == "withdrawn" and s.query(q1).closed_by == "acquisition"
+        with pytest.raises(QueryClosed):
+            s.submit_label(q1, 3, "ann")
+        s.submit_label(q2, 4, "ann")  # al_round 0 too (the model version), but not part of round 0
+        assert s.acquisition(0).indices.tolist() == [3, 9]
+        assert s.n_labeled == 3
+
+
+# ---------------------------------------------------------------------------------- undo
+def test_undo_unpays_the_annotators_last_label_and_gives_the_query_back(tmp_path):
+    with open_store(tmp_path / "p.sqlite") as s:
+        s.set_budget(3)
+        ids = s.add_queries([1, 2, 3, 4], 0, "random")
+        for k in range(2):
+            q = s.next_query("alice")
+            s.submit_label(q.id, 5, "alice")
+        q = s.next_query("bob")
+        s.submit_label(q.id, 6, "bob")  # the budget is spent: query 4 is withdrawn
+        assert s.progress().spent and s.query(ids[3]).state == "withdrawn"
+        s.set_logits([2], np.ones((1, 3)))
+        back = s.undo_last("alice")
+        assert back.id == ids[1] and back.state == "open" and back.claimed_by == "alice" and back.label is None
+        assert s.labeled_arrays()[0].tolist() == [1, 3] and 2 not in s.logits()
+        p = s.progress("alice")
+        assert (p.labeled, p.remaining, p.by_annotator) == (2, 1, 1)
+        assert s.query(ids[3]).state == "withdrawn"  # withdrawn stays withdrawn
+        assert s.next_query("bob") is None  # alice holds the reopened query
+        assert s.next_query("alice").id == ids[1]
+        r = s.submit_label(ids[1], 2, "alice")  # the corrected answer
+        assert r.paid_now and s.n_labeled == 3 and dict(zip(*map(list, s.labeled_arrays())))[2] == 2
+        assert s.undo_last("carol") is None
+        assert s.undo_last("alice").id == ids[1] and s.undo_last("alice").id == ids[0]
+        assert s.n_labeled == 1 and s.labeled_arrays()[0].tolist() == [3]
+        assert s.undo_last("alice") is None
+
+
+def test_undo_releases_the_query_the_annotator_held_meanwhile(tmp_path):
+    with open_store(tmp_path / "p.sqlite") as s:
+        a, b = s.add_queries([1, 2], 0, "random")
+        s.submit_label(s.next_query("alice").id, 1, "alice")
+        assert s.next_query("alice").id == b  # alice now looks at b
+        assert s.undo_last("alice").id == a
+        assert s.progress().claimed == 1 and s.next_query("bob").id == b  # b is free again
+        assert s.next_query("alice").id == a
+
+
+def test_labels_from_acquisitions_cannot_be_undone(tmp_path):
+    with open_store(tmp_path / "p.sqlite") as s:
+        s.acquire(0, lambda p: [1], oracle)
+        assert s.undo_last("ann") is None and s.n_labeled == 1
+
+
+def test_the_query_pool_persists_and_a_labeled_query_without_label_is_refused(tmp_path):
+    path = tmp_path / "p.sqlite"
+    with open_store(path) as s:
+        s.set_budget(10)
+        (a, b) = s.add_queries([1, 2], 3, "margin", guesses=[0, 1], confidences=[0.9, 0.2])
+        s.submit_label(a, 4, "ann")
+    with open_store(path) as s:
+        assert s.budget == 10 and s.query(a).label == 4 and s.query(b).confidence == 0.2
+        assert s.pools().labeled == [1]
+    raw = sqlite3.connect(path)
+    raw.execute("DELETE FROM labels")
+    raw.commit()
+    raw.close()
+    with pytest.raises(StoreError, match=f"query {a} is marked labeled but point 1 has no label"):
+        open_store(path)
+
+
+# ---------------------------------------------------------------------------------- concurrency
+def _annotate_worker(args):
+    """One annotator process: claims and labels in a loop, and also answers queries it saw
+    earlier again (as a page with a stale view, or a retried request, would)."""
+    path, name, start_at, seed = args
+    rng = np.random.default_rng(seed)
+    s = open_store(path)
+    outcomes = []  # (query id, "paid" | "again" | "closed" | "spent")
+    seen = []
+    time.sleep(max(0.0, start_at - time.time()))
+    try:
+        while True:
+            q = s.next_query(name)
+            if q is None and not s.queries("open"):
+                break
+            targets = ([q.id] if q is not None else []) + [int(v) for v in rng.choice(seen, 2)] if seen else \
+                ([q.id] if q is not None else [])
+            if q is not None:
+                seen.append(q.id)
+            for qid in targets:
+                try:
+                    r = s.submit_label(qid, s.query(qid).index % 7, name)
+                    outcomes.append((qid, "paid" if r.paid_now else "again"))
+                except BudgetSpent:
+                    outcomes.append((qid, "spent"))
+                except QueryClosed:
+                    outcomes.append((qid, "closed"))
+            # and a query somebody else may hold right now: the same point, concurrently
+            others = s.queries("open")
+            if others:
+                qid = others[int(rng.integers(len(others)))].id
+                try:
+                    r = s.submit_label(qid, s.query(qid).index % 7, name)
+                    outcomes.append((qid, "paid" if r.paid_now else "again"))
+                except StoreError:
+                    outcomes.append((qid, "closed"))
+    finally:
+        s.close()
+    return outcomes
+
+
+def test_concurrent_annotators_in_several_processes_never_pay_a_query_twice(tmp_path):
+    path = str(tmp_path / "p.sqlite")
+    with open_store(path) as s:
+        s.set_budget(30)
+        s.add_queries(list(range(40)), 1, "entropy")
+    start_at = time.time() + 2.0  # every process starts labeling at the same instant
+    ctx = mp.get_context("spawn")  # no fork of a process that may hold threads (torch) or sqlite handles
+    with ctx.Pool(4) as pool:
+        results = pool.map(_annotate_worker, [(path, f"ann-{k}", start_at, k) for k in range(4)])
+    paid = [qid for res in results for qid, what in res if what == "paid"]
+    assert len(paid) == len(set(paid)) == 30  # each query paid once, exactly the budget
+    assert sum(1 for res in results for _, what in res if what == "again") > 0  # the race was exercised
+    with open_store(path) as s:
+        p = s.progress()
+        assert (p.labeled, p.labeled_queries, p.open, p.withdrawn, p.remaining) == (30, 30, 0, 10, 0)
+        idx, lab = s.labeled_arrays()
+        assert len(set(idx.tolist())) == 30 and (lab == idx % 7).all()
+        assert sorted(q.id for q in s.queries("labeled")) == sorted(paid)
+
+
+# ---------------------------------------------------------------------------------- migration
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE labels (pos INTEGER PRIMARY KEY AUTOINCREMENT, idx INTEGER NOT NULL UNIQUE,
+    label INTEGER NOT NULL, al_round INTEGER NOT NULL, strategy TEXT NOT NULL, acquired_at REAL NOT NULL);
+CREATE TABLE logits (idx INTEGER PRIMARY KEY, width INTEGER NOT NULL, values_f64 BLOB NOT NULL);
+CREATE TABLE acquisitions (al_round INTEGER PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'committed')), strategy TEXT NOT NULL,
+    n_points INTEGER NOT NULL, chosen_at REAL NOT NULL, committed_at REAL);
+CREATE TABLE chosen (al_round INTEGER NOT NULL, pos INTEGER NOT NULL, idx INTEGER NOT NULL,
+    PRIMARY KEY (al_round, pos));
+"""
+
+
+def make_v1_store(path, experiment_id="exp-1"):
+    """A file as fedal's version-1 store wrote it (issue #13): two committed rounds with logits,
+    and a pending third."""
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA journal_mode = WAL")
+    raw.executescript(V1_SCHEMA)
+    meta = {"schema_version": "1", "experiment_id": experiment_id, "client_id": "site-a", "n_points": "50",
+            "data_fingerprint": "fp-abc", "created_at": "1.0"}
+    raw.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+    for r, idx in [(0, [4, 9, 2]), (1, [30, 31])]:
+        raw.execute("INSERT INTO acquisitions VALUES (?, 'committed', 'random', ?, 1.0, 2.0)", (r, len(idx)))
+        raw.executemany("INSERT INTO labels(idx, label, al_round, strategy, acquired_at) VALUES (?, ?, ?, 'random', 2.0)",
+                        [(i, i % 7, r) for i in idx])
+    raw.executemany("INSERT INTO logits VALUES (?, 2, ?)", [(i, np.array([i, -i], "<f8").tobytes()) for i in (4, 9, 2)])
+    raw.execute("INSERT INTO acquisitions VALUES (2, 'pending', 'entropy', 2, 3.0, NULL)")
+    raw.executemany("INSERT INTO chosen VALUES (2, ?, ?)", [(0, 11), (1, 12)])
+    raw.commit()
+    raw.close()
+
+
+def test_a_version_1_store_with_paid_labels_is_migrated_keeping_every_label(tmp_path):
+    path = tmp_path / "p.sqlite"
+    make_v1_store(path)
+    with open_store(path) as s:
+        assert s._read("SELECT value FROM meta WHERE key = 'schema_version'")[0][0] == "2"
+        p = s.pools()
+        assert p.labeled == [4, 9, 2, 30, 31] and p.labels == [4, 2, 2, 2, 3]
+        assert p.acquired_round == [0, 0, 0, 1, 1] and p.logits == {2: [2.0, -2.0], 4: [4.0, -4.0], 9: [9.0, -9.0]}
+        assert s.acquisition(1).indices.tolist() == [30, 31] and s.pending(2).tolist() == [11, 12]
+        a = s.acquire(2, lambda p: pytest.fail("a pending round is not chosen again"), oracle)
+        assert a.paid_now and a.indices.tolist() == [11, 12]
+        (qid,) = s.add_queries([4, 20], 3, "entropy")  # 4 is paid: left out
+        assert s.submit_label(qid, 6, "ann").paid_now and s.n_labeled == 8
+    with open_store(path) as s:  # a migrated file opens as version 2 from now on
+        assert s.n_labeled == 8 and s.progress().labeled_queries == 1
+
+
+def test_a_version_1_store_of_another_experiment_is_refused_and_left_at_version_1(tmp_path):
+    path = tmp_path / "p.sqlite"
+    make_v1_store(path, experiment_id="exp-0")
+    with pytest.raises(StoreError, match="experiment is 'exp-0' there but 'exp-1' here") as e:
+        open_store(path)
+    assert "it holds 5 paid labels: do not delete it" in str(e.value)
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+    assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name = 'queries'").fetchone()[0] == 0
+    assert raw.execute("SELECT count(*) FROM labels").fetchone()[0] == 5
+    raw.close()
+
+
+def test_a_simulation_store_may_skip_fsync_but_a_site_store_never_does(tmp_path):
+    with open_store(tmp_path / "a.sqlite") as s:
+        assert s._read("PRAGMA synchronous")[0][0] == 2  # FULL
+    with open_store(tmp_path / "b.sqlite", durable=False) as s:
+        assert s._read("PRAGMA synchronous")[0][0] == 0 and s._read("PRAGMA journal_mode")[0][0] == "wal"
+
+
+def test_the_store_path_is_one_file_per_experiment_and_client_with_a_safe_name(tmp_path):
+    assert site_store_path(tmp_path, "exp-1", "clinic-3") == tmp_path / "pools-exp-1-clinic-3.sqlite"
+    odd = site_store_path(tmp_path, "../etc/passwd", "a b")
+    assert odd.parent == tmp_path and odd.name.startswith("pools-x") and "/" not in odd.name[6:]
+    assert odd == site_store_path(tmp_path, "../etc/passwd", "a b") != site_store_path(tmp_path, "../etc/pass", "a b")
