@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from fedal.errors import ConfigError  # defined below fedal.data, which raises it too
+from fedal.validation import check_choice, check_number, invalid
 
 # Choices are tuples so that error messages can list them.
 DATASETS = ("mnist1d", "digits", "cifar10", "cifar100", "fashion-mnist", "emnist-letters", "cinic10")
@@ -255,29 +256,24 @@ class Config:
         _choice("local-space", self.local_space, LOCAL_SPACES)
         _choice("device", self.device, DEVICES)
         _choice("backbone", self.backbone, BACKBONES)
-        _positive("dirichlet-alpha", self.dirichlet_alpha, "> 0")
-        if not 0 < self.shard_class_fraction <= 1:
-            raise ConfigError(f"shard-class-fraction = {self.shard_class_fraction} is invalid; valid range: (0, 1]")
+        _number("dirichlet-alpha", self.dirichlet_alpha, 0, lo_open=True)
+        _number("shard-class-fraction", self.shard_class_fraction, 0, 1, lo_open=True)
         for key in ("init-clients", "init-points", "clients-per-round", "points-per-client",
                     "fl-rounds", "local-epochs", "batch-size", "pseudo-epochs", "knn-k",
                     "diffusion-steps", "local-k"):
-            _positive(key, getattr(self, key.replace("-", "_")), ">= 1", integer=True)
-        if self.al_rounds < 0:
-            raise ConfigError(f"al-rounds = {self.al_rounds} is invalid; valid range: >= 0")
-        if self.sketch_dim < 0:
-            raise ConfigError(f"sketch-dim = {self.sketch_dim} is invalid; valid range: 0 (off) or >= 1")
-        _positive("learning-rate", self.learning_rate, "> 0")
-        _positive("pseudo-lr", self.pseudo_lr, "> 0")
+            _number(key, getattr(self, key.replace("-", "_")), 1, integer=True)
+        _number("al-rounds", self.al_rounds, 0, integer=True)
+        _number("sketch-dim", self.sketch_dim, 0, integer=True, note="0: off")
+        _number("learning-rate", self.learning_rate, 0, lo_open=True)
+        _number("pseudo-lr", self.pseudo_lr, 0, lo_open=True)
         if clients.get(self.client_strategy).needs_label_histogram and not self.report_label_histogram:
             others = [n for n in clients.available() if not clients.get(n).needs_label_histogram]
             raise ConfigError(
                 f"client-strategy = {self.client_strategy!r} steers by the labeled set's class counts, which "
                 "clients report only with report-label-histogram = true; set it to true or choose "
                 f"another client-strategy ({', '.join(others)})")
-        if self.rho < 0:
-            raise ConfigError(f"rho = {self.rho} is invalid; valid range: >= 0 (0 disables anisotropy)")
-        if not 0 < self.delta < 1:
-            raise ConfigError(f"delta = {self.delta} is invalid; valid range: (0, 1)")
+        _number("rho", self.rho, 0, note="0 disables anisotropy")
+        _number("delta", self.delta, 0, 1, lo_open=True, hi_open=True)
         if self.freeze_backbone:
             # "auto" resolves as fedal.training.resolve_backbone does (not imported: it pulls torch)
             resolved = (self.backbone if self.backbone != "auto"
@@ -301,21 +297,12 @@ class Config:
         m = len(sizes)
         if m == 0:
             raise ConfigError("the federation has no clients; start at least one SuperNode")
-        if self.init_clients > m:
-            raise ConfigError(f"init-clients = {self.init_clients} is larger than the number of clients ({m}); valid range: 1..{m}")
-        if self.clients_per_round > m:
-            raise ConfigError(f"clients-per-round = {self.clients_per_round} is larger than the number of clients ({m}); valid range: 1..{m}")
+        _number("init-clients", self.init_clients, 1, m, integer=True, note=f"at most the {m} clients")
+        _number("clients-per-round", self.clients_per_round, 1, m, integer=True, note=f"at most the {m} clients")
         largest = max(u for _, u in sizes.values())
-        if self.points_per_client > largest:
-            raise ConfigError(
-                f"points-per-client = {self.points_per_client} is larger than any client's pool "
-                f"(largest unlabeled pool: {largest}); valid range: 1..{largest}"
-            )
-        if self.init_points > largest:
-            raise ConfigError(
-                f"init-points = {self.init_points} is larger than any client's pool "
-                f"(largest unlabeled pool: {largest}); valid range: 1..{largest}"
-            )
+        for key in ("points-per-client", "init-points"):
+            _number(key, getattr(self, key.replace("-", "_")), 1, largest, integer=True,
+                    note=f"at most the largest client's unlabeled pool, {largest}")
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -340,14 +327,12 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key} = {value!r} is not a valid {t.__name__}") from None
+        raise invalid(key, value, {"int": "an integer", "float": "a number", "bool": "true or false"}.get(t.__name__, "a string"), ConfigError) from None
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} = {value!r} is not valid; valid values: {', '.join(choices)}")
+    check_choice(value, key, choices, error=ConfigError)
 
 
-def _positive(key: str, value, rng: str, integer: bool = False) -> None:
-    if value <= 0 or (integer and int(value) != value):
-        raise ConfigError(f"{key} = {value!r} is invalid; valid range: {rng}")
+def _number(key: str, value, lo=None, hi=None, **kw) -> None:
+    check_number(value, key, lo, hi, error=ConfigError, **kw)

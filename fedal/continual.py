@@ -130,6 +130,7 @@ from fedal.continual_replay import (  # noqa: F401
     sds2_similarity,
 )
 from fedal.training import OPTIMIZERS, local_sgd  # noqa: F401  (OPTIMIZERS: public here too)
+from fedal.validation import check_choice
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,8 +264,7 @@ def resolve_schedule(mode: str, retrain: Schedule, *, al_round: int) -> Schedule
 
 
 def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {TRAINING_MODES}; got {mode!r}")
+    check_choice(mode, "mode", MODES)
 
 
 # --------------------------------------------------------------------------------------------

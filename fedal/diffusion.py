@@ -33,11 +33,9 @@ from fedal.graph import (
     SIGMA_SCOPES,
     DiffusionGraph,
     build_graph,
-    check_int,
-    check_points,
-    check_vector,
     normalize_embeddings,
 )
+from fedal.validation import check_choice, check_int, check_number, check_points, check_vector
 
 # Scores within this relative distance of the maximum count as tied (docs/method.md, "Impact, score, greedy": ties → lower
 # index). Mathematically equal scores can differ in the last bits because sparse sums run in
@@ -230,12 +228,9 @@ def _as_mask(value, size: int, name: str) -> np.ndarray:
 
 
 def _check_choices(sigma_scope, laplacian, rho):
-    if sigma_scope not in SIGMA_SCOPES:
-        raise ValueError(f"sigma_scope must be one of {SIGMA_SCOPES}; got {sigma_scope!r}")
-    if laplacian not in LAPLACIANS:
-        raise ValueError(f"laplacian must be one of {LAPLACIANS}; got {laplacian!r}")
-    if isinstance(rho, bool) or not isinstance(rho, (int, float, np.integer, np.floating)) or not (np.isfinite(rho) and rho >= 0):
-        raise ValueError(f"rho must be a finite number in [0, ∞); got {rho!r}")
+    check_choice(sigma_scope, "sigma_scope", SIGMA_SCOPES)
+    check_choice(laplacian, "laplacian", LAPLACIANS)
+    check_number(rho, "rho", 0)
 
 
 def client_graph(

@@ -2,8 +2,8 @@
 
 Pure numpy/scipy. The exact kNN search with canonical ties (Eq. 5 distances, ties broken by the
 lower index) lives in ``fedal.knn``; this module turns its answer into the sparse mutual kNN edge
-list, the σ scales, the weights, L^γ and P = I − δL, and validates the inputs they share with
-``fedal.diffusion``.
+list, the σ scales, the weights, L^γ and P = I − δL. Inputs are checked with
+``fedal.validation``.
 """
 
 from __future__ import annotations
@@ -14,45 +14,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from fedal.knn import KNN, distance_row_blocks, knn
+from fedal.validation import check_int, check_points, check_vector  # noqa: F401 (used below)
 
 LAPLACIANS = ("unnormalized", "rw", "sym")
 SIGMA_SCOPES = ("edges", "all")
-
-
-# --------------------------------------------------------------------------------------------
-# validation helpers (shared with fedal.diffusion)
-# --------------------------------------------------------------------------------------------
-def check_int(value, name: str, lo: int, hi: int | None = None, hi_means: str = "") -> int:
-    """An integer in [lo, hi]; bools and floats are rejected (``k=7.5`` is a bug, not a 7)."""
-    rng = f"[{lo}, {'∞' if hi is None else hi}]" + (f" ({hi_means})" if hi_means else "")
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer in {rng}; got {value!r}")
-    v = int(value)
-    if v < lo or (hi is not None and v > hi):
-        raise ValueError(f"{name} must be an integer in {rng}; got {v}")
-    return v
-
-
-def check_vector(value, name: str, size: int) -> np.ndarray:
-    a = np.asarray(value, dtype=np.float64)
-    if a.shape != (size,):
-        raise ValueError(f"{name} must have shape ({size},) to match the nodes; got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains NaN or inf; expected finite values")
-    return a
-
-
-def check_points(value, name: str, allow_epochs: bool) -> np.ndarray:
-    """(n, d) or, if ``allow_epochs``, (n, T, d) finite float64, returned as (n, T, d)."""
-    x = np.asarray(value, dtype=np.float64)
-    shapes = "(n, d) or (n, T, d)" if allow_epochs else "(n, d)"
-    if x.ndim not in ((2, 3) if allow_epochs else (2,)) or x.shape[0] < 1 or x.shape[-1] < 1:
-        raise ValueError(f"{name} must be a non-empty {shapes} array; got shape {x.shape}")
-    if x.ndim == 3 and x.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one epoch T ≥ 1; got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} contains NaN or inf; expected finite values")
-    return x if x.ndim == 3 else x[:, None, :]
 
 
 # --------------------------------------------------------------------------------------------

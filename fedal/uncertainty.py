@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedal.validation import check_probs
+
 
 def _check_probs(probs) -> np.ndarray:
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] < 1:
-        raise ValueError(f"probs must be a 2-D array (n, classes); got shape {p.shape}")
-    if not np.all(np.isfinite(p)):
-        raise ValueError("probs contains NaN or inf; expected finite probabilities in [0, 1]")
-    if np.any(p < 0):
-        raise ValueError("probs contains negative values; expected probabilities in [0, 1]")
-    return p
+    return check_probs(probs)
 
 
 def entropy(probs) -> np.ndarray:

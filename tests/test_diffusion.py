@@ -198,7 +198,7 @@ def test_eligible_mask_or_indices_and_ineligible_clients_still_diffuse():
     g2 = g.copy()
     g2[~mask] = 0
     assert not np.allclose(D.client_impact(emb, g2, prev)[mask], v_all[mask])
-    with pytest.raises(ValueError, match="n must be an integer in \\[0, 20\\]"):
+    with pytest.raises(ValueError, match=r"n = 21 is invalid; valid: an integer in \[0, 20\]"):
         D.select_clients(emb, g, prev, n=21, eligible=idx)
 
 

@@ -14,6 +14,8 @@ from typing import Callable, ClassVar, Optional
 
 import numpy as np
 
+from fedal.validation import check_int, invalid
+
 
 class PoolExhausted(ValueError):
     """Raised when a batch larger than the client's unlabeled pool is requested.
@@ -35,13 +37,13 @@ def _as_float_array(name: str, value, ndim: int) -> np.ndarray:
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
     ):
-        raise ValueError(f"{name} must be a numeric array; got dtype {arr.dtype}")
+        raise invalid(f"dtype of {name}", str(arr.dtype), "a numeric array")
     if not np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64)
     if arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D; got shape {arr.shape}")
+        raise invalid(f"shape of {name}", arr.shape, f"a {ndim}-D array")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or inf")
+        raise invalid(name, "an array with NaN or inf", "finite values")
     return arr
 
 
@@ -197,11 +199,7 @@ class Selection:
 
 
 def _check_budget(n) -> int:
-    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
-        raise ValueError(f"n must be a positive integer; got {n!r}")
-    if n <= 0:
-        raise ValueError(f"n must be a positive integer; got {n}")
-    return int(n)
+    return check_int(n, "n", 1)
 
 
 class Strategy:
