@@ -24,7 +24,10 @@ from tests.inprocess import InProcessGrid, run_inprocess
 from tests.test_failures import pools
 
 M = 8
-RC = {**INPROCESS_BASE, "al-rounds": 4, "run-name": "r"}  # diffusion / diffusion, warm start
+# random client choice (the server's random state matters) with the local-diffusion point
+# strategy (the global weights matter); diffusion client choice (the previous round's entropies
+# matter) is resumed through the simulation engine at the end
+RC = {**INPROCESS_BASE, "al-rounds": 4, "run-name": "r", "client-strategy": "random"}
 
 
 class Crash(RuntimeError):
