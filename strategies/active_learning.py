@@ -324,6 +324,8 @@ class FederatedActiveLearning:
             return ClientStats(entropy=np.zeros(len(pids)), n_unlabeled=n_u)
         rounds = [{cid: r.content for cid, r in got.items()} for got in probes]
         answered = set.intersection(*(set(by_id) for by_id in rounds))
+        if not answered:
+            raise ClientFailure(f"no client answered every probe of the {len(rounds)} recorded FL rounds")
         n_u = np.where([p in answered for p in pids], n_u, 0)
         last = {p: c for p, c in rounds[-1].items() if p in answered}
         g = np.array([float(last[p]["metrics"]["g"]) if p in last else 0.0 for p in pids])

@@ -160,6 +160,11 @@ def test_a_row_written_after_the_last_checkpoint_is_dropped_and_recomputed(tmp_p
         f.write(json.dumps({**whole[1], "accuracy": -1.0}) + "\n")
     rows, _ = run_inprocess({**rc, "resume": True}, M, record=True, grid=grid)
     assert without_times(rows_on_file(tmp_path / "r")) == without_times(whole)
+    # resuming a completed run changes nothing and completes it again
+    (tmp_path / "r" / SUMMARY_FILE).unlink()
+    again, _ = run_inprocess({**rc, "resume": True}, M, record=True, grid=grid)
+    assert without_times(again) == without_times(whole) == without_times(rows_on_file(tmp_path / "r"))
+    assert json.loads((tmp_path / "r" / SUMMARY_FILE).read_text())["completed"]
 
 
 def test_the_checkpoint_restores_the_random_state_and_weights_bit_for_bit(tmp_path):
