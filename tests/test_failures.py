@@ -249,3 +249,10 @@ def test_rows_name_clients_by_string_when_ids_are_not_all_digits():
     s.add(ClientInfo(2, "site-a", 0, 1))
     assert list(s.clients) == ["3", "12", "site-a"] and s.public_id("3") == "3"
     assert np.asarray([s.public_id(c) for c in s.clients]).dtype.kind == "U"
+
+
+def test_nodes_failing_query_info_are_named_in_the_min_clients_error():
+    fault = lambda msg, pid: "error" if (msg.metadata.message_type == "query.info" and pid != 0) else None  # noqa: E731
+    with pytest.raises(FederationError, match=r"only 1 client\(s\) answered .*\(7 node\(s\) failed query.info; "
+                                              r"node 1007: injected failure at client 1\)"):
+        run_inprocess({**FAST, "min-clients": 2, "wait-timeout": 0.3}, M, grid_class=faulty(fault))
