@@ -256,3 +256,16 @@ def test_nodes_failing_query_info_are_named_in_the_min_clients_error():
     with pytest.raises(FederationError, match=r"only 1 client\(s\) answered .*\(7 node\(s\) failed query.info; "
                                               r"node 1007: injected failure at client 1\)"):
         run_inprocess({**FAST, "min-clients": 2, "wait-timeout": 0.3}, M, grid_class=faulty(fault))
+
+
+def test_the_deployment_keys_are_validated_and_leave_the_experiment_hash_alone():
+    from fedal.config import Config, ConfigError
+
+    base = Config.from_run_config(FAST)
+    ops = {"min-clients": 7, "wait-timeout": 5.0, "send-timeout": 9.0, "max-retries": 0, "retry-backoff": 0.5,
+           "on-client-failure": "stop", "resume": True, "stop-after-round": 1}
+    assert Config.from_run_config({**FAST, **ops}).config_hash() == base.config_hash()
+    for key, bad in [("min-clients", 0), ("wait-timeout", 0), ("send-timeout", -1.0), ("max-retries", -1),
+                     ("retry-backoff", -0.1), ("on-client-failure", "ignore"), ("stop-after-round", -2)]:
+        with pytest.raises(ConfigError, match=key):
+            Config.from_run_config({**FAST, key: bad})
