@@ -82,10 +82,23 @@ DEFAULTS: dict[str, Any] = {
     # labels for the comparison harness (not part of the experiment's identity)
     "method-name": "",
     "suite": "",
+    # deployment semantics (docs/method.md, "Failures and resume"): operational, not part of the
+    # experiment's identity
+    "min-clients": 1,  # start once this many clients answered query.info ...
+    "wait-timeout": 120.0,  # ... within this many seconds, else stop with an error
+    "send-timeout": 3600.0,  # seconds a step waits for its replies; a client silent longer failed it
+    "max-retries": 2,  # resends of a step to a client that failed it, before skipping the client
+    "retry-backoff": 2.0,  # seconds before the first resend (doubling per resend)
+    "on-client-failure": "skip",  # skip: retry, then go on without the client; stop: raise at once
+    "resume": False,  # continue the run from the checkpoint in its run directory
+    "stop-after-round": -1,  # tests and staged runs: stop after checkpointing this AL round (-1: off)
 }
 
 # keys that name or place a run but do not change what it computes
-NON_EXPERIMENT_KEYS = ("seed", "run-dir", "run-name", "method-name", "suite")
+NON_EXPERIMENT_KEYS = ("seed", "run-dir", "run-name", "method-name", "suite", "min-clients",
+                       "wait-timeout", "send-timeout", "max-retries", "retry-backoff",
+                       "on-client-failure", "resume", "stop-after-round")
+ON_CLIENT_FAILURE = ("skip", "stop")
 
 
 
@@ -194,6 +207,14 @@ class Config:
     report_label_histogram: bool
     method_name: str
     suite: str
+    min_clients: int
+    wait_timeout: float
+    send_timeout: float
+    max_retries: int
+    retry_backoff: float
+    on_client_failure: str
+    resume: bool
+    stop_after_round: int
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -266,6 +287,13 @@ class Config:
         _number("sketch-dim", self.sketch_dim, 0, integer=True, note="0: off")
         _number("learning-rate", self.learning_rate, 0, lo_open=True)
         _number("pseudo-lr", self.pseudo_lr, 0, lo_open=True)
+        _number("min-clients", self.min_clients, 1, integer=True)
+        for key in ("wait-timeout", "send-timeout"):
+            _number(key, getattr(self, key.replace("-", "_")), 0, lo_open=True, note="seconds")
+        _number("max-retries", self.max_retries, 0, integer=True)
+        _number("retry-backoff", self.retry_backoff, 0, note="seconds")
+        _choice("on-client-failure", self.on_client_failure, ON_CLIENT_FAILURE)
+        _number("stop-after-round", self.stop_after_round, -1, integer=True, note="-1: off")
         if clients.get(self.client_strategy).needs_label_histogram and not self.report_label_histogram:
             others = [n for n in clients.available() if not clients.get(n).needs_label_histogram]
             raise ConfigError(
