@@ -81,10 +81,12 @@ DEFAULTS: dict[str, Any] = {
     # labels for the comparison harness (not part of the experiment's identity)
     "method-name": "",
     "suite": "",
+    # the id a site's durable pools are kept under (its state-dir); "" = "<config hash>-s<seed>"
+    "experiment-id": "",
 }
 
 # keys that name or place a run but do not change what it computes
-NON_EXPERIMENT_KEYS = ("seed", "run-dir", "run-name", "method-name", "suite")
+NON_EXPERIMENT_KEYS = ("seed", "run-dir", "run-name", "method-name", "suite", "experiment-id")
 
 
 
@@ -193,6 +195,7 @@ class Config:
     report_label_histogram: bool
     method_name: str
     suite: str
+    experiment_id: str
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -234,6 +237,12 @@ class Config:
         """Hash of everything that defines the experiment except the seed, the output location
         and the keys its strategies never read (``experiment_key``)."""
         return experiment_hash(self.to_run_config())
+
+    @property
+    def experiment(self) -> str:
+        """The experiment a site's paid labels belong to: ``experiment-id``, else the config hash
+        and seed (a new hash or seed is a new experiment with its own pools)."""
+        return self.experiment_id or f"{self.config_hash()}-s{self.seed}"
 
     @property
     def label_budget(self) -> int:
