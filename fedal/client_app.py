@@ -16,8 +16,8 @@ from __future__ import annotations
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedal.client import (ClientWorker, MemoryPoolStore, StackedPoolStore, configure_threads,
-                          load_client_data, state_dir_store)
+from fedal.client import (ClientWorker, MemoryPoolStore, configure_threads, load_node_data,
+                          node_pool_store, node_state_dir)
 
 POOLS_KEY = "fedal.pools"
 
@@ -31,11 +31,14 @@ class ContextPoolStore(MemoryPoolStore):
 
 
 def worker(context: Context, run_config: dict) -> ClientWorker:
-    nc = context.node_config
-    data = load_client_data(run_config, int(nc.get("partition-id", 0)), int(nc.get("num-partitions", 1)))
-    durable = state_dir_store(data.cfg, data.partition_id)
-    store = ContextPoolStore(context)
-    return ClientWorker(data, store if durable is None else StackedPoolStore(store, durable))
+    """The node's client: its data (node config ``data-path`` + ``client-id`` + ``state-dir``, or
+    a benchmark partition ``partition-id``/``num-partitions``) and its pools: with a state dir
+    (node config ``state-dir`` or ``FEDAL_STATE_DIR``) the SQLite store there, which holds every
+    paid label across restarts; without one the node's ``context.state`` (simulation)."""
+    nc = dict(context.node_config)
+    data = load_node_data(run_config, nc)
+    durable = node_pool_store(data, node_state_dir(nc))
+    return ClientWorker(data, ContextPoolStore(context) if durable is None else durable)
 
 
 def _state(msg: Message):
