@@ -13,6 +13,10 @@ Message types (server → client; every reply carries parameters or scalar stati
 
 from __future__ import annotations
 
+import json
+import os
+import time
+
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -85,6 +89,28 @@ def acquire(msg: Message, context: Context, run_config: dict) -> Message:
     return _reply(msg, w, w.acquire(state, int(conf["n"]), int(conf["al-round"]), str(conf["point-strategy"])))
 
 
+def _process_age(now: float) -> float:
+    """Seconds since this process started (Linux; NaN elsewhere)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(") ", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return now - (btime + start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, StopIteration, IndexError):
+        return float("nan")
+
+
+def _record_timing(path: str, kind: str, context: Context, t0: float) -> None:
+    """One JSON line per message (benchmarks: ``FEDAL_CLIENT_TIMING=<file>``): the handler's
+    time and how long the process had run before it (process start, imports, FAB loading)."""
+    now = time.time()
+    line = {"type": kind, "node": str(context.node_config.get("client-id", context.node_id)), "pid": os.getpid(),
+            "before-handler-s": round(_process_age(t0), 3), "handler-s": round(now - t0, 3), "at": now}
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 def build_client_app(run_config: dict | None = None) -> ClientApp:
     """The ClientApp; ``run_config`` (kebab-case) overrides the run's config.
 
@@ -98,7 +124,11 @@ def build_client_app(run_config: dict | None = None) -> ClientApp:
     def bind(fn):
         def handler(msg: Message, context: Context) -> Message:
             # the Context's run config is read-only: merge instead of updating it
-            return fn(msg, context, {**context.run_config, **bound})
+            t0 = time.time()
+            reply = fn(msg, context, {**context.run_config, **bound})
+            if os.environ.get("FEDAL_CLIENT_TIMING"):
+                _record_timing(os.environ["FEDAL_CLIENT_TIMING"], fn.__name__, context, t0)
+            return reply
 
         handler.__name__ = fn.__name__
         return handler

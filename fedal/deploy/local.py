@@ -103,6 +103,9 @@ class LocalDeployment:
     points_per_site: int = 0
     app_dir: Path = ROOT
     python: str = sys.executable
+    # False: SuperNodes hold benchmark partitions (partition-id/num-partitions, as in simulation)
+    # instead of their own .npz files; both keep their pools in their state dirs
+    site_data: bool = True
     procs: list[Proc] = field(default_factory=list)
 
     def __post_init__(self):
@@ -170,7 +173,7 @@ class LocalDeployment:
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
             f'address = "{HOST}:{self.port}"\nroot-certificates = "{self.certs / "ca.crt"}"\n')
-        if not (self.sites / "site-1" / "data.npz").exists():
+        if self.site_data and not (self.sites / "site-1" / "data.npz").exists():
             write_sites(self.sites, self.n_supernodes, self.dataset, self.points_per_site, labels=labels)
 
     def start_superlink(self, timeout: float = 60) -> None:
@@ -197,6 +200,8 @@ class LocalDeployment:
     def node_config(self, k: int) -> str:
         site = self.sites / f"site-{k}"
         # node-config values are TOML: strings quoted
+        if not self.site_data:
+            return f'partition-id={k - 1} num-partitions={self.n_supernodes} state-dir="{site / "state"}"'
         return (f'data-path="{site / "data.npz"}" client-id="site-{k}" state-dir="{site / "state"}" '
                 f'partition-id={k - 1}')
 
