@@ -81,12 +81,25 @@ DEFAULTS: dict[str, Any] = {
     # labels for the comparison harness (not part of the experiment's identity)
     "method-name": "",
     "suite": "",
+    # deployment semantics (docs/method.md, "Failures and resume"): operational, not part of the
+    # experiment's identity
+    "min-clients": 1,  # start once this many clients answered query.info ...
+    "wait-timeout": 120.0,  # ... within this many seconds, else stop with an error
+    "send-timeout": 3600.0,  # seconds a step waits for its replies; a client silent longer failed it
+    "max-retries": 2,  # resends of a step to a client that failed it, before skipping the client
+    "retry-backoff": 2.0,  # seconds before the first resend (doubling per resend)
+    "on-client-failure": "skip",  # skip: retry, then go on without the client; stop: raise at once
+    "resume": False,  # continue the run from the checkpoint in its run directory
+    "stop-after-round": -1,  # tests and staged runs: stop after checkpointing this AL round (-1: off)
     # the id a site's durable pools are kept under (its state-dir); "" = "<config hash>-s<seed>"
     "experiment-id": "",
 }
 
 # keys that name or place a run but do not change what it computes
-NON_EXPERIMENT_KEYS = ("seed", "run-dir", "run-name", "method-name", "suite", "experiment-id")
+NON_EXPERIMENT_KEYS = ("seed", "run-dir", "run-name", "method-name", "suite", "min-clients",
+                       "wait-timeout", "send-timeout", "max-retries", "retry-backoff",
+                       "on-client-failure", "resume", "stop-after-round", "experiment-id")
+ON_CLIENT_FAILURE = ("skip", "stop")
 
 
 
@@ -195,6 +208,14 @@ class Config:
     report_label_histogram: bool
     method_name: str
     suite: str
+    min_clients: int
+    wait_timeout: float
+    send_timeout: float
+    max_retries: int
+    retry_backoff: float
+    on_client_failure: str
+    resume: bool
+    stop_after_round: int
     experiment_id: str
 
     # ------------------------------------------------------------------ construction
@@ -276,6 +297,16 @@ class Config:
         if self.sketch_dim < 0:
             raise ConfigError(f"sketch-dim = {self.sketch_dim} is invalid; valid range: 0 (off) or >= 1")
         _positive("learning-rate", self.learning_rate, "> 0")
+        _positive("min-clients", self.min_clients, ">= 1", integer=True)
+        for key in ("wait-timeout", "send-timeout"):
+            _positive(key, getattr(self, key.replace("-", "_")), "> 0 (seconds)")
+        if self.max_retries < 0:
+            raise ConfigError(f"max-retries = {self.max_retries} is invalid; valid range: >= 0")
+        if self.retry_backoff < 0:
+            raise ConfigError(f"retry-backoff = {self.retry_backoff} is invalid; valid range: >= 0 (seconds)")
+        _choice("on-client-failure", self.on_client_failure, ON_CLIENT_FAILURE)
+        if self.stop_after_round < -1:
+            raise ConfigError(f"stop-after-round = {self.stop_after_round} is invalid; valid range: -1 (off) or >= 0")
         _positive("pseudo-lr", self.pseudo_lr, "> 0")
         if clients.get(self.client_strategy).needs_label_histogram and not self.report_label_histogram:
             others = [n for n in clients.available() if not clients.get(n).needs_label_histogram]

@@ -17,29 +17,68 @@ ROUNDS_FILE = "rounds.jsonl"  # one row per AL round, keys below
 SUMMARY_FILE = "summary.json"  # {"completed": true, ...}; its presence marks a finished run
 Q_FILE = "q.npz"  # optional: the client graph's distances per AL round (diffusion selection)
 LOG_FILE = "log.txt"  # the run's console output, when a suite runs it in a subprocess
+CHECKPOINT_FILE = "checkpoint.npz"  # the server's state after the last completed AL round (fedal.checkpoint)
 
 # Keys of a rounds.jsonl row, as the AL loop writes them (strategies/active_learning.py), and the
-# optional ones: "graph" (client-graph scalars, diffusion selection only).
+# optional ones: "graph" (client-graph scalars, diffusion selection only) and "failures" (only in a
+# round where a client failed a step: [{"client", "step", "al_round", "fl_round", "reason"}]).
 ROUND_KEYS = ("round", "labels", "accuracy", "loss", "chosen_clients", "acquired", "acquired_per_class",
               "labeled_per_class", "clients_with_labels", "time_s")
-ROUND_OPTIONAL_KEYS = ("graph",)
+ROUND_OPTIONAL_KEYS = ("graph", "failures")
 # What a report cannot do without; the rest is read when present (older rows lack some).
 ROUND_REQUIRED = ("round", "labels", "accuracy")
 
 
-class RunRecorder:
-    """Writes ``config.json``, ``rounds.jsonl`` (appended and flushed per round) and ``summary.json``."""
+class ResultsMismatch(RuntimeError):
+    """A resumed run's rounds.jsonl disagrees with its checkpoint."""
 
-    def __init__(self, run_dir: str | Path, config: dict[str, Any]):
+
+class RunRecorder:
+    """Writes ``config.json``, ``rounds.jsonl`` (appended and flushed per round) and ``summary.json``.
+
+    A new run into a directory starts the rows afresh. ``resume=True`` keeps them: ``config.json``
+    gains a ``"resumed"`` list of start times, and ``resume_from(rows)`` then rewrites the rows to
+    the checkpoint's after checking that the file agrees with it."""
+
+    def __init__(self, run_dir: str | Path, config: dict[str, Any], resume: bool = False):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        # a rerun into the same directory starts the rows afresh (a partial run is not resumable:
-        # client pools live with the clients of that run)
-        for name in (ROUNDS_FILE, SUMMARY_FILE, Q_FILE):
-            (self.dir / name).unlink(missing_ok=True)
-        write_atomic(self.dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
         self.rows: list[dict[str, Any]] = []
         self.arrays: dict[str, Any] = {}
+        if resume:
+            old = {}
+            if (self.dir / CONFIG_FILE).exists():
+                old = json.loads((self.dir / CONFIG_FILE).read_text())
+            config = {**config, "started": old.get("started", config.get("started")),
+                      "resumed": [*old.get("resumed", []), config.get("started")]}
+            (self.dir / SUMMARY_FILE).unlink(missing_ok=True)
+            if (self.dir / Q_FILE).exists():
+                import numpy as np
+
+                with np.load(self.dir / Q_FILE) as z:
+                    self.arrays = {k: z[k] for k in z.files}
+        else:
+            for name in (ROUNDS_FILE, SUMMARY_FILE, Q_FILE, CHECKPOINT_FILE):
+                (self.dir / name).unlink(missing_ok=True)
+        write_atomic(self.dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
+
+    def resume_from(self, rows: list[dict[str, Any]]) -> None:
+        """Continue after the checkpoint's ``rows``. The rows on file must agree with them: the
+        file may lack the last ones or hold one more (a crash between writing a row and the
+        checkpoint), which is dropped, as the resumed run writes that round again; any other
+        difference means the directory holds another run's results, and is refused."""
+        path = self.dir / ROUNDS_FILE
+        on_file = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        expect = json.loads(json.dumps(rows, sort_keys=True))
+        common = min(len(on_file), len(expect))
+        if on_file[:common] != expect[:common] or len(on_file) > len(expect) + 1:
+            bad = next((i for i in range(common) if on_file[i] != expect[i]), common)
+            raise ResultsMismatch(
+                f"{path} does not match the checkpoint (row {bad} differs, or the file holds "
+                f"{len(on_file)} rows where the checkpoint has {len(expect)}): the directory holds "
+                "another run's results; move them away, or set resume = false to start afresh")
+        write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        self.rows = list(rows)
 
     def add_round(self, row: dict[str, Any]) -> None:
         self.rows.append(row)

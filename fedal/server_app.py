@@ -13,10 +13,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedal.config import Config, ConfigError
 from fedal.data import load_dataset, model_inputs
-from fedal.results import RunRecorder
+from fedal.checkpoint import CheckpointError
+from fedal.results import ResultsMismatch, RunRecorder
 from fedal.training import build_model
-from strategies.active_learning import FederatedActiveLearning
-
+from strategies.active_learning import ClientFailure, FederatedActiveLearning, FederationError
 
 
 def run_directory(cfg: Config) -> Path:
@@ -35,16 +35,25 @@ def _log(line: str) -> None:
     print(line, flush=True)
 
 
+def _report(prefix: str, e: BaseException) -> None:
+    """The full message on stderr before the exception propagates. Flower logs an exception
+    from a ServerApp's main (``flwr-serverapp``: "ServerApp raised an exception" with the
+    traceback, and the run's status details; the simulation engine re-raises it from
+    ``run_simulation``), but a suite's log and an operator's terminal show this line first."""
+    print(f"{prefix}{e}", file=sys.stderr, flush=True)
+
+
 def main(grid: Grid, context: Context, run_config: dict | None = None) -> None:
     torch.set_num_threads(int(os.environ.get("FEDAL_TORCH_THREADS", "1")))
     try:
         cfg = Config.from_run_config({**context.run_config, **(run_config or {})})
         ds = load_dataset(cfg.dataset, cfg.data_root)  # a missing dataset stops here, before any label
     except (ConfigError, FileNotFoundError) as e:
-        _log(f"fedal: configuration error: {e}")
-        raise SystemExit(2) from None
+        # raised, not SystemExit: Flower catches Exception only, and logs it
+        _report("fedal: configuration error: ", e)
+        raise
     run_dir = run_directory(cfg)
-    recorder = RunRecorder(run_dir, run_metadata(cfg))
+    recorder = RunRecorder(run_dir, run_metadata(cfg), resume=cfg.resume)
     _log(f"fedal: writing results to {run_dir}")
 
     x_test = model_inputs(cfg, ds.x_test, "test")  # frozen backbone: the test set's features
@@ -57,8 +66,11 @@ def main(grid: Grid, context: Context, run_config: dict | None = None) -> None:
     try:
         loop.run(recorder)
     except ConfigError as e:
-        _log(f"fedal: configuration error: {e}")
-        raise SystemExit(2) from None
+        _report("fedal: configuration error: ", e)
+        raise
+    except (FederationError, ClientFailure, CheckpointError, ResultsMismatch) as e:
+        _report("fedal: error: ", e)
+        raise
 
 
 def build_server_app(run_config: dict | None = None) -> ServerApp:

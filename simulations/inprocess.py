@@ -67,10 +67,12 @@ class InProcessGrid:
 
 
 def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda s: None,
-                  wire_seed: int | None = None, record: bool = False):
+                  wire_seed: int | None = None, record: bool = False, grid=None, grid_class=None):
     """Run the full AL protocol in-process; returns (rows, grid). ``record``: also write the run
-    directory (config.json, rounds.jsonl, q.npz, summary.json) as the ServerApp does, with
-    ``"engine": "inprocess"`` in config.json."""
+    directory (config.json, rounds.jsonl, q.npz, checkpoint.npz, summary.json) as the ServerApp
+    does, with ``"engine": "inprocess"`` in config.json. ``grid``: run on this grid (its clients
+    keep their pools from an earlier run, as SuperNodes outlive a crashed server);
+    ``grid_class``: an ``InProcessGrid`` subclass to build instead (fault injection)."""
     from fedal.client_app import build_client_app
     from fedal.config import Config
     from fedal.data import load_dataset, model_inputs
@@ -79,7 +81,9 @@ def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda 
 
     cfg = Config.from_run_config(run_config)
     ds = load_dataset(cfg.dataset, cfg.data_root)
-    grid = InProcessGrid(build_client_app(run_config), num_clients, on_reply=on_reply, wire_seed=wire_seed)
+    if grid is None:
+        grid = (grid_class or InProcessGrid)(build_client_app(run_config), num_clients, on_reply=on_reply,
+                                             wire_seed=wire_seed)
     x_test = model_inputs(cfg, ds.x_test, "test")
 
     def model_fn():
@@ -92,5 +96,6 @@ def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda 
         from fedal.results import RunRecorder
         from fedal.server_app import run_directory, run_metadata
 
-        recorder = RunRecorder(run_directory(cfg), {**run_metadata(cfg), "engine": "inprocess"})
+        recorder = RunRecorder(run_directory(cfg), {**run_metadata(cfg), "engine": "inprocess"},
+                               resume=cfg.resume)
     return loop.run(recorder), grid

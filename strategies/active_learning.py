@@ -8,39 +8,79 @@ ServerApp ``main`` (restarting the engine per round is a known anti-pattern).
 
 from __future__ import annotations
 
+import copy
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from fedal import checkpoint
+from fedal.checkpoint import CheckpointError
 from fedal.config import Config
+from fedal.results import CHECKPOINT_FILE
 from fedal.training import evaluate
 from strategies import client_selection
-from strategies.client_selection import ClientStats, allocate_budget, plan_round
+from strategies.client_selection import ClientStats, allocate_budget, order_clients, plan_round
 
 
 class ClientFailure(RuntimeError):
-    """A client replied with an error; the run stops rather than silently biasing the protocol."""
+    """A step failed at every client it went to (or, with ``on-client-failure = "stop"``, at
+    one): the run stops rather than continue without data."""
+
+
+class FederationError(RuntimeError):
+    """The federation cannot run the protocol: too few clients, or two nodes claim one client id."""
+
+
+CLIENT_KEY = "client"  # the ConfigRecord naming the client in every reply (fedal.client_app)
+
+
+def natural_key(client_id: str) -> tuple:
+    """Sort key of client ids: digit runs compare as numbers ("site2" < "site10"), so all-digit
+    ids (a simulation's partition ids) sort as integers."""
+    parts = re.split(r"(\d+)", client_id)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), client_id
+
+
+def reply_client_id(reply: Message) -> str | None:
+    """The client id a reply names (its "client" record), or None for a reply without one."""
+    content = reply.content
+    if CLIENT_KEY in content.config_records:
+        return str(content.config_records[CLIENT_KEY]["client-id"])
+    metrics = content.metric_records.get("metrics")
+    if metrics is not None and "partition-id" in metrics:  # a client from before the "client" record
+        return str(int(metrics["partition-id"]))
+    return None
 
 
 @dataclass
 class ClientInfo:
-    node_id: int
-    partition_id: int
+    node_id: int | None  # the node it answers on now; None while it is not connected
+    client_id: str
     n_labeled: int
     n_unlabeled: int
 
 
 @dataclass
 class ALState:
-    clients: dict[int, ClientInfo]  # by partition id
-    prev_entropy: dict[int, float] = field(default_factory=dict)
+    clients: dict[str, ClientInfo]  # by client id, in natural order (``natural_key``)
+    prev_entropy: dict[str, float] = field(default_factory=dict)
     labeled_per_class: np.ndarray | None = None
+
+    def add(self, info: ClientInfo) -> None:
+        self.clients[info.client_id] = info
+        self.clients = dict(sorted(self.clients.items(), key=lambda kv: natural_key(kv[0])))
+
+    def public_id(self, client_id: str) -> int | str:
+        """How rows name a client: an int when every client id is all digits (a simulation's
+        partition ids, as rows always had them), else the id itself."""
+        return int(client_id) if all(c.isdigit() for c in self.clients) else client_id
 
 
 class FederatedActiveLearning:
@@ -53,63 +93,180 @@ class FederatedActiveLearning:
         self.x_test, self.y_test = test_set
         self.num_classes = num_classes
         self.log = log
-        self.timeout = timeout
+        self.timeout = cfg.send_timeout if timeout is None else timeout
         self.rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
+        self.failures: list[dict] = []  # this AL round's skipped (client, step)s, for its row
         from fedal.continual import training_mode
 
         self.strategy = client_selection.get(cfg.client_strategy)
         self.mode = training_mode(cfg.training_mode)
         self.diffusion = self.strategy.params(cfg)
 
-    # ------------------------------------------------------------------ messaging helpers
-    def _send(self, kind: str, targets: Iterable[ClientInfo], config: dict,
-              arrays: ArrayRecord | None = None) -> list[Message]:
-        return self._send_each(kind, [(c, config) for c in targets], arrays)
+    # ------------------------------------------------------------------ messaging
+    @staticmethod
+    def _message(kind: str, node_id: int, config: dict, arrays: ArrayRecord | None = None) -> Message:
+        content = RecordDict({"config": ConfigRecord(dict(config))})
+        if arrays is not None:
+            content["arrays"] = arrays
+        return Message(content=content, dst_node_id=node_id, message_type=kind)
 
-    def _send_each(self, kind: str, jobs: list[tuple[ClientInfo, dict]],
-                   arrays: ArrayRecord | None = None) -> list[Message]:
-        """One message per (client, config) in a single send_and_receive, so clients work in
-        parallel; any client error stops the run with the client's reason."""
-        msgs = []
-        for c, config in jobs:
-            content = RecordDict({"config": ConfigRecord(dict(config))})
-            if arrays is not None:
-                content["arrays"] = arrays
-            msgs.append(Message(content=content, dst_node_id=c.node_id, message_type=kind))
-        if not msgs:
-            return []
-        replies = list(self.grid.send_and_receive(msgs, timeout=self.timeout))
-        errors = [r for r in replies if r.has_error()]
-        if errors:
-            raise ClientFailure(f"{len(errors)} client(s) failed on {kind!r}: {errors[0].error.reason}")
-        if len(replies) != len(msgs):
-            raise ClientFailure(f"{kind!r}: {len(msgs) - len(replies)} of {len(msgs)} clients did not reply")
-        return replies
+    def _send(self, state: ALState, kind: str, targets: Iterable[str], config: dict,
+              arrays: ArrayRecord | None = None, **where) -> dict[str, Message]:
+        return self._exchange(state, kind, [(c, config) for c in targets], arrays, **where)
+
+    def _exchange(self, state: ALState, kind: str, jobs: list[tuple[str, dict]],
+                  arrays: ArrayRecord | None = None, *, fl_round: int | None = None,
+                  require_any: bool = True) -> dict[str, Message]:
+        """One message per (client id, config) in a single send_and_receive, so clients work in
+        parallel; returns the replies by client id.
+
+        A client that replies with an error, does not reply within ``send-timeout`` or is not
+        connected failed the step: after a backoff the step is resent to it, at whatever node id
+        it answers on by then, up to ``max-retries`` times; then it is skipped for this step and
+        the failure is recorded for the round's row. ``require_any``: a step that every client
+        failed stops the run. ``on-client-failure = "stop"``: the first failure stops it."""
+        cfg = self.cfg
+        pending = dict(jobs)
+        got: dict[str, Message] = {}
+        reasons: dict[str, str] = {}
+        tries = 1 if cfg.on_client_failure == "stop" else cfg.max_retries + 1
+        for attempt in range(tries):
+            if attempt:
+                time.sleep(cfg.retry_backoff * 2 ** (attempt - 1))
+                self.refresh(state)
+            sent: dict[int, str] = {}
+            msgs = []
+            for cid, config in pending.items():
+                node = state.clients[cid].node_id
+                if node is None:
+                    reasons[cid] = "not connected"
+                    continue
+                sent[node] = cid
+                msgs.append(self._message(kind, node, config, arrays))
+            replies = list(self.grid.send_and_receive(msgs, timeout=self.timeout)) if msgs else []
+            answered = set()
+            for r in replies:
+                cid = sent.get(r.metadata.src_node_id)
+                if cid is None or cid in answered:
+                    continue
+                answered.add(cid)
+                if r.has_error():
+                    reasons[cid] = f"client error: {r.error.reason}"
+                    continue
+                named = reply_client_id(r)
+                if named is not None and named != cid:
+                    reasons[cid] = f"node {r.metadata.src_node_id} answered as client {named!r}"
+                    continue
+                got[cid] = r
+                del pending[cid]
+            for cid in sent.values():
+                if cid not in answered:
+                    reasons[cid] = f"no reply within send-timeout = {self.timeout:g} s"
+            if pending and cfg.on_client_failure == "stop":
+                cid = next(iter(pending))
+                raise ClientFailure(f"{len(pending)} client(s) failed on {kind!r}: client {cid}: {reasons[cid]} "
+                                    "(on-client-failure = stop)")
+            if not pending:
+                break
+        for cid in pending:
+            entry = {"client": state.public_id(cid), "step": kind}
+            if fl_round is not None:
+                entry["fl_round"] = fl_round
+            entry["reason"] = reasons.get(cid, "unknown")
+            self.failures.append(entry)
+            self.log(f"fedal: client {cid} skipped for {kind!r}"
+                     + (f" (FL round {fl_round})" if fl_round is not None else "")
+                     + f" after {tries} tries: {entry['reason']}")
+        if require_any and jobs and not got:
+            cid = next(iter(pending))
+            raise ClientFailure(f"every client ({len(jobs)}) failed on {kind!r} after {tries} tries; "
+                                f"client {cid}: {reasons.get(cid)}")
+        return got
+
+    # ------------------------------------------------------------------ identity
+    def refresh(self, state: ALState, *, initial: bool = False) -> None:
+        """Re-map client ids to node ids (a restarted SuperNode may come back under a new one):
+        clients whose node left are marked not connected, and every node not known yet is asked
+        ``query.info``; a client that answers there is recognised by its client id."""
+        live = set(self.grid.get_node_ids())
+        for c in state.clients.values():
+            if c.node_id is not None and c.node_id not in live:
+                self.log(f"fedal: client {c.client_id} (node {c.node_id}) is not connected")
+                c.node_id = None
+        known = {c.node_id for c in state.clients.values() if c.node_id is not None}
+        unknown = sorted(live - known)
+        if not unknown:
+            return
+        msgs = [self._message("query.info", n, {}) for n in unknown]
+        claims: dict[str, list[tuple[int, Message]]] = {}
+        for r in self.grid.send_and_receive(msgs, timeout=self.timeout):
+            if r.has_error():
+                self.log(f"fedal: node {r.metadata.src_node_id} failed query.info: {r.error.reason}")
+                continue
+            cid = reply_client_id(r)
+            if cid is not None:
+                claims.setdefault(cid, []).append((r.metadata.src_node_id, r))
+        for cid in sorted(claims, key=natural_key):
+            nodes = sorted(n for n, _ in claims[cid])
+            old = state.clients.get(cid)
+            if len(nodes) == 1 and old is not None and old.node_id is not None and self._answers_as(old.node_id, cid):
+                nodes = sorted([old.node_id, *nodes])
+            if len(nodes) > 1:
+                raise FederationError(
+                    f"client id {cid!r} is claimed by {len(nodes)} live nodes ({', '.join(map(str, nodes))}); "
+                    "every SuperNode needs its own client-id (node config), or its own data")
+            node, r = claims[cid][0]
+            m = r.content["metrics"]
+            n_l, n_u = int(m["n-labeled"]), int(m["n-unlabeled"])
+            if old is None:
+                state.add(ClientInfo(node, cid, n_l, n_u))
+                if not initial:
+                    self.log(f"fedal: client {cid} joined on node {node}")
+                continue
+            if not initial:
+                self.log(f"fedal: client {cid} is back, now on node {node}")
+            old.node_id = node
+            if (old.n_labeled, old.n_unlabeled) != (n_l, n_u):
+                self.log(f"fedal: client {cid} reports |L| = {n_l}, |U| = {n_u}; the server counted "
+                         f"{old.n_labeled}, {old.n_unlabeled} (the client's counts are used)")
+                old.n_labeled, old.n_unlabeled = n_l, n_u
+
+    def _answers_as(self, node: int, cid: str) -> bool:
+        """Whether ``node`` still answers as client ``cid`` (a node id the SuperLink still lists
+        may belong to a SuperNode that died and restarted under a new one)."""
+        replies = list(self.grid.send_and_receive([self._message("query.info", node, {})],
+                                                  timeout=min(self.timeout, 60.0)))
+        return any(not r.has_error() and reply_client_id(r) == cid for r in replies)
 
     def discover(self) -> ALState:
-        nodes = sorted(self.grid.get_node_ids())
-        deadline = time.time() + 60
-        while not nodes and time.time() < deadline:  # deployment: SuperNodes may still connect
-            time.sleep(1)
-            nodes = sorted(self.grid.get_node_ids())
-        targets = [ClientInfo(n, -1, 0, 0) for n in nodes]
-        clients = {}
-        for r in self._send("query.info", targets, {}):
-            m = r.content["metrics"]
-            pid = int(m["partition-id"])
-            clients[pid] = ClientInfo(r.metadata.src_node_id, pid, int(m["n-labeled"]), int(m["n-unlabeled"]))
-        return ALState(dict(sorted(clients.items())))
+        """Clients by client id, once ``min-clients`` of them answered ``query.info``."""
+        cfg = self.cfg
+        state = ALState({})
+        deadline = time.monotonic() + cfg.wait_timeout
+        while True:
+            self.refresh(state, initial=True)
+            if len(state.clients) >= cfg.min_clients:
+                return state
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FederationError(
+                    f"only {len(state.clients)} client(s) answered query.info within wait-timeout = "
+                    f"{cfg.wait_timeout:g} s, fewer than min-clients = {cfg.min_clients}; start more "
+                    "SuperNodes, or lower min-clients or raise wait-timeout in the run config")
+            time.sleep(min(1.0, left))
 
     # ------------------------------------------------------------------ protocol steps
     def train(self, state: ALState, start: ArrayRecord, al_round: int,
-              probe_round: int | None = None) -> tuple[ArrayRecord, list[list[Message]], float]:
-        """FedAvg weighted by |L_z| over clients with labels (Eq. 2-3).
+              probe_round: int | None = None) -> tuple[ArrayRecord, list[dict[str, Message]], float]:
+        """FedAvg weighted by |L_z| over clients with labels (Eq. 2-3), over the replies that
+        came (a client that failed an FL round is left out of that round's average).
 
         ``probe_round`` (the AL round the next selection serves), when the client strategy needs
         client statistics: after each FL round t whose global model w(t) the strategy reads,
         every client with unlabeled data is probed with w(t) — for strategies with a client graph
         the last ⌈T/4⌉ rounds (the paper's last 25% of the training epochs), else the last only.
-        Returns the final weights, the probe replies per recorded round and the probe seconds."""
+        Returns the final weights, the probe replies (by client id) per recorded round and the
+        probe seconds."""
         from fedal.continual import Schedule, resolve_schedule
         from fedal.training import recorded_rounds
 
@@ -123,44 +280,52 @@ class FederatedActiveLearning:
             # one projection per AL round, the same on every client and recorded round
             sketch_seed = int(self.rng.integers(2**31))
         arrays = start
-        labeled = [c for c in state.clients.values() if c.n_labeled > 0]
+        labeled = [cid for cid, c in state.clients.items() if c.n_labeled > 0]
         replies, probe_time = [], 0.0
         for fl_round in range(1, sched.fl_rounds + 1):
-            got = self._send("train", labeled, {"al-round": al_round, "server-round": fl_round,
-                                                "local-epochs": sched.local_epochs}, arrays)
-            arrays = aggregate_arrayrecords(self._ordered(got, state), "num-examples")
+            got = self._send(state, "train", labeled, {"al-round": al_round, "server-round": fl_round,
+                                                       "local-epochs": sched.local_epochs},
+                             arrays, fl_round=fl_round)
+            arrays = aggregate_arrayrecords(self._ordered(got), "num-examples")
             if fl_round in probed:
                 t = time.perf_counter()
-                live = [c for c in state.clients.values() if c.n_unlabeled > 0]
-                replies.append(self._send("query.probe", live, {
+                live = [cid for cid, c in state.clients.items() if c.n_unlabeled > 0]
+                replies.append(self._send(state, "query.probe", live, {
                     "al-round": probe_round, "fl-round": fl_round, "need-embeddings": need,
                     "need-mix": self.strategy.needs_predicted_mix,
-                    "sketch-seed": sketch_seed}, arrays))
+                    "sketch-seed": sketch_seed}, arrays, fl_round=fl_round))
                 probe_time += time.perf_counter() - t
         return arrays, replies, probe_time
 
     @staticmethod
-    def _ordered(replies: list[Message], state: ALState) -> list[RecordDict]:
-        """Reply contents in partition-id order. FedAvg's float sums depend on the order, and
-        neither the arrival order nor the node ids (random in every Flower simulation) are
-        reproducible; the partition ids are, so runs under one seed are bit-reproducible."""
-        pid = {c.node_id: c.partition_id for c in state.clients.values()}
-        return [r.content for r in sorted(replies, key=lambda r: pid[r.metadata.src_node_id])]
+    def _ordered(replies: dict[str, Message]) -> list[RecordDict]:
+        """Reply contents in client-id order (``natural_key``). FedAvg's float sums depend on the
+        order, and neither the arrival order nor the node ids (random in every Flower simulation,
+        new after a SuperNode restarts) are reproducible; the client ids are (in simulation, the
+        partition ids), so runs under one seed are bit-reproducible."""
+        return [replies[cid].content for cid in sorted(replies, key=natural_key)]
 
     def evaluate(self, arrays: ArrayRecord) -> tuple[float, float]:
         model = self.model_fn()
         model.load_state_dict(arrays.to_torch_state_dict())
         return evaluate(model, self.x_test, self.y_test)
 
-    def client_stats(self, state: ALState, probes: list[list[Message]]) -> ClientStats:
+    def client_stats(self, state: ALState, probes: list[dict[str, Message]]) -> ClientStats:
         """ClientStats from the probe replies of the recorded FL rounds (the last gives g, as
-        f^r; the pseudo-updates of all of them stack into m_t, t = 1..T')."""
+        f^r; the pseudo-updates of all of them stack into m_t, t = 1..T').
+
+        A client is eligible when it is connected and has unlabeled data; with probes, also only
+        when it answered every probe of the round: a client not probed has no statistics and
+        is left out of the graph and the choice (as a client with |U_z| = 0 is)."""
         pids = list(state.clients)
-        n_u = np.array([state.clients[p].n_unlabeled for p in pids])
+        n_u = np.array([state.clients[p].n_unlabeled if state.clients[p].node_id is not None else 0
+                        for p in pids])
         if not probes:  # random selection needs only |U|, tracked from acquire replies
             return ClientStats(entropy=np.zeros(len(pids)), n_unlabeled=n_u)
-        rounds = [{int(r.content["metrics"]["partition-id"]): r.content for r in got} for got in probes]
-        last = rounds[-1]
+        rounds = [{cid: r.content for cid, r in got.items()} for got in probes]
+        answered = set.intersection(*(set(by_id) for by_id in rounds))
+        n_u = np.where([p in answered for p in pids], n_u, 0)
+        last = {p: c for p, c in rounds[-1].items() if p in answered}
         g = np.array([float(last[p]["metrics"]["g"]) if p in last else 0.0 for p in pids])
         prev = np.array([state.prev_entropy.get(p, np.nan) for p in pids])
         state.prev_entropy.update({p: float(last[p]["metrics"]["g"]) for p in last})
@@ -168,10 +333,10 @@ class FederatedActiveLearning:
         if self.strategy.needs_pseudo_updates:
             dim = next(iter(last.values()))["pseudo"]["m"].numpy().shape[-1]
             emb = np.zeros((len(pids), len(rounds), dim))  # rows of unprobed (|U| = 0) clients stay 0
-            for t, by_pid in enumerate(rounds):
+            for t, by_id in enumerate(rounds):
                 for z, p in enumerate(pids):
-                    if p in by_pid:
-                        emb[z, t] = by_pid[p]["pseudo"]["m"].numpy().reshape(-1)
+                    if p in answered:
+                        emb[z, t] = by_id[p]["pseudo"]["m"].numpy().reshape(-1)
         if self.strategy.needs_predicted_mix:
             mix = np.zeros((len(pids), self.num_classes))
             for z, p in enumerate(pids):
@@ -181,45 +346,144 @@ class FederatedActiveLearning:
                            prev_entropy=None if np.all(np.isnan(prev)) else prev,
                            predicted_mix=mix, labeled_per_class=state.labeled_per_class)
 
-    def acquire(self, state: ALState, plan: list[tuple[int, int]], arrays: ArrayRecord | None,
-                strategy: str, al_round: int) -> np.ndarray:
-        """Send each chosen client its share; returns this round's acquired counts per class."""
-        pids = list(state.clients)
+    def acquire(self, state: ALState, plan: list[tuple[str, int]], arrays: ArrayRecord | None,
+                strategy: str, al_round: int, per_client: int,
+                order: Callable[[], list[str]] | None = None) -> tuple[np.ndarray, list[str]]:
+        """Send each chosen client its share; returns this round's acquired counts per class and
+        the clients that acquired, in plan order.
+
+        A client skipped after its retries passes its share on: the next clients of the
+        strategy's ``order`` not asked yet this round take up to ``per_client`` each (the top-up
+        rule of docs/method.md, "Protocol"), so the round's budget is still spent."""
         per_class = np.zeros(self.num_classes, dtype=np.int64)
-        jobs = [(state.clients[pids[z]], {"n": n, "al-round": al_round, "point-strategy": strategy})
-                for z, n in plan]
-        replies = self._send_each("query.acquire", jobs, arrays)
-        for r in replies:
-            m = r.content["metrics"]
-            c = state.clients[int(m["partition-id"])]
-            c.n_labeled, c.n_unlabeled = int(m["n-labeled"]), int(m["n-unlabeled"])
-            if "acquired-per-class" in m:
-                per_class += np.asarray(m["acquired-per-class"], dtype=np.int64)
-        return per_class
+        asked = {cid for cid, _ in plan}
+        done: list[str] = []
+        todo = list(plan)
+        while todo:
+            jobs = [(cid, {"n": n, "al-round": al_round, "point-strategy": strategy}) for cid, n in todo]
+            got = self._exchange(state, "query.acquire", jobs, arrays, require_any=False)
+            for cid, r in got.items():
+                m = r.content["metrics"]
+                c = state.clients[cid]
+                c.n_labeled, c.n_unlabeled = int(m["n-labeled"]), int(m["n-unlabeled"])
+                if "acquired-per-class" in m:
+                    per_class += np.asarray(m["acquired-per-class"], dtype=np.int64)
+            done += [cid for cid, _ in todo if cid in got]
+            missing = sum(n for cid, n in todo if cid not in got)
+            todo = []
+            for cid in (order() if missing and order is not None else []):
+                if missing <= 0:
+                    break
+                c = state.clients.get(cid)
+                if cid in asked or c is None or c.node_id is None:
+                    continue
+                take = min(per_client, c.n_unlabeled, missing)
+                if take > 0:
+                    todo.append((cid, take))
+                    asked.add(cid)
+                    missing -= take
+            if todo:
+                self.log(f"fedal: AL round {al_round}: top-up of {sum(n for _, n in todo)} labels "
+                         f"on client(s) {', '.join(c for c, _ in todo)}")
+            elif missing:
+                self.log(f"fedal: AL round {al_round}: {missing} labels of the budget unspent: no "
+                         "eligible client left to take them")
+        if plan and not done:
+            raise ClientFailure(f"every client asked failed on 'query.acquire' in AL round {al_round}")
+        return per_class, done
+
+    # ------------------------------------------------------------------ resume
+    def _resume(self, state: ALState, ck) -> None:
+        """Checks the clients' label counts against the checkpoint's and restores the AL state."""
+        gone, lost, behind = [], [], []
+        for cid, (n_l, n_u) in ck.clients.items():
+            c = state.clients.get(cid)
+            if c is None:
+                gone.append(cid)
+                state.add(ClientInfo(None, cid, n_l, n_u))
+                continue
+            if c.n_labeled == 0 and n_l > 0:
+                lost.append(cid)
+            elif c.n_labeled < n_l:
+                behind.append(f"{cid} ({c.n_labeled} < {n_l})")
+            elif c.n_labeled > n_l:
+                self.log(f"fedal: client {cid} holds {c.n_labeled} labels, the checkpoint {n_l}: labels "
+                         "of the interrupted AL round; asking for that round again returns them only "
+                         "if the client's store is idempotent per AL round")
+            c.n_labeled, c.n_unlabeled = n_l, n_u
+        if lost:
+            raise CheckpointError(
+                f"resume = true, but client(s) {', '.join(lost)} report no labels where the checkpoint "
+                "counts some: their pools did not survive. Clients keep their pools across runs only "
+                "in a durable store: in simulation set FEDAL_STATE_DIR to the same directory for the "
+                "interrupted and the resumed run; in deployment keep each client's state directory. "
+                "Or set resume = false to start afresh")
+        if behind:
+            raise CheckpointError(
+                f"resume = true, but client(s) {', '.join(behind)} hold fewer labels than the checkpoint "
+                "counts: their state is not the one this run checkpointed; set resume = false to start afresh")
+        if gone:
+            self.log(f"fedal: client(s) {', '.join(gone)} of the checkpoint are not connected; they are "
+                     "skipped until they return")
+        state.prev_entropy = dict(ck.prev_entropy)
+
+    def _save_checkpoint(self, path, state: ALState, al_round: int, arrays: ArrayRecord,
+                         labeled_per_class: np.ndarray, rows: list[dict]) -> None:
+        checkpoint.save(path, checkpoint.Checkpoint(
+            al_round=al_round, weights={k: v.numpy() for k, v in arrays.items()},
+            clients={cid: (c.n_labeled, c.n_unlabeled) for cid, c in state.clients.items()},
+            prev_entropy=dict(state.prev_entropy), labeled_per_class=[int(v) for v in labeled_per_class],
+            rng_state=self.rng.bit_generator.state, rows=rows, config_hash=self.cfg.config_hash(),
+            seed=self.cfg.seed))
 
     # ------------------------------------------------------------------ the loop
     def run(self, recorder=None) -> list[dict]:
         cfg = self.cfg
         t_run = time.perf_counter()
         state = self.discover()
-        cfg.check_against_clients({p: (c.n_labeled, c.n_unlabeled) for p, c in state.clients.items()})
-        pids = list(state.clients)
-        self.log(f"fedal: {len(pids)} clients, {sum(c.n_unlabeled for c in state.clients.values())} "
+        ck = None
+        ck_path = None if recorder is None else recorder.dir / CHECKPOINT_FILE
+        if cfg.resume:
+            if ck_path is None:
+                raise CheckpointError("resume = true needs the run directory (a recorder) that holds the checkpoint")
+            ck = checkpoint.load(ck_path, cfg.config_hash(), cfg.seed)
+            self._resume(state, ck)
+        else:
+            cfg.check_against_clients({p: (c.n_labeled, c.n_unlabeled) for p, c in state.clients.items()})
+        self.log(f"fedal: {len(state.clients)} clients, {sum(c.n_unlabeled for c in state.clients.values())} "
                  f"unlabeled points; client-strategy={cfg.client_strategy} point-strategy="
                  f"{cfg.point_strategy} seed={cfg.seed}")
 
         initial = ArrayRecord(self.model_fn().state_dict())  # f^0: the same weights each retrain
-        # Round 0 (docs/method.md, "Protocol"): init-clients random clients, init-points random labels each
-        n_u = np.array([state.clients[p].n_unlabeled for p in pids])
-        order0 = self.rng.permutation(np.flatnonzero(n_u > 0))
-        plan0 = allocate_budget(order0, n_u, cfg.init_points, cfg.init_clients)
-        t0 = time.perf_counter()
-        labeled_per_class = self.acquire(state, plan0, None, "random", 0)
-        t_acq0 = time.perf_counter() - t0
+        t_acq0 = 0.0
+        if ck is None:
+            # Round 0 (docs/method.md, "Protocol"): init-clients random clients, init-points random labels each
+            pids = list(state.clients)
+            n_u = np.array([state.clients[p].n_unlabeled for p in pids])
+            order_idx = self.rng.permutation(np.flatnonzero(n_u > 0))
+            order0 = [pids[z] for z in order_idx]
+            plan0 = [(pids[z], n) for z, n in allocate_budget(order_idx, n_u, cfg.init_points, cfg.init_clients)]
+            t0 = time.perf_counter()
+            labeled_per_class, _ = self.acquire(state, plan0, None, "random", 0, cfg.init_points,
+                                                lambda: order0)
+            t_acq0 = time.perf_counter() - t0
+            rows: list[dict] = []
+            arrays = initial
+            first = 0
+        else:
+            self.rng.bit_generator.state = ck.rng_state
+            arrays = ArrayRecord({k: Array(v) for k, v in ck.weights.items()})
+            labeled_per_class = np.asarray(ck.labeled_per_class, dtype=np.int64)
+            rows = [dict(r) for r in ck.rows]
+            recorder.resume_from(rows)
+            first = ck.al_round + 1
+            self.log(f"fedal: resuming {recorder.dir} after AL round {ck.al_round}")
 
-        rows = []
-        arrays = initial
-        for r in range(cfg.al_rounds + 1):
+        for r in range(first, cfg.al_rounds + 1):
+            self.failures = []
+            if r > 0:
+                self.refresh(state)
+            pids = list(state.clients)
             times = {"train": 0.0, "evaluate": 0.0, "probe": 0.0, "select": 0.0, "acquire": 0.0}
             if r == 0:
                 times["acquire_initial"] = t_acq0
@@ -232,22 +496,30 @@ class FederatedActiveLearning:
             acc, loss = self.evaluate(arrays)
             times["evaluate"] = time.perf_counter() - t
             n_labels = sum(c.n_labeled for c in state.clients.values())
-            chosen: list[int] = []
+            chosen: list[str] = []
             acquired = np.zeros(self.num_classes, dtype=np.int64)
             diagnostics: dict = {}
             if r < cfg.al_rounds:
                 stats = self.client_stats(state, probes)
                 t = time.perf_counter()
+                before = copy.deepcopy(self.rng.bit_generator.state)
                 plan = plan_round(cfg.client_strategy, stats, self.rng, self.diffusion,
                                   cfg.points_per_client, cfg.clients_per_round, diagnostics)
                 times["select"] = time.perf_counter() - t
+
+                def order(stats=stats, before=before, pids=pids) -> list[str]:
+                    # the strategy's whole order, drawn as the plan was (top-up after a failure)
+                    rng = np.random.default_rng()
+                    rng.bit_generator.state = before
+                    return [pids[z] for z in order_clients(cfg.client_strategy, stats, rng, self.diffusion)]
+
                 t = time.perf_counter()
-                acquired = self.acquire(state, plan, arrays, cfg.point_strategy, r + 1)
+                acquired, chosen = self.acquire(state, [(pids[z], n) for z, n in plan], arrays,
+                                                cfg.point_strategy, r + 1, cfg.points_per_client, order)
                 times["acquire"] = time.perf_counter() - t
-                chosen = [pids[z] for z, _ in plan]
                 labeled_per_class = labeled_per_class + acquired
             row = {"round": r, "labels": n_labels, "accuracy": acc, "loss": loss,
-                   "chosen_clients": chosen, "acquired": int(acquired.sum()),
+                   "chosen_clients": [state.public_id(c) for c in chosen], "acquired": int(acquired.sum()),
                    "acquired_per_class": acquired.tolist(),
                    "labeled_per_class": labeled_per_class.tolist(),
                    "clients_with_labels": sum(c.n_labeled > 0 for c in state.clients.values()),
@@ -256,16 +528,22 @@ class FederatedActiveLearning:
             q_clients = diagnostics.pop("q_clients", None)
             if diagnostics:  # client-graph scalars of the selection made after this round
                 row["graph"] = {**diagnostics, "probes": len(probes)}
+            if self.failures:  # only in a round where some client was skipped for some step
+                row["failures"] = list(self.failures)
             rows.append(row)
             if recorder is not None:
                 recorder.add_round(row)
-                if q is not None:  # q among the graph's clients, by partition id (q.npz)
+                if q is not None:  # q among the graph's clients, by client id (q.npz)
                     recorder.add_arrays({f"q_r{r + 1}": q,
-                                         f"clients_r{r + 1}": np.asarray([pids[z] for z in q_clients])})
+                                         f"clients_r{r + 1}": np.asarray([state.public_id(pids[z]) for z in q_clients])})
+                self._save_checkpoint(ck_path, state, r, arrays, labeled_per_class, rows)
             self.log(f"[AL round {r:2d}/{cfg.al_rounds}] labels {n_labels:6d}  acc {acc:.4f}  "
                      f"loss {loss:.3f}  train {times['train']:.1f}s probe {times['probe']:.1f}s "
                      f"select {times['select']:.2f}s acquire {times['acquire']:.1f}s"
-                     + (f"  → clients {chosen}" if chosen else ""))
+                     + (f"  → clients {row['chosen_clients']}" if chosen else ""))
+            if r == cfg.stop_after_round and r < cfg.al_rounds:
+                self.log(f"fedal: stopping after AL round {r} (stop-after-round); resume = true continues")
+                return rows
         wall = time.perf_counter() - t_run
         if recorder is not None:
             recorder.finish({"final_accuracy": rows[-1]["accuracy"], "labels": rows[-1]["labels"],

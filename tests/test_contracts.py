@@ -132,17 +132,19 @@ def test_without_label_histograms_the_rows_carry_no_class_counts():
     assert not any("acquired-per-class" in r.content["metrics"] for r in replies)
 
 
-# ------------------------------------------------------------------ config error exits the ServerApp
-def test_a_config_error_exits_the_server_app_with_status_2(capsys):
+# ------------------------------------------------------------------ config error is raised and logged
+def test_a_config_error_is_raised_with_its_message_on_stderr_not_a_silent_system_exit(capsys):
+    # Flower's ServerApp runner catches Exception (it logs it and marks the run failed); a
+    # SystemExit passed it by unlogged
     from types import SimpleNamespace
 
+    from fedal.config import ConfigError
     from fedal.server_app import main
 
     grid = SimpleNamespace(get_node_ids=lambda: pytest.fail("no client may be contacted"))
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(ConfigError, match="client-strategy = 'oracle'"):
         main(grid, SimpleNamespace(run_config={}), {"client-strategy": "oracle"})
-    assert e.value.code == 2
-    assert "client-strategy = 'oracle'" in capsys.readouterr().out
+    assert "fedal: configuration error: client-strategy = 'oracle' is not valid" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ pools on disk

@@ -85,16 +85,14 @@ def test_results_do_not_depend_on_node_ids_or_reply_order(monkeypatch):
         assert all(np.array_equal(x[k], y[k]) for k in x)
 
 
-def test_fedavg_order_is_by_partition_id():
+def test_fedavg_order_is_by_client_id_in_natural_order():
     from types import SimpleNamespace
 
-    from strategies.active_learning import ALState, ClientInfo, FederatedActiveLearning
+    from strategies.active_learning import FederatedActiveLearning, natural_key
 
-    state = ALState({pid: ClientInfo(node_id=nid, partition_id=pid, n_labeled=1, n_unlabeled=0)
-                     for pid, nid in [(0, 99), (1, 5), (2, 42)]})
-    replies = [SimpleNamespace(metadata=SimpleNamespace(src_node_id=nid), content=f"pid{pid}")
-               for pid, nid in [(2, 42), (0, 99), (1, 5)]]
-    assert FederatedActiveLearning._ordered(replies, state) == ["pid0", "pid1", "pid2"]
+    replies = {cid: SimpleNamespace(content=f"c{cid}") for cid in ["10", "2", "0"]}
+    assert FederatedActiveLearning._ordered(replies) == ["c0", "c2", "c10"]  # as ints, not strings
+    assert sorted(["site10", "site2", "lab", "site1"], key=natural_key) == ["lab", "site1", "site2", "site10"]
 
 
 ALLOWED_METRICS = {"partition-id", "n-labeled", "n-unlabeled", "num-classes", "num-examples",

@@ -1,0 +1,193 @@
+"""Checkpoint and resume (docs/method.md, "Failures and resume"): a run interrupted after an AL
+round and resumed with resume = true records the rows an uninterrupted run records, and pays no
+label twice.
+
+Where the crash falls: the server checkpoints right after an AL round's acquisition, and these
+tests crash it after that checkpoint (on the first message of the next round, or with
+stop-after-round). The clients then hold exactly the labels the checkpoint counts, and the
+resumed run asks no client to acquire a round it already acquired; no per-round idempotency of
+the client's store is needed (a crash between an acquisition and its checkpoint would need it)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from fedal.checkpoint import CheckpointError
+from fedal.results import CHECKPOINT_FILE, CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, ResultsMismatch
+from tests.golden import INPROCESS_BASE
+from tests.helpers import without_times
+from tests.inprocess import InProcessGrid, run_inprocess
+from tests.test_failures import pools
+
+M = 8
+RC = {**INPROCESS_BASE, "al-rounds": 4, "run-name": "r"}  # diffusion / diffusion, warm start
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashingGrid(InProcessGrid):
+    """The server 'crashes' (the grid raises) on the first message of AL round 3."""
+
+    armed = True
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        m = messages[0]
+        if self.armed and m.metadata.message_type == "train" and m.content["config"]["al-round"] == 3:
+            raise Crash("injected crash at the start of AL round 3")
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def rows_on_file(run_dir):
+    return [json.loads(line) for line in (run_dir / ROUNDS_FILE).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    d = tmp_path_factory.mktemp("whole")
+    rows, grid = run_inprocess({**RC, "run-dir": str(d)}, M, record=True)
+    return without_times(rows), sum(p.n_labeled for p in pools(grid).values())
+
+
+@pytest.mark.parametrize("clients", ["survive", "state-dir"])
+def test_an_interrupted_and_resumed_run_records_the_uninterrupted_rows(uninterrupted, tmp_path, monkeypatch,
+                                                                       clients):
+    # survive: the SuperNodes outlive the server (one grid, pools in memory); state-dir: the
+    # clients restart too and reload their pools from FEDAL_STATE_DIR
+    if clients == "state-dir":
+        monkeypatch.setenv("FEDAL_STATE_DIR", str(tmp_path / "state"))
+    from fedal.client_app import build_client_app
+
+    rc = {**RC, "run-dir": str(tmp_path)}
+    crashing = CrashingGrid(build_client_app(rc), M)
+    with pytest.raises(Crash):
+        run_inprocess(rc, M, record=True, grid=crashing)
+    run_dir = tmp_path / "r"
+    assert len(rows_on_file(run_dir)) == 3 and not (run_dir / SUMMARY_FILE).exists()
+    crashing.armed = False
+    grid = crashing if clients == "survive" else None  # None: new clients, pools from the state dir
+    rows, grid = run_inprocess({**rc, "resume": True}, M, record=True, grid=grid)
+    expected, paid = uninterrupted
+    assert without_times(rows) == expected
+    assert without_times(rows_on_file(run_dir)) == expected  # appended after the checkpoint's rows
+    assert json.loads((run_dir / SUMMARY_FILE).read_text())["labels"] == expected[-1]["labels"]
+    if clients == "survive":
+        assert sum(p.n_labeled for p in pools(grid).values()) == paid  # no label paid twice
+    else:
+        from fedal.pools import Pools
+
+        files = list((tmp_path / "state").glob("pools-client*.json"))
+        assert sum(Pools.load(f).n_labeled for f in files) == paid
+    assert len(json.loads((run_dir / CONFIG_FILE).read_text())["resumed"]) == 1
+
+
+def test_resume_without_the_clients_pools_names_FEDAL_STATE_DIR(tmp_path):
+    rc = {**RC, "run-dir": str(tmp_path), "al-rounds": 2, "stop-after-round": 0}
+    rows, _ = run_inprocess(rc, M, record=True)
+    assert len(rows) == 1
+    with pytest.raises(CheckpointError, match=r"report no labels where the checkpoint counts some: .*"
+                                              r"FEDAL_STATE_DIR"):
+        run_inprocess({**rc, "resume": True, "stop-after-round": -1}, M, record=True)  # fresh clients
+
+
+def test_a_corrupt_missing_or_foreign_checkpoint_is_refused(tmp_path):
+    from fedal import checkpoint
+
+    rc = {**RC, "run-dir": str(tmp_path), "al-rounds": 2, "stop-after-round": 0,
+          "client-strategy": "random", "point-strategy": "random"}
+    _, grid = run_inprocess(rc, M, record=True)
+    path = tmp_path / "r" / CHECKPOINT_FILE
+    good = path.read_bytes()
+    from fedal.config import Config
+
+    cfg = Config.from_run_config(rc)
+    ck = checkpoint.load(path, cfg.config_hash(), cfg.seed)
+    assert ck.al_round == 0 and ck.rows[0]["round"] == 0
+    with pytest.raises(CheckpointError, match="belongs to another experiment"):
+        checkpoint.load(path, cfg.config_hash(), cfg.seed + 1)
+    # a flipped byte in the weights: the checksum catches what the zip container may not
+    raw = bytearray(good)
+    i = raw.index(b"w:0.npy") + 200
+    raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"the checkpoint .*checkpoint.npz is corrupt"):
+        run_inprocess({**rc, "resume": True}, M, record=True, grid=grid)
+    # a valid container whose content was edited: only the checksum sees it
+    with np.load(io.BytesIO(good)) as z:
+        parts = {k: z[k] for k in z.files}
+    meta = json.loads(parts["meta"].tobytes())
+    meta["labeled_per_class"][0] += 1
+    parts["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
+    np.savez(path, **parts)
+    with pytest.raises(CheckpointError, match=r"is corrupt \(its checksum does not match its content\)"):
+        checkpoint.load(path, cfg.config_hash(), cfg.seed)
+    path.write_bytes(good[: len(good) // 2])  # a truncated file
+    with pytest.raises(CheckpointError, match=r"is corrupt or unreadable .*delete it and set resume = false"):
+        checkpoint.load(path, cfg.config_hash(), cfg.seed)
+    path.unlink()
+    with pytest.raises(CheckpointError, match=r"resume = true but there is no checkpoint"):
+        run_inprocess({**rc, "resume": True}, M, record=True, grid=grid)
+
+
+def test_resume_refuses_rows_on_file_that_are_not_the_checkpoints(tmp_path):
+    rc = {**RC, "run-dir": str(tmp_path), "al-rounds": 2, "stop-after-round": 1,
+          "client-strategy": "random", "point-strategy": "random"}
+    _, grid = run_inprocess(rc, M, record=True)
+    rounds = tmp_path / "r" / ROUNDS_FILE
+    rows = rows_on_file(tmp_path / "r")
+    rows[0]["accuracy"] = 0.5
+    rounds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ResultsMismatch, match="row 0 differs"):
+        run_inprocess({**rc, "resume": True}, M, record=True, grid=grid)
+
+
+def test_a_row_written_after_the_last_checkpoint_is_dropped_and_recomputed(tmp_path):
+    rc = {**RC, "run-dir": str(tmp_path), "al-rounds": 2, "client-strategy": "random",
+          "point-strategy": "random"}
+    whole, _ = run_inprocess({**rc, "run-name": "whole"}, M, record=True)
+    _, grid = run_inprocess({**rc, "stop-after-round": 0}, M, record=True)
+    # as if the server died between writing row 1 and its checkpoint
+    with open(tmp_path / "r" / ROUNDS_FILE, "a") as f:
+        f.write(json.dumps({**whole[1], "accuracy": -1.0}) + "\n")
+    rows, _ = run_inprocess({**rc, "resume": True}, M, record=True, grid=grid)
+    assert without_times(rows_on_file(tmp_path / "r")) == without_times(whole)
+
+
+def test_the_checkpoint_restores_the_random_state_and_weights_bit_for_bit(tmp_path):
+    from fedal import checkpoint
+
+    rng = np.random.default_rng(5)
+    rng.random(3)
+    w = {"a": np.arange(6, dtype=np.float32).reshape(2, 3) / 7, "b": np.ones(2, np.float64) / 3}
+    ck = checkpoint.Checkpoint(al_round=2, weights=w, clients={"0": (3, 4), "site-b": (0, 9)},
+                               prev_entropy={"0": 0.25}, labeled_per_class=[1, 2],
+                               rng_state=rng.bit_generator.state, rows=[{"round": 0, "accuracy": 0.1}],
+                               config_hash="abc", seed=1)
+    checkpoint.save(tmp_path / "c.npz", ck)
+    back = checkpoint.load(tmp_path / "c.npz", "abc", 1)
+    assert list(back.weights) == ["a", "b"]
+    assert all(np.array_equal(back.weights[k], w[k]) and back.weights[k].dtype == w[k].dtype for k in w)
+    again = np.random.default_rng()
+    again.bit_generator.state = back.rng_state
+    assert np.array_equal(again.random(4), rng.random(4))
+    assert back.clients == {"0": (3, 4), "site-b": (0, 9)} and back.prev_entropy == {"0": 0.25}
+
+
+def test_resume_through_flowers_simulation_engine_gives_the_golden_rows(tmp_path, monkeypatch):
+    # the golden simulation run (2 AL rounds, 8 clients), stopped after AL round 0 and resumed in
+    # a second simulation: new Ray actors, new node ids, pools reloaded from FEDAL_STATE_DIR
+    from simulations.engine import read_rows, simulate
+    from tests import golden
+
+    monkeypatch.setenv("FEDAL_STATE_DIR", str(tmp_path / "state"))
+    rc = {**golden.SIMULATION_CONFIG, "run-dir": str(tmp_path / "runs")}
+    with pytest.raises(RuntimeError, match="without completing the run"):
+        simulate({**rc, "stop-after-round": 0}, num_clients=golden.SIMULATION_CLIENTS)
+    run_dir = simulate({**rc, "resume": True}, num_clients=golden.SIMULATION_CLIENTS)
+    assert golden.normalised(read_rows(run_dir)) == golden.load("simulation")
