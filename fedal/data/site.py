@@ -112,9 +112,9 @@ def check_site_matches(site: SiteData, dataset: str) -> int:
     if got != shape or got_kind != kind:
         want = f"{'float32' if kind == 'float' else 'uint8'} points of shape {shape}"
         hint = ("8-bit images, (H, W, C) per point" if kind == "uint8"
-                else "floating-point feature vectors scaled as the data set's own (digits: pixel/16)")
+                else "feature vectors scaled as the data set's own: digits pixel/16, mnist1d as generated")
         raise SiteDataError(f"{site.path}: the site's points are {site.x.dtype} of shape {got}, but the run's "
-                            f"dataset = {dataset!r} expects {want} ({hint}); convert the data or run with the "
+                            f"dataset = {dataset!r} expects {want}, {hint}; convert the data or run with the "
                             "dataset that matches it")
     if site.class_names is not None and len(site.class_names) != num_classes:
         raise SiteDataError(f"{site.path}: the site names {len(site.class_names)} classes "
