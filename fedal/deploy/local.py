@@ -205,16 +205,39 @@ class LocalDeployment:
         return (f'data-path="{site / "data.npz"}" client-id="site-{k}" state-dir="{site / "state"}" '
                 f'partition-id={k - 1}')
 
-    def start_supernode(self, k: int, *, node_config: str | None = None) -> Proc:
+    def start_supernode(self, k: int, *, node_config: str | None = None, extra: tuple[str, ...] = ()) -> Proc:
         port = self.node_ports.setdefault(k, free_port())
         proc = self._start(f"supernode-{k}", [
             str(self.bindir / "flower-supernode"), "--superlink", f"{HOST}:{self.port}",
             "--root-certificates", str(self.certs / "ca.crt"),
             "--auth-supernode-private-key", str(self.certs / f"supernode-{k}.key"),
             "--host", HOST, "--port", str(port),
-            "--node-config", node_config if node_config is not None else self.node_config(k)])
+            "--node-config", node_config if node_config is not None else self.node_config(k), *extra])
         self.supernodes[k] = proc
         return proc
+
+    def restart_supernode(self, k: int, timeout: float = 150, pause: float = 5) -> Proc:
+        """Start SuperNode k again (same key, node config, state dir and port) until the SuperLink
+        lets it in. After a crash the SuperLink still counts the node online until two missed
+        heartbeats (2 x 30 s in Flower 1.41) and refuses it meanwhile: that SuperNode exits with
+        "Failed to activate SuperNode" (exit code 305), and the next try goes after ``pause``."""
+        deadline = time.time() + timeout
+        while True:
+            start = self.logs / f"supernode-{k}.log"
+            offset = start.stat().st_size if start.exists() else 0
+            proc = self.start_supernode(k)
+            while proc.alive():
+                with open(proc.log, "rb") as f:
+                    f.seek(offset)
+                    if b"SuperNode ID:" in f.read():
+                        return proc
+                if time.time() > deadline:
+                    raise DeploymentError(f"supernode-{k} did not get back in within {timeout} s; see {proc.log}")
+                time.sleep(0.5)
+            self.kill(proc)  # its SuperExec is left behind retrying
+            if time.time() + pause > deadline:
+                raise DeploymentError(f"supernode-{k} was refused until {timeout} s; see {proc.log}")
+            time.sleep(pause)
 
     def online(self) -> list[dict]:
         nodes = self.flwr_json("supernode", "list", CONNECTION).get("nodes", [])
@@ -255,8 +278,9 @@ class LocalDeployment:
         runs = self.flwr_json("ls", CONNECTION, "--run-id", str(run_id)).get("runs", [])
         return str(runs[0].get("status", "")) if runs else ""
 
-    def wait_run(self, run_id: int, timeout: float = 600, poll: float = 2) -> str:
-        """Waits until the run's status is ``finished:...``; returns that status."""
+    def wait_run(self, run_id: int, timeout: float = 600, poll: float = 5) -> str:
+        """Waits until the run's status is ``finished:...``; returns that status. (Each poll is a
+        ``flwr ls`` process: a second of CPU, hence the slow default poll.)"""
         deadline = time.time() + timeout
         status = ""
         while time.time() < deadline:
