@@ -243,3 +243,29 @@ def test_decoded_site_data_is_cached_in_the_state_dir_until_a_file_changes(tmp_p
     assert c.fingerprint != a.fingerprint
     with pytest.raises(SiteDataError, match="client-id 'bad id' is not valid"):
         cache.cached_site_data(p, "bad id", tmp_path / "c")
+
+
+# ---------------------------------------------------------------------------------- persistent worker
+def test_a_persistent_worker_gives_the_golden_rows_and_keeps_torch_out_of_the_clientapp(tmp_path):
+    # the ClientApp hands every message to one long-lived worker per state dir (here: one for
+    # all 8 clients), which keeps fedal's imports, the data and the open stores between messages
+    from fedal.deploy import node_worker
+    from tests import golden
+    from tests.inprocess import InProcessGrid, run_inprocess
+
+    name = "diffusion-diffusion-cal-der"  # probes with pseudo-updates, stored logits (DER)
+    from fedal.client_app import build_client_app
+
+    rc = {**golden.INPROCESS_BASE, **golden.INPROCESS_CASES[name]}
+    grid = InProcessGrid(build_client_app(rc), golden.INPROCESS_CLIENTS, run_config=rc)
+    for ctx in grid.contexts.values():
+        ctx.node_config.update({"state-dir": str(tmp_path / "state"), "persistent-worker": True})
+    try:
+        rows, _ = run_inprocess(rc, golden.INPROCESS_CLIENTS, grid=grid)
+    finally:
+        assert node_worker.stop(tmp_path / "state")
+    assert golden.normalised(rows) == golden.load(f"inprocess_{name}")
+    dbs = list((tmp_path / "state" / "pools").glob("*/*.sqlite"))
+    assert len(dbs) == golden.INPROCESS_CLIENTS
+    code = ("import sys, fedal.client_app; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
