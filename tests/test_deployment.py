@@ -2,8 +2,9 @@
 SuperNode authentication and a database, three registered SuperNodes, each with its own .npz
 data, client id and state dir (``fedal.deploy.local``), and a short AL run of digits.
 
-One SuperNode is SIGKILLed (its whole process group: the SuperNode, its SuperExec and the
-ClientApp process that was training) and restarted with the same key, data and state dir. The
+The SuperNodes run fedal in a persistent worker each (node config persistent-worker=true). One
+SuperNode is SIGKILLed as in a machine crash (its whole process group: the SuperNode, its
+SuperExec and the ClientApp process that was training, and its persistent worker) and restarted with the same key, data and state dir. The
 run must still finish (status through ``flwr ls``, not ``flwr run``'s exit code), every label
 that site had paid before the kill must still be in its store, and no label may be paid twice.
 A SuperNode whose key was never registered is refused.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -80,7 +80,7 @@ def test_a_killed_and_restarted_supernode_keeps_its_labels_and_the_run_finishes(
             return "Receiving: train message" in text[mark:]
 
         wait_for(training_after_paying, 150, "the victim to receive a train message after paying labels")
-        dep.kill(victim, signal.SIGKILL)
+        dep.crash_supernode(VICTIM)  # its process group and its persistent worker
         before = paid(store_of(dep, VICTIM))
         assert before, "the victim paid no label before the kill"
         t_kill = time.time()

@@ -106,6 +106,9 @@ class LocalDeployment:
     # False: SuperNodes hold benchmark partitions (partition-id/num-partitions, as in simulation)
     # instead of their own .npz files; both keep their pools in their state dirs
     site_data: bool = True
+    # node config persistent-worker=true: one long-lived fedal worker per SuperNode
+    # (fedal.deploy.node_worker) instead of fedal's imports and data in every message's process
+    persistent_worker: bool = True
     procs: list[Proc] = field(default_factory=list)
 
     def __post_init__(self):
@@ -200,10 +203,11 @@ class LocalDeployment:
     def node_config(self, k: int) -> str:
         site = self.sites / f"site-{k}"
         # node-config values are TOML: strings quoted
+        extra = " persistent-worker=true" if self.persistent_worker else ""
         if not self.site_data:
-            return f'partition-id={k - 1} num-partitions={self.n_supernodes} state-dir="{site / "state"}"'
+            return f'partition-id={k - 1} num-partitions={self.n_supernodes} state-dir="{site / "state"}"{extra}'
         return (f'data-path="{site / "data.npz"}" client-id="site-{k}" state-dir="{site / "state"}" '
-                f'partition-id={k - 1}')
+                f'partition-id={k - 1}{extra}')
 
     def start_supernode(self, k: int, *, node_config: str | None = None, extra: tuple[str, ...] = ()) -> Proc:
         port = self.node_ports.setdefault(k, free_port())
@@ -294,6 +298,19 @@ class LocalDeployment:
         return self.flwr("log", str(run_id), CONNECTION, "--show", check=False, timeout=60).stdout
 
     # ------------------------------------------------------------------ stopping
+    def crash_supernode(self, k: int) -> None:
+        """SIGKILL for SuperNode k as a machine crash would: its process group (SuperNode,
+        SuperExec, a running ClientApp) and its persistent worker (own session)."""
+        from fedal.deploy.node_worker import worker_pid
+
+        self.kill(self.supernodes[k], signal.SIGKILL)
+        pid = worker_pid(self.sites / f"site-{k}" / "state")
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def kill(self, proc: Proc, sig: int = signal.SIGKILL, timeout: float = 10) -> None:
         """``sig`` to the process group of ``proc`` (the process and what it spawned)."""
         try:
@@ -347,11 +364,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--points-per-site", type=int, default=0, help="0: an equal share of the training split")
     ap.add_argument("--run-config", default="", help="run-config overrides as TOML key=value pairs")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the run")
+    ap.add_argument("--no-persistent-worker", dest="persistent_worker", action="store_false",
+                    help="no persistent-worker=true in the node configs: fedal's imports and data are loaded "
+                         "by every message's ClientApp process")
     args = ap.parse_args(argv)
     import tomllib
 
     rc = tomllib.loads("\n".join(args.run_config.split())) if args.run_config else {}
-    with LocalDeployment(Path(args.workdir), args.supernodes, args.dataset, args.points_per_site) as dep:
+    with LocalDeployment(Path(args.workdir), args.supernodes, args.dataset, args.points_per_site,
+                         persistent_worker=args.persistent_worker) as dep:
         t0 = time.time()
         dep.up()
         print(f"SuperLink on {HOST}:{dep.port}, {args.supernodes} SuperNodes online ({time.time() - t0:.0f} s); "

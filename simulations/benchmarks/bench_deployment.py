@@ -51,13 +51,14 @@ def bench_simulation(tmp: Path) -> dict:
     return {"wall_s": time.time() - t0, "rows": rows(only_run(tmp / "sim-runs"))}
 
 
-def bench_deployment(tmp: Path) -> dict:
+def bench_deployment(tmp: Path, persistent: bool = False) -> dict:
     from fedal.deploy.local import LocalDeployment
 
-    timing = tmp / "timing.jsonl"
+    name = "persistent" if persistent else "deploy"
+    timing = tmp / f"timing-{name}.jsonl"
     os.environ["FEDAL_CLIENT_TIMING"] = str(timing)
     try:
-        with LocalDeployment(tmp / "deploy", CLIENTS, "digits", site_data=False) as dep:
+        with LocalDeployment(tmp / name, CLIENTS, "digits", site_data=False, persistent_worker=persistent) as dep:
             t0 = time.time()
             dep.up()
             t_up = time.time() - t0
@@ -102,7 +103,25 @@ def round_line(name: str, r: dict) -> str:
             f"{t.get('acquire', 0):.2f} | {sum(t.values()):.2f} | {r['accuracy']:.4f} |")
 
 
-def report(sim: dict, dep: dict, loading: dict) -> str:
+def message_table(msgs: list[dict]) -> list[str]:
+    lines = ["| message | n | before handler (median, s) | handler (median, s) | handler, first per node (median, s) |",
+             "|---|---|---|---|---|"]
+    first = {}
+    for m in sorted(msgs, key=lambda m: m["at"]):
+        first.setdefault(m["node"], m)
+    firsts = {id(m) for m in first.values()}
+    for kind in ("info", "acquire", "train", "probe"):
+        ms = [m for m in msgs if m["type"] == kind]
+        if not ms:
+            continue
+        f = [m["handler-s"] for m in ms if id(m) in firsts]
+        lines.append(f"| {kind} | {len(ms)} | {statistics.median(m['before-handler-s'] for m in ms):.2f} | "
+                     f"{statistics.median(m['handler-s'] for m in ms):.2f} | "
+                     + (f"{statistics.median(f):.2f} |" if f else "- |"))
+    return lines
+
+
+def report(sim: dict, dep: dict, loading: dict, pers: dict) -> str:
     import platform
 
     lines = ["# Deployment engine vs simulation engine: one AL round", "",
@@ -116,26 +135,15 @@ def report(sim: dict, dep: dict, loading: dict) -> str:
     lines += ["", f"Wall time of the run: simulation {sim['wall_s']:.1f} s (Ray start included); deployment "
               f"{dep['wall_s']:.1f} s from `flwr run` to status `{dep['status']}` (plus {dep['up_s']:.1f} s to "
               "start the SuperLink and SuperNodes, register keys and see them online).", "",
-              "## Deployment: per ClientApp message (one process each)", "",
-              "| message | n | before handler (median, s) | handler (median, s) | handler, first per node (median, s) |",
-              "|---|---|---|---|---|"]
-    msgs = dep["messages"]
-    first = {}
-    for m in sorted(msgs, key=lambda m: m["at"]):
-        first.setdefault(m["node"], m)
-    firsts = {id(m) for m in first.values()}
-    for kind in ("info", "acquire", "train", "probe"):
-        ms = [m for m in msgs if m["type"] == kind]
-        if not ms:
-            continue
-        f = [m["handler-s"] for m in ms if id(m) in firsts]
-        lines.append(f"| {kind} | {len(ms)} | {statistics.median(m['before-handler-s'] for m in ms):.2f} | "
-                     f"{statistics.median(m['handler-s'] for m in ms):.2f} | "
-                     f"{statistics.median(f):.2f} |" if f else
-                     f"| {kind} | {len(ms)} | {statistics.median(m['before-handler-s'] for m in ms):.2f} | "
-                     f"{statistics.median(m['handler-s'] for m in ms):.2f} | - |")
+              "## Deployment: per ClientApp message (one process each, fedal's work in it)", ""]
+    lines += message_table(dep["messages"])
+    lines += ["", "## Deployment with a persistent worker per node (node config persistent-worker=true)", "",
+              f"Wall time of the run: {pers['wall_s']:.1f} s to status `{pers['status']}`.", "",
+              "| engine | round | train | probe | acquire | total | accuracy |", "|---|---|---|---|---|---|---|"]
+    lines += [round_line("deployment, persistent worker", r) for r in pers["rows"]]
+    lines += [""] + message_table(pers["messages"])
     lines += ["", "## A fresh process: import the ClientApp, load one client's data (median of 3)", "",
-              "| case | import fedal.client_app (s) | load the client's data (s) |", "|---|---|---|"]
+              "| case | import fedal.client_app (s) | load the client's data (s; the first use of fedal.client imports torch) |", "|---|---|---|"]
     lines += [f"| {k} | {v['import_s']:.2f} | {v['data_s']:.2f} |" for k, v in loading.items()]
     return "\n".join(lines) + "\n"
 
@@ -152,7 +160,9 @@ def main(argv=None) -> int:
         print(f"simulation: {sim['wall_s']:.1f} s", flush=True)
         dep = bench_deployment(tmp)
         print(f"deployment: {dep['wall_s']:.1f} s, {dep['status']}", flush=True)
-    text = report(sim, dep, loading)
+        pers = bench_deployment(tmp, persistent=True)
+        print(f"deployment, persistent worker: {pers['wall_s']:.1f} s, {pers['status']}", flush=True)
+    text = report(sim, dep, loading, pers)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)
