@@ -68,7 +68,16 @@ class RunRecorder:
         checkpoint), which is dropped, as the resumed run writes that round again; any other
         difference means the directory holds another run's results, and is refused."""
         path = self.dir / ROUNDS_FILE
-        on_file = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        lines = path.read_text().splitlines() if path.exists() else []
+        on_file = []
+        for i, line in enumerate(lines):
+            try:
+                on_file.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:
+                    raise ResultsMismatch(f"{path}: line {i + 1} is not JSON; move the results away, "
+                                          "or set resume = false to start afresh") from None
+                on_file.append(None)  # a row cut short by the crash: dropped like a whole extra row
         expect = json.loads(json.dumps(rows, sort_keys=True))
         common = min(len(on_file), len(expect))
         if on_file[:common] != expect[:common] or len(on_file) > len(expect) + 1:

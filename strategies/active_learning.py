@@ -96,6 +96,7 @@ class FederatedActiveLearning:
         self.timeout = cfg.send_timeout if timeout is None else timeout
         self.rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
         self.failures: list[dict] = []  # this AL round's skipped (client, step)s, for its row
+        self.info_errors: dict[int, str] = {}  # node id -> the reason its last query.info failed
         from fedal.continual import training_mode
 
         self.strategy = client_selection.get(cfg.client_strategy)
@@ -201,7 +202,12 @@ class FederatedActiveLearning:
         claims: dict[str, list[tuple[int, Message]]] = {}
         for r in self.grid.send_and_receive(msgs, timeout=self.timeout):
             if r.has_error():
-                self.log(f"fedal: node {r.metadata.src_node_id} failed query.info: {r.error.reason}")
+                node, reason = r.metadata.src_node_id, r.error.reason
+                if self.cfg.on_client_failure == "stop":
+                    raise ClientFailure(f"node {node} failed on 'query.info': {reason} (on-client-failure = stop)")
+                if self.info_errors.get(node) != reason:  # once per node and reason: discovery polls
+                    self.log(f"fedal: node {node} failed query.info: {reason}")
+                self.info_errors[node] = reason
                 continue
             cid = reply_client_id(r)
             if cid is not None:
@@ -252,7 +258,9 @@ class FederatedActiveLearning:
                 raise FederationError(
                     f"only {len(state.clients)} client(s) answered query.info within wait-timeout = "
                     f"{cfg.wait_timeout:g} s, fewer than min-clients = {cfg.min_clients}; start more "
-                    "SuperNodes, or lower min-clients or raise wait-timeout in the run config")
+                    "SuperNodes, or lower min-clients or raise wait-timeout in the run config"
+                    + (f" ({len(self.info_errors)} node(s) failed query.info; node {min(self.info_errors)}: "
+                       f"{self.info_errors[min(self.info_errors)]})" if self.info_errors else ""))
             time.sleep(min(1.0, left))
 
     # ------------------------------------------------------------------ protocol steps
@@ -324,6 +332,8 @@ class FederatedActiveLearning:
             return ClientStats(entropy=np.zeros(len(pids)), n_unlabeled=n_u)
         rounds = [{cid: r.content for cid, r in got.items()} for got in probes]
         answered = set.intersection(*(set(by_id) for by_id in rounds))
+        if not answered:
+            raise ClientFailure(f"no client answered every probe of the {len(rounds)} recorded FL rounds")
         n_u = np.where([p in answered for p in pids], n_u, 0)
         last = {p: c for p, c in rounds[-1].items() if p in answered}
         g = np.array([float(last[p]["metrics"]["g"]) if p in last else 0.0 for p in pids])

@@ -135,21 +135,25 @@ def test_a_client_failing_acquisition_has_its_share_topped_up_on_the_next_client
     assert v not in p or set(p[v].acquired_round) <= {0}  # it paid no label after round 0
 
 
-def test_a_silent_client_is_retried_then_not_probed_and_not_chosen():
-    victim = {}
+def test_a_silent_client_is_retried_then_not_probed_and_not_chosen(plain_rows, monkeypatch):
+    import strategies.active_learning as AL
+
+    eligible = []
+    real = AL.plan_round
+    monkeypatch.setattr(AL, "plan_round", lambda name, stats, *a: eligible.append(stats.eligible) or real(name, stats, *a))
+    v = plain_rows[0][0]["chosen_clients"][0]  # the entropy strategy's first choice in AL round 0
 
     def fault(msg, pid):
-        if msg.metadata.message_type == "query.probe" and msg.content["config"]["al-round"] == 1:
-            victim.setdefault("pid", pid)
-            return "drop" if pid == victim["pid"] else None
+        if msg.metadata.message_type == "query.probe" and msg.content["config"]["al-round"] == 1 and pid == v:
+            return "drop"
         return None
 
     rows, grid = run_inprocess({**FAST, "max-retries": 1, "send-timeout": 0.25}, M, grid_class=faulty(fault))
-    v = victim["pid"]
     assert rows[0]["failures"] == [{"client": v, "step": "query.probe", "fl_round": 2,
                                     "reason": "no reply within send-timeout = 0.25 s"}]
     assert sum(1 for kind, p, c in grid.log if p == v and kind == "query.probe" and c["al-round"] == 1) == 2
     assert v not in rows[0]["chosen_clients"]  # no statistics: not eligible this round
+    assert not eligible[0][v] and eligible[0].sum() == M - 1 and eligible[1].all()
     assert [r["labels"] for r in rows] == [30, 54, 78]
 
 
@@ -211,8 +215,11 @@ def test_the_server_waits_for_min_clients_and_then_starts():
             self.calls += 1
             return list(self.contexts)[: min(M, 2 * self.calls)]  # two more nodes per poll
 
-    rows, _ = run_inprocess({**FAST, "min-clients": M, "al-rounds": 0}, M, grid_class=SlowStart)
-    assert rows[0]["labels"] == 30
+    lines = []
+    rows, grid = run_inprocess({**FAST, "min-clients": 6, "al-rounds": 0}, M, grid_class=SlowStart,
+                               log=lines.append)
+    assert grid.calls == 3 and rows[0]["labels"] == 30
+    assert any(line.startswith("fedal: 6 clients") for line in lines)
 
 
 def test_too_few_clients_within_wait_timeout_is_a_clear_error():
@@ -242,3 +249,23 @@ def test_rows_name_clients_by_string_when_ids_are_not_all_digits():
     s.add(ClientInfo(2, "site-a", 0, 1))
     assert list(s.clients) == ["3", "12", "site-a"] and s.public_id("3") == "3"
     assert np.asarray([s.public_id(c) for c in s.clients]).dtype.kind == "U"
+
+
+def test_nodes_failing_query_info_are_named_in_the_min_clients_error():
+    fault = lambda msg, pid: "error" if (msg.metadata.message_type == "query.info" and pid != 0) else None  # noqa: E731
+    with pytest.raises(FederationError, match=r"only 1 client\(s\) answered .*\(7 node\(s\) failed query.info; "
+                                              r"node 1007: injected failure at client 1\)"):
+        run_inprocess({**FAST, "min-clients": 2, "wait-timeout": 0.3}, M, grid_class=faulty(fault))
+
+
+def test_the_deployment_keys_are_validated_and_leave_the_experiment_hash_alone():
+    from fedal.config import Config, ConfigError
+
+    base = Config.from_run_config(FAST)
+    ops = {"min-clients": 7, "wait-timeout": 5.0, "send-timeout": 9.0, "max-retries": 0, "retry-backoff": 0.5,
+           "on-client-failure": "stop", "resume": True, "stop-after-round": 1}
+    assert Config.from_run_config({**FAST, **ops}).config_hash() == base.config_hash()
+    for key, bad in [("min-clients", 0), ("wait-timeout", 0), ("send-timeout", -1.0), ("max-retries", -1),
+                     ("retry-backoff", -0.1), ("on-client-failure", "ignore"), ("stop-after-round", -2)]:
+        with pytest.raises(ConfigError, match=key):
+            Config.from_run_config({**FAST, key: bad})

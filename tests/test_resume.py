@@ -24,7 +24,10 @@ from tests.inprocess import InProcessGrid, run_inprocess
 from tests.test_failures import pools
 
 M = 8
-RC = {**INPROCESS_BASE, "al-rounds": 4, "run-name": "r"}  # diffusion / diffusion, warm start
+# random client choice (the server's random state matters) with the local-diffusion point
+# strategy (the global weights matter); diffusion client choice (the previous round's entropies
+# matter) is resumed through the simulation engine at the end
+RC = {**INPROCESS_BASE, "al-rounds": 4, "run-name": "r", "client-strategy": "random"}
 
 
 class Crash(RuntimeError):
@@ -156,9 +159,14 @@ def test_a_row_written_after_the_last_checkpoint_is_dropped_and_recomputed(tmp_p
     _, grid = run_inprocess({**rc, "stop-after-round": 0}, M, record=True)
     # as if the server died between writing row 1 and its checkpoint
     with open(tmp_path / "r" / ROUNDS_FILE, "a") as f:
-        f.write(json.dumps({**whole[1], "accuracy": -1.0}) + "\n")
+        f.write(json.dumps({**whole[1], "accuracy": -1.0})[:40])  # cut short mid-write
     rows, _ = run_inprocess({**rc, "resume": True}, M, record=True, grid=grid)
     assert without_times(rows_on_file(tmp_path / "r")) == without_times(whole)
+    # resuming a completed run changes nothing and completes it again
+    (tmp_path / "r" / SUMMARY_FILE).unlink()
+    again, _ = run_inprocess({**rc, "resume": True}, M, record=True, grid=grid)
+    assert without_times(again) == without_times(whole) == without_times(rows_on_file(tmp_path / "r"))
+    assert json.loads((tmp_path / "r" / SUMMARY_FILE).read_text())["completed"]
 
 
 def test_the_checkpoint_restores_the_random_state_and_weights_bit_for_bit(tmp_path):
