@@ -107,20 +107,92 @@ class StackedPoolStore:
 
 
 def state_dir_store(cfg: Config, partition_id: int) -> FilePoolStore | None:
-    """The durable pool file of a client when ``FEDAL_STATE_DIR`` is set (else None)."""
+    """The JSON pool file of a simulated client under ``FEDAL_STATE_DIR`` (else None).
+
+    Kept to read files written before the SQLite store; ``node_pool_store`` is what the
+    ClientApp uses now."""
     d = os.environ.get("FEDAL_STATE_DIR", "")
     if not d:
         return None
     return FilePoolStore(Path(d) / f"pools-client{partition_id}-{cfg.config_hash()}-s{cfg.seed}.json")
 
 
+class DurablePoolStore:
+    """The ``PoolStore`` protocol over the site's SQLite store (``fedal.store.PoolStore``).
+
+    Labels enter it only through ``acquire`` (one transaction per AL round, committed before
+    the reply that reports them, idempotent per round); ``save`` writes the stored logits of the
+    continual modes and refuses pools whose labels differ from the committed ones."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def load(self) -> Pools:
+        return self.db.pools()
+
+    def save(self, pools: Pools) -> None:
+        from fedal.store import StoreError
+
+        stored = self.db.pools_dict()
+        if (list(pools.labeled), list(pools.labels)) != (stored["labeled"], stored["labels"]):
+            raise StoreError(f"pool store {self.db.path}: labels are committed only by an acquisition; "
+                             "these pools differ from the committed labels")
+        old = dict(zip(stored["logit-index"], _chunks(stored["logits"], len(stored["logit-index"]))))
+        changed = sorted(i for i, row in pools.logits.items() if old.get(int(i)) != list(row))
+        if changed:
+            self.db.set_logits(changed, np.asarray([pools.logits[i] for i in changed], dtype=np.float64))
+
+    def acquire(self, al_round: int, choose_fn, label_fn, *, strategy: str = ""):
+        return self.db.acquire(al_round, choose_fn, label_fn, strategy=strategy)
+
+
+def _chunks(flat: list, n: int) -> list[list]:
+    if n == 0:
+        return []
+    w = len(flat) // n
+    return [list(flat[k * w:(k + 1) * w]) for k in range(n)]
+
+
+_OPEN_STORES: dict[tuple, "DurablePoolStore"] = {}
+
+
+def node_state_dir(node_config: dict) -> Path | None:
+    """The node's state directory: node config ``state-dir``, else ``FEDAL_STATE_DIR`` (else None)."""
+    d = str(node_config.get("state-dir", "") or os.environ.get("FEDAL_STATE_DIR", ""))
+    return Path(d).expanduser() if d else None
+
+
+def node_pool_store(data: "ClientData", state_dir: Path | None) -> DurablePoolStore | None:
+    """The client's durable pools: ``<state-dir>/pools/<experiment id>/<client id>.sqlite``
+    (None without a state dir). One open connection per file and process."""
+    if state_dir is None:
+        return None
+    from fedal.data.site import CLIENT_ID_PATTERN
+    from fedal.store import PoolStore as SqlitePoolStore, StoreError
+
+    exp = data.cfg.experiment
+    if not CLIENT_ID_PATTERN.match(exp):
+        raise StoreError(f"experiment-id {exp!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit (it names a folder of the state-dir)")
+    path = state_dir / "pools" / exp / f"{data.client_id}.sqlite"
+    key = (str(path.resolve()), exp, data.client_id, len(data.x), data.fingerprint)
+    if key not in _OPEN_STORES:
+        _OPEN_STORES[key] = DurablePoolStore(SqlitePoolStore(path, exp, data.client_id, len(data.x),
+                                                             data.fingerprint))
+    return _OPEN_STORES[key]
+
+
 # ---------------------------------------------------------------------------------- the data
+class LabelsUnavailableError(RuntimeError):
+    """A client was asked for labels its data does not have."""
+
+
 @dataclass
 class ClientData:
     cfg: Config
     partition_id: int
     x: np.ndarray  # private inputs (or their frozen-backbone features): never put into a reply
-    y: np.ndarray  # private labels: read only by the oracle, never put into a reply
+    y: np.ndarray | None  # private labels, the oracle's answers (None: a site without labels)
     num_classes: int
     input_shape: tuple[int, ...]
     device: torch.device
@@ -128,27 +200,111 @@ class ClientData:
     # node ids (a restarted SuperNode may get a new one); a site's node config names it, a
     # simulated client is its partition id
     client_id: str = ""
+    fingerprint: str = ""  # hash of the inputs and their order (the pool store checks it)
+    source: str = ""  # where the data came from, for error messages
 
     def __post_init__(self):
         if not self.client_id:
             self.client_id = str(self.partition_id)
+        if not self.fingerprint:
+            self.fingerprint = array_fingerprint(self.x)
+        if not self.source:
+            self.source = f"partition {self.partition_id} of {self.cfg.dataset}"
+
+
+def array_fingerprint(x: np.ndarray) -> str:
+    import hashlib
+
+    h = hashlib.sha256(b"fedal-array-v1\n")
+    h.update(f"{x.dtype.str} {x.shape}\n".encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    return "sha256:" + h.hexdigest()[:32]
 
 
 @functools.lru_cache(maxsize=256)
-def _client_data(run_config_items: tuple, partition_id: int, num_partitions: int) -> ClientData:
-    from fedal.data import client_data, load_dataset, model_inputs
+def _client_data(run_config_items: tuple, partition_id: int, num_partitions: int,
+                 cache: str = "") -> ClientData:
     from fedal.devices import resolve_device
 
     cfg = Config.from_run_config(dict(run_config_items))
-    x, y = client_data(cfg, partition_id, num_partitions)
-    ds = load_dataset(cfg.dataset, cfg.data_root)
-    x = model_inputs(cfg, x, partition_id)
-    return ClientData(cfg, partition_id, x, y, ds.num_classes, tuple(x.shape[1:]), resolve_device(cfg.device))
+    if cache:
+        from fedal.data.cache import cached_partition
+
+        x, y, num_classes = cached_partition(Path(cache), cfg, partition_id, num_partitions)
+    else:
+        from fedal.data import client_data, load_dataset
+
+        x, y = client_data(cfg, partition_id, num_partitions)
+        num_classes = load_dataset(cfg.dataset, cfg.data_root).num_classes
+    if cfg.freeze_backbone:
+        from fedal.data import model_inputs
+
+        x = model_inputs(cfg, x, partition_id)
+    return ClientData(cfg, partition_id, x, y, num_classes, tuple(x.shape[1:]), resolve_device(cfg.device))
 
 
-def load_client_data(run_config: dict, partition_id: int, num_partitions: int) -> ClientData:
-    """A client's private data (cached per run config and partition: loading is costly)."""
-    return _client_data(tuple(sorted(run_config.items())), partition_id, num_partitions)
+def load_client_data(run_config: dict, partition_id: int, num_partitions: int,
+                     cache_dir: str | Path | None = None) -> ClientData:
+    """A simulated client's private data: partition ``partition_id`` of the run's benchmark data
+    set (cached in memory per run config and partition, and, with ``cache_dir``, as .npy files
+    there, so that a deployed ClientApp process need not import the data set loaders)."""
+    return _client_data(tuple(sorted(run_config.items())), partition_id, num_partitions,
+                        str(cache_dir) if cache_dir else "")
+
+
+class NodeConfigError(ValueError):
+    """The SuperNode's node config cannot be used; the message names the key."""
+
+
+def load_node_data(run_config: dict, node_config: dict) -> ClientData:
+    """The data of the client a SuperNode's node config describes.
+
+    - ``data-path`` (a site's own data, ``fedal.data.site``): needs ``client-id`` and
+      ``state-dir``; ``partition-id`` is optional (the server's order of clients).
+    - otherwise ``partition-id``/``num-partitions`` (simulation, or a benchmark partition).
+    With a state dir, decoded data is cached there (``<state-dir>/cache``)."""
+    nc = dict(node_config)
+    state_dir = node_state_dir(nc)
+    if not nc.get("data-path"):
+        cache = state_dir / "cache" if state_dir is not None else None
+        return load_client_data(run_config, int(nc.get("partition-id", 0)), int(nc.get("num-partitions", 1)),
+                                cache)
+    for key in ("client-id", "state-dir"):
+        if not str(nc.get(key, "")).strip():
+            raise NodeConfigError(
+                f"node config has data-path = {nc['data-path']!r} but no {key}: start the SuperNode with "
+                f"--node-config 'data-path=\"...\" client-id=\"<site name>\" state-dir=\"<local folder>\"' "
+                f"({'the stable name the server knows this site by' if key == 'client-id' else 'where its paid labels are kept'})")
+    return _site_data(tuple(sorted(run_config.items())), str(nc["data-path"]), str(nc["client-id"]),
+                      str(Path(str(nc["state-dir"])).expanduser()), nc.get("partition-id"))
+
+
+@functools.lru_cache(maxsize=16)
+def _site_data(run_config_items: tuple, data_path: str, client_id: str, state_dir: str,
+               partition_id) -> ClientData:
+    from fedal.data.cache import cached_site_data
+    from fedal.data.site import check_site_matches
+    from fedal.devices import resolve_device
+
+    cfg = Config.from_run_config(dict(run_config_items))
+    site = cached_site_data(data_path, client_id, Path(state_dir) / "cache")
+    num_classes = check_site_matches(site, cfg.dataset)
+    pid = int(partition_id) if partition_id not in (None, "") else site_partition_id(client_id)
+    x = site.x
+    if cfg.freeze_backbone:
+        from fedal.data import model_inputs
+
+        x = model_inputs(cfg, x, f"site-{client_id}")
+    return ClientData(cfg, pid, x, site.y, num_classes, tuple(x.shape[1:]), resolve_device(cfg.device),
+                      client_id=client_id, fingerprint=site.fingerprint, source=str(site.path))
+
+
+def site_partition_id(client_id: str) -> int:
+    """A site's number in the server's client order when its node config gives no partition-id:
+    a stable hash of its client id (distinct sites get distinct numbers but for a 1 in 2^31 chance)."""
+    import zlib
+
+    return zlib.crc32(client_id.encode()) & 0x7FFFFFFF
 
 
 def derived_seed(cfg: Config, pid: int, *parts: int) -> int:
@@ -179,8 +335,18 @@ class ClientWorker:
 
     # ------------------------------------------------------------------ helpers
     def oracle(self, indices: np.ndarray) -> np.ndarray:
-        """The simulation's annotator: returns the true labels of the requested points."""
+        """The annotator: the labels the client's data holds (simulation: the true labels; a
+        site: its ``y`` array, class folders or labels.csv)."""
+        self._require_labels(len(indices))
         return self.data.y[indices]
+
+    def _require_labels(self, n: int) -> None:
+        if n > 0 and self.data.y is None:
+            raise LabelsUnavailableError(
+                f"client {self.data.client_id!r} was asked for {n} labels, but its data "
+                f"{self.data.source} has no labels (no 'y' array, class folders or labels.csv); give the "
+                "labels with the data and restart the SuperNode (asking annotators on request is not "
+                "supported yet)")
 
     def model(self, state: StateDict | None = None):
         from fedal.training import build_model
@@ -295,17 +461,29 @@ class ClientWorker:
         store them. ``state`` None: round 0, no model yet. Returns the reply's metrics."""
         cfg = self.cfg
         pools = self.pools()
-        n = min(n, pools.n_unlabeled)  # a client short of W gives all it has (docs/method.md, Protocol)
         t0 = time.perf_counter()
-        strategy = acquisition.from_config(point_strategy, cfg)
-        model = self.model(state) if state is not None else None
-        view = self.local_view(pools, model, needs_local=strategy.needs_local_model, al_round=al_round)
-        rng = np.random.default_rng(self._seed(al_round, 11))
-        chosen = (np.asarray(strategy.select(view, n, rng).indices, dtype=np.int64) if n > 0
-                  else np.zeros(0, np.int64))
-        labels = self.oracle(chosen)
-        pools.add(chosen, labels, al_round)
-        self.store.save(pools)
+
+        def choose(pools: Pools) -> np.ndarray:
+            k = min(n, pools.n_unlabeled)  # a client short of W gives all it has (docs/method.md, Protocol)
+            self._require_labels(k)  # fail before choosing: there is nobody to ask
+            strategy = acquisition.from_config(point_strategy, cfg)
+            model = self.model(state) if state is not None else None
+            view = self.local_view(pools, model, needs_local=strategy.needs_local_model, al_round=al_round)
+            rng = np.random.default_rng(self._seed(al_round, 11))
+            return (np.asarray(strategy.select(view, k, rng).indices, dtype=np.int64) if k > 0
+                    else np.zeros(0, np.int64))
+
+        if hasattr(self.store, "acquire"):
+            # a durable store: the round's choice and labels are committed there before this
+            # returns, and a retried or resumed round returns them without paying again
+            done = self.store.acquire(al_round, choose, self.oracle, strategy=point_strategy)
+            chosen, labels = done.indices, done.labels
+            pools = self.pools()
+        else:
+            chosen = choose(pools)
+            labels = self.oracle(chosen)
+            pools.add(chosen, labels, al_round)
+            self.store.save(pools)
         metrics = {"partition-id": self.data.partition_id, "acquired": int(len(chosen)),
                    "n-labeled": pools.n_labeled, "n-unlabeled": pools.n_unlabeled,
                    "acquire-time": time.perf_counter() - t0}

@@ -13,29 +13,40 @@ Message types (server → client; every reply carries parameters or scalar stati
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from pathlib import Path
+
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedal.client import (ClientWorker, MemoryPoolStore, StackedPoolStore, configure_threads,
-                          load_client_data, state_dir_store)
+# fedal.client (and with it torch) is imported on first use: a node with a persistent worker
+# (fedal.deploy.node_worker) hands its messages over without ever importing torch here
 
 POOLS_KEY = "fedal.pools"
 
 
-class ContextPoolStore(MemoryPoolStore):
+def context_pool_store(context: Context):
     """Pools in the node's ``context.state`` (small: indices, labels, stored logits); lives as
     long as the SuperNode's memory."""
+    from fedal.client import MemoryPoolStore
 
-    def __init__(self, context: Context):
-        super().__init__(context.state.config_records, POOLS_KEY, wrap=ConfigRecord)
+    return MemoryPoolStore(context.state.config_records, POOLS_KEY, wrap=ConfigRecord)
 
 
-def worker(context: Context, run_config: dict) -> ClientWorker:
-    nc = context.node_config
-    data = load_client_data(run_config, int(nc.get("partition-id", 0)), int(nc.get("num-partitions", 1)))
-    durable = state_dir_store(data.cfg, data.partition_id)
-    store = ContextPoolStore(context)
-    return ClientWorker(data, store if durable is None else StackedPoolStore(store, durable))
+def worker(context: Context, run_config: dict):
+    """The node's client (a ``fedal.client.ClientWorker``): its data (node config ``data-path``
+    + ``client-id`` + ``state-dir``, or a benchmark partition ``partition-id``/``num-partitions``)
+    and its pools: with a state dir (node config ``state-dir`` or ``FEDAL_STATE_DIR``) the
+    SQLite store there, which holds every paid label across restarts; without one the node's
+    ``context.state`` (simulation)."""
+    from fedal.client import ClientWorker, load_node_data, node_pool_store, node_state_dir
+
+    nc = dict(context.node_config)
+    data = load_node_data(run_config, nc)
+    durable = node_pool_store(data, node_state_dir(nc))
+    return ClientWorker(data, context_pool_store(context) if durable is None else durable)
 
 
 def _state(msg: Message):
@@ -45,9 +56,10 @@ def _state(msg: Message):
 CLIENT_KEY = "client"  # the ConfigRecord of every reply that names the client ({"client-id": str})
 
 
-def _reply(msg: Message, w: ClientWorker, metrics: dict, arrays: dict[str, ArrayRecord] | None = None) -> Message:
+def _reply(msg: Message, w, metrics: dict, arrays: dict[str, ArrayRecord] | None = None) -> Message:
+    client_id = w if isinstance(w, str) else w.data.client_id
     content = RecordDict({"metrics": MetricRecord(metrics),
-                          CLIENT_KEY: ConfigRecord({"client-id": w.data.client_id}), **(arrays or {})})
+                          CLIENT_KEY: ConfigRecord({"client-id": client_id}), **(arrays or {})})
     return Message(content=content, reply_to=msg)
 
 
@@ -82,20 +94,91 @@ def acquire(msg: Message, context: Context, run_config: dict) -> Message:
     return _reply(msg, w, w.acquire(state, int(conf["n"]), int(conf["al-round"]), str(conf["point-strategy"])))
 
 
+_THREADS_SET = False
+
+
+def _configure_threads_once() -> None:
+    global _THREADS_SET
+    if not _THREADS_SET:
+        from fedal.client import configure_threads
+
+        configure_threads()
+        _THREADS_SET = True
+
+
+def _persistent(node_config) -> bool:
+    v = node_config.get("persistent-worker", False)
+    return v is True or str(v).lower() in ("true", "1", "yes")
+
+
+def _remote(kind: str, msg: Message, context: Context, run_config: dict) -> Message:
+    """The message's work done by the node's persistent worker (``fedal.deploy.node_worker``)."""
+    import numpy as np
+
+    from fedal.deploy import node_worker
+
+    nc = dict(context.node_config)
+    if not str(nc.get("state-dir", "")).strip():
+        raise ValueError("node config has persistent-worker = true but no state-dir: the persistent worker keeps "
+                         "the pools in the state dir's store; add state-dir=\"<local folder>\" to --node-config")
+    arrays = None
+    if "arrays" in msg.content.array_records:
+        ar = msg.content["arrays"]
+        arrays = {k: ar[k].numpy() for k in ar.keys()}
+    conf = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
+    r = node_worker.call(Path(str(nc["state-dir"])).expanduser(),
+                         {"kind": kind, "run_config": run_config, "node_config": nc, "config": conf, "arrays": arrays})
+    extra = None
+    if r["out"] is not None:
+        name, d = r["out"]
+        extra = {name: ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in d.items()})}
+    return _reply(msg, r["client-id"], r["metrics"], extra)
+
+
+def _process_age(now: float) -> float:
+    """Seconds since this process started (Linux; NaN elsewhere)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(") ", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return now - (btime + start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, StopIteration, IndexError):
+        return float("nan")
+
+
+def _record_timing(path: str, kind: str, context: Context, t0: float) -> None:
+    """One JSON line per message (benchmarks: ``FEDAL_CLIENT_TIMING=<file>``): the handler's
+    time and how long the process had run before it (process start, imports, FAB loading)."""
+    now = time.time()
+    line = {"type": kind, "node": str(context.node_config.get("client-id", context.node_id)), "pid": os.getpid(),
+            "before-handler-s": round(_process_age(t0), 3), "handler-s": round(now - t0, 3), "at": now}
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 def build_client_app(run_config: dict | None = None) -> ClientApp:
     """The ClientApp; ``run_config`` (kebab-case) overrides the run's config.
 
     ``flwr run`` passes the run config in the Context; the deprecated ``run_simulation`` entry
     point passes an empty one, so scripts and tests bind theirs here.
     """
-    configure_threads()
     capp = ClientApp()
     bound = dict(run_config or {})
 
     def bind(fn):
         def handler(msg: Message, context: Context) -> Message:
             # the Context's run config is read-only: merge instead of updating it
-            return fn(msg, context, {**context.run_config, **bound})
+            t0 = time.time()
+            rc = {**context.run_config, **bound}
+            if _persistent(context.node_config):
+                reply = _remote(fn.__name__, msg, context, rc)
+            else:
+                _configure_threads_once()
+                reply = fn(msg, context, rc)
+            if os.environ.get("FEDAL_CLIENT_TIMING"):
+                _record_timing(os.environ["FEDAL_CLIENT_TIMING"], fn.__name__, context, t0)
+            return reply
 
         handler.__name__ = fn.__name__
         return handler

@@ -92,12 +92,14 @@ DEFAULTS: dict[str, Any] = {
     "on-client-failure": "skip",  # skip: retry, then go on without the client; stop: raise at once
     "resume": False,  # continue the run from the checkpoint in its run directory
     "stop-after-round": -1,  # tests and staged runs: stop after checkpointing this AL round (-1: off)
+    # the id a site's durable pools are kept under (its state-dir); "" = "<config hash>-s<seed>"
+    "experiment-id": "",
 }
 
 # keys that name or place a run but do not change what it computes
 NON_EXPERIMENT_KEYS = ("seed", "run-dir", "run-name", "method-name", "suite", "min-clients",
                        "wait-timeout", "send-timeout", "max-retries", "retry-backoff",
-                       "on-client-failure", "resume", "stop-after-round")
+                       "on-client-failure", "resume", "stop-after-round", "experiment-id")
 ON_CLIENT_FAILURE = ("skip", "stop")
 
 
@@ -215,6 +217,7 @@ class Config:
     on_client_failure: str
     resume: bool
     stop_after_round: int
+    experiment_id: str
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -256,6 +259,12 @@ class Config:
         """Hash of everything that defines the experiment except the seed, the output location
         and the keys its strategies never read (``experiment_key``)."""
         return experiment_hash(self.to_run_config())
+
+    @property
+    def experiment(self) -> str:
+        """The experiment a site's paid labels belong to: ``experiment-id``, else the config hash
+        and seed (a new hash or seed is a new experiment with its own pools)."""
+        return self.experiment_id or f"{self.config_hash()}-s{self.seed}"
 
     @property
     def label_budget(self) -> int:

@@ -83,10 +83,12 @@ def test_an_interrupted_and_resumed_run_records_the_uninterrupted_rows(uninterru
     if clients == "survive":
         assert sum(p.n_labeled for p in pools(grid).values()) == paid  # no label paid twice
     else:
-        from fedal.pools import Pools
+        import sqlite3
 
-        files = list((tmp_path / "state").glob("pools-client*.json"))
-        assert sum(Pools.load(f).n_labeled for f in files) == paid
+        # the clients' SQLite pool stores (fedal.store) under FEDAL_STATE_DIR
+        files = list((tmp_path / "state").glob("pools/*/*.sqlite"))
+        assert len(files) == M
+        assert sum(sqlite3.connect(f).execute("SELECT count(*) FROM labels").fetchone()[0] for f in files) == paid
     assert len(json.loads((run_dir / CONFIG_FILE).read_text())["resumed"]) == 1
 
 

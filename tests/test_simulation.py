@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from fedal.pools import Pools
 from tests.helpers import without_times
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,10 +29,15 @@ def test_simulation_engine_end_to_end(tmp_path, monkeypatch):
     assert summary["completed"] and summary["labels"] == 330
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["seed"] == 0 and saved["config"]["client-strategy"] == "diffusion"
-    # the clients' durable pools: every paid label once, and all of them accounted for
-    pools = [Pools.load(f) for f in (tmp_path / "state").glob("pools-client*.json")]
-    assert sum(p.n_labeled for p in pools) == 330
-    assert all(len(set(p.labeled)) == len(p.labeled) for p in pools)
+    # the clients' durable pools (SQLite stores under FEDAL_STATE_DIR): every paid label once,
+    # and all of them accounted for
+    import sqlite3
+
+    dbs = list((tmp_path / "state").glob("pools/*/*.sqlite"))
+    assert len(dbs) == 10
+    counts = [sqlite3.connect(f).execute("SELECT count(*), count(DISTINCT idx) FROM labels").fetchone() for f in dbs]
+    assert sum(n for n, _ in counts) == 330
+    assert all(n == distinct for n, distinct in counts)
 
     # the same seed again, on fresh Ray actors with new random node ids: bit-identical rows
     # (FedAvg sums in partition-id order; node ids and reply order differ between the runs)

@@ -90,6 +90,51 @@ def load_site_data(data_path: str | Path, client_id: str | None = None) -> SiteD
     return SiteData(path, x, y, names, fingerprint, str(client_id), files)
 
 
+def expected_inputs(dataset: str) -> tuple[tuple[int, ...], str, int]:
+    """What the run's ``dataset`` fixes for every site: (input shape per point, dtype kind
+    "float" or "uint8", number of classes), without loading the data set."""
+    vectors = {"mnist1d": ((40,), "float", 10), "digits": ((64,), "float", 10)}
+    if dataset in vectors:
+        return vectors[dataset]
+    from fedal.image_meta import image_meta_entry
+
+    m = image_meta_entry(dataset)
+    return (m.image_size[0], m.image_size[1], m.channels), "uint8", m.num_classes
+
+
+def check_site_matches(site: SiteData, dataset: str) -> int:
+    """Check that a site's data fits the run's ``dataset`` (the model's input shape, the dtype and
+    the number of classes); returns the number of classes. Errors name the file and the
+    expected values."""
+    shape, kind, num_classes = expected_inputs(dataset)
+    got = tuple(site.x.shape[1:])
+    got_kind = "uint8" if site.x.dtype == np.uint8 else "float"
+    if got != shape or got_kind != kind:
+        want = f"{'float32' if kind == 'float' else 'uint8'} points of shape {shape}"
+        hint = ("8-bit images, (H, W, C) per point" if kind == "uint8"
+                else "feature vectors scaled as the data set's own: digits pixel/16, mnist1d as generated")
+        raise SiteDataError(f"{site.path}: the site's points are {site.x.dtype} of shape {got}, but the run's "
+                            f"dataset = {dataset!r} expects {want}, {hint}; convert the data or run with the "
+                            "dataset that matches it")
+    if site.class_names is not None and len(site.class_names) != num_classes:
+        raise SiteDataError(f"{site.path}: the site names {len(site.class_names)} classes "
+                            f"({', '.join(site.class_names[:5])}{', ...' if len(site.class_names) > 5 else ''}), "
+                            f"but dataset = {dataset!r} has {num_classes}")
+    if site.y is not None and len(site.y) and int(site.y.max()) >= num_classes:
+        raise SiteDataError(f"{site.path}: the labels use class id {int(site.y.max())} (point "
+                            f"{int(np.argmax(site.y))}), but dataset = {dataset!r} has {num_classes} classes "
+                            f"(ids 0..{num_classes - 1})")
+    return num_classes
+
+
+def check_client_id(client_id: str) -> str:
+    if not CLIENT_ID_PATTERN.match(str(client_id)):
+        # the id names the site's state files, so keep it to characters safe in a file name
+        raise SiteDataError(f"client-id {client_id!r} is not valid: use 1-64 letters, digits, '.', '_' "
+                            "or '-', starting with a letter or digit")
+    return str(client_id)
+
+
 # ---------------------------------------------------------------------------------- .npz
 def _load_npz(path: Path):
     try:
