@@ -112,7 +112,7 @@ def test_server_never_waits_for_labels():
     old = al.MAX_TAIL_ROUNDS
     al.MAX_TAIL_ROUNDS = 2
     try:
-        rows, summary, _ = run_async(rc)
+        rows, summary, sites = run_async(rc, keep=True)
     finally:
         al.MAX_TAIL_ROUNDS = old
     per_round = cfg.fl_rounds * cfg.sim_fl_round_s
@@ -122,6 +122,13 @@ def test_server_never_waits_for_labels():
     assert rows[1]["labels"] < rows[1]["granted"]  # it trained on while labels were outstanding
     assert summary["paid"] < cfg.label_budget  # the run ended with labels unpaid ...
     assert summary["paid"] == rows[-1]["paid"] and summary["withdrawn"] > 0  # ... and withdrew them
+    for site in sites.values():  # what was open at the end is withdrawn, never paid
+        queries = site.store.queries()
+        assert not [q for q in queries if q.state == "open"]
+        ended = [q for q in queries if q.closed_by == "run-end"]
+        assert all(q.state == "withdrawn" and q.label is None for q in ended)
+        assert site.store.progress().labeled < site.granted or not ended
+        site.close()
 
 
 def test_deterministic_under_a_seed(run):
