@@ -116,8 +116,12 @@ def replay_sync(rows: list[dict], cfg, num_clients: int) -> dict:
     now = label_all(0.0)
     curve = [(0.0, 0)]
     times, per_client = [], cfg.points_per_client
+    from fedal.continual import Schedule, resolve_schedule
+
     for row in rows:
-        now += cfg.fl_rounds * cfg.sim_fl_round_s  # training: annotators idle
+        # training: annotators idle (continual modes train fewer FL rounds after AL round 0)
+        sched = resolve_schedule(cfg.training_mode, Schedule(cfg.fl_rounds, cfg.local_epochs), al_round=row["round"])
+        now += sched.fl_rounds * cfg.sim_fl_round_s
         advance(now)
         times.append(now)
         if not row["chosen_clients"]:
@@ -204,7 +208,13 @@ def acc_at(rows: list[dict], labels: float) -> float:
 
 
 def report(out: Path, rep: Path, goals=(0.05, 0.01)) -> dict:
+    from fedal.config import Config
+
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))]
+    for r in runs:  # the sync timeline is replayed from the rows each time (deterministic, seconds)
+        if r["mode"] == "sync":
+            r.update(replay_sync(r["rows"], Config.from_run_config({**r["run_config"], **r["timing"]}),
+                                 r["num_clients"]))
     by = {(r["mode"], r["seed"]): r for r in runs}
     seeds = sorted({s for m, s in by if ("sync", s) in by and ("async", s) in by})
     if not seeds:
