@@ -329,7 +329,11 @@ def _markdown(res: dict, rep: Path) -> None:
         "simulated clock can run through in minutes. Sync: the annotators idle while the server trains "
         "and selects, and the server waits for the round's last label. Async: both proceed "
         f"(query pool refilled below {t['query-pool-low']} open queries with {t['query-pool-refill']} new ones, "
-        "workers entropy / least-confidence / margin). Sync chooses points by entropy.", "",
+        "workers entropy / least-confidence / margin). Sync chooses points by entropy. Label noise 0 in "
+        "both arms (the sync loop's oracle is exact).", "",
+        "Command: `python -m simulations.async_labeling --seeds "
+        + " ".join(map(str, res["seeds"])) + f" --clients {res['num_clients']} --al-rounds {res['al_rounds']}`"
+        " (runs in `results/async-labeling/`, one JSON per mode and seed; a finished run is not rerun).", "",
         "**Idle fraction**: annotator seconds without a query in hand / annotator seconds, counted per "
         "site from its first grant of budget to its last paid label (an annotator of a site that is never "
         "chosen, or whose labeling is over, is not counted as idle). Query latency: from a label submitted "
