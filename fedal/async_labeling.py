@@ -167,7 +167,10 @@ class AsyncSite:
         p = self.store.progress()
         pools = self.worker.pools()
         done = (p.spent or not len(self.store.candidates())) and p.open == 0 or self.granted == 0
-        return {"n-labeled": pools.n_labeled, "n-unlabeled": pools.n_unlabeled, "granted": self.granted,
+        # n-grantable: points not yet covered by a grant, what a new grant may still ask for (the
+        # server selects on it: a point granted but not yet labeled cannot be granted again)
+        return {"n-labeled": pools.n_labeled, "n-unlabeled": pools.n_unlabeled,
+                "n-grantable": self.store.n_points - max(self.granted, pools.n_labeled), "granted": self.granted,
                 "paid": p.labeled, "open": p.open, "withdrawn": p.withdrawn, "done": int(bool(done))}
 
     def summary(self) -> dict:

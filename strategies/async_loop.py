@@ -59,7 +59,8 @@ def run_async(loop, recorder=None) -> list[dict]:
         for cid, r in got.items():
             m = r.content["metrics"]
             c = state.clients[cid]
-            c.n_labeled, c.n_unlabeled = int(m["n-labeled"]), int(m["n-unlabeled"])
+            # |U| as selection sees it: points not granted yet (granted ones wait for annotators)
+            c.n_labeled, c.n_unlabeled = int(m["n-labeled"]), int(m["n-grantable"])
             if "acquired-per-class" in m:
                 labeled_per_class = labeled_per_class + np.asarray(m["acquired-per-class"], dtype=np.int64)
             last[cid] = {k: (list(v) if isinstance(v, list) else v) for k, v in m.items()}
