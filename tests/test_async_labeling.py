@@ -178,3 +178,14 @@ def test_labels_vs_time_is_consistent(run):
     labels = [r["labels"] for r in rows]
     assert labels == sorted(labels)
     assert np.all(np.diff([r["granted"] for r in rows]) >= 0)
+
+
+def test_a_client_chosen_again_before_its_labels_came_is_granted_in_full():
+    # large shares and slow annotators: clients are chosen again while earlier grants are still
+    # being labeled; selection must see the points not granted yet, or the budget is under-spent
+    rc = {**ASYNC, "points-per-client": 60, "clients-per-round": 3, "al-rounds": 3,
+          "annotator-latency": "constant:seconds=20"}
+    rows, summary, _ = run_async(rc)
+    chosen = [c for r in rows for c in r["chosen_clients"]]
+    assert len(chosen) > len(set(chosen))  # some client was chosen twice
+    assert summary["granted"] == summary["paid"] == Config.from_run_config(rc).label_budget
