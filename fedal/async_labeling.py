@@ -61,6 +61,10 @@ class AsyncSite:
         self.first_grant: float | None = None
         self.last_label = 0.0
         self.duty = (0.0, 0.0)  # (busy, idle) annotator seconds up to the site's last paid label
+        # idle annotator seconds while labels were still owed (the pool ran dry) and while the
+        # site's budget was spent (waiting for its next grant); and both up to the last label
+        self.idle_split = [0.0, 0.0]
+        self.duty_split = (0.0, 0.0)
 
     # ------------------------------------------------------------------ model and workers
     def set_model(self, state_dict, version: int) -> None:
@@ -135,19 +139,24 @@ class AsyncSite:
         step = max(self.latency.mean / 4, 0.25)
         t = self.clock.now()
         labeled = self.store.progress().labeled
+        idle = lambda: sum(s.idle_s for s in self.annotators.stats)  # noqa: E731
         while t < now:
             p = self.store.progress()
+            before = idle()
             if p.spent and all(w.query is None for w in self.annotators.workers):
                 self.annotators.run_until(now)  # nothing left to label until the next grant
+                self.idle_split[1] += idle() - before
                 break
             t = min(now, t + step)
             self.annotators.run_until(t)
+            self.idle_split[1 if p.spent else 0] += idle() - before
             p = self.store.progress()
             if p.labeled > labeled:
                 labeled = p.labeled
                 self.last_label = t
                 st = self.annotators.stats
                 self.duty = (sum(s.busy_s for s in st), sum(s.idle_s for s in st))
+                self.duty_split = tuple(self.idle_split)
             if not p.spent and p.open < self.cfg.query_pool_low:
                 self.refill()
 
@@ -183,6 +192,7 @@ class AsyncSite:
             by[q.strategy] = by.get(q.strategy, 0) + 1
         return {"busy-s": float(sum(a.busy_s for a in st)), "idle-s": float(sum(a.idle_s for a in st)),
                 "duty-busy-s": float(self.duty[0]), "duty-idle-s": float(self.duty[1]),
+                "duty-idle-owed-s": float(self.duty_split[0]), "duty-idle-spent-s": float(self.duty_split[1]),
                 "waits-n": len(waits), "waits-sum-s": float(sum(waits)),
                 "waits-max-s": float(max(waits)) if waits else 0.0,
                 "wasted": int(s.get("wasted", 0)), "flipped": int(s.get("flipped", 0)),

@@ -66,7 +66,7 @@ def replay_sync(rows: list[dict], cfg, num_clients: int) -> dict:
             store = PoolStore(tmp / f"{cid}.sqlite", "replay", str(cid), n_points, "replay", clock=clock,
                               durable=False)
             sites[cid] = {"clock": clock, "store": store, "ann": None, "granted": 0, "first": None,
-                          "last": 0.0, "duty": (0.0, 0.0), "next": 0}
+                          "last": 0.0, "duty": (0.0, 0.0), "next": 0, "owed": 0.0, "duty_owed": 0.0}
         return sites[cid]
 
     def grant(cid: int, n: int, now: float) -> None:
@@ -94,10 +94,13 @@ def replay_sync(rows: list[dict], cfg, num_clients: int) -> dict:
             t += step
             for s in active:
                 before = s["store"].progress().labeled
+                idle0 = sum(a.idle_s for a in s["ann"].stats)
                 s["ann"].run_until(t)
+                s["owed"] += sum(a.idle_s for a in s["ann"].stats) - idle0  # labels still owed
                 if s["store"].progress().labeled > before:
                     st = s["ann"].stats
                     s["last"], s["duty"] = t, (sum(a.busy_s for a in st), sum(a.idle_s for a in st))
+                    s["duty_owed"] = s["owed"]
             active = [s for s in active if s["store"].progress().labeled < s["granted"]]
         for s in sites.values():  # every annotator's clock to the round's end (idle meanwhile)
             if s["ann"] is not None:
@@ -144,6 +147,7 @@ def replay_sync(rows: list[dict], cfg, num_clients: int) -> dict:
         waits = [x for a in st for x in a.waits]
         metrics.append({"paid": p.labeled, "granted": s["granted"], "withdrawn": p.withdrawn,
                         "duty-busy-s": s["duty"][0], "duty-idle-s": s["duty"][1],
+                        "duty-idle-owed-s": s["duty_owed"], "duty-idle-spent-s": s["duty"][1] - s["duty_owed"],
                         "busy-s": sum(a.busy_s for a in st), "idle-s": sum(a.idle_s for a in st),
                         "waits-n": len(waits), "waits-sum-s": float(sum(waits)),
                         "waits-max-s": float(max(waits)) if waits else 0.0,
@@ -233,9 +237,9 @@ def report(out: Path, rep: Path, goals=(0.05, 0.01)) -> dict:
                        "sim_time_end_s": {"sync": sy["row_times"][-1], "async": asy["row_times"][-1]},
                        "accuracy_at_labels": cmp, "wall_s": {"sync": sy["wall_s"], "async": asy["wall_s"]}}
     mean = lambda xs: float(np.nanmean(xs)) if len(xs) else math.nan  # noqa: E731
-    keys = ("idle_fraction", "idle_fraction_whole_run", "mean_query_latency_s", "max_query_latency_s",
+    keys = ("idle_fraction", "idle_fraction_labels_owed", "idle_fraction_waiting_for_grant", "idle_fraction_whole_run", "mean_query_latency_s", "max_query_latency_s",
             "labels_per_hour", "labeling_span_s", "paid", "granted", "withdrawn", "wasted_answers")
-    agg = {m: {k: mean([per_seed[s][m][k] for s in seeds]) for k in keys} for m in ("sync", "async")}
+    agg = {m: {k: mean([per_seed[s][m].get(k, math.nan) for s in seeds]) for k in keys} for m in ("sync", "async")}
     n_rows = len(acc_table[0])
     diffs = [mean([acc_table[i][j]["diff_points"] for i in range(len(seeds))]) for j in range(n_rows)]
     worst = float(np.nanmin(diffs)) if diffs else math.nan
@@ -340,6 +344,10 @@ def _markdown(res: dict, rep: Path) -> None:
         "to the next query in hand. Labels per hour: paid labels / (last label − first grant).", "",
         "| measure (mean over seeds) | sync | async |", "|---|---:|---:|",
         f"| annotator idle fraction | {s['idle_fraction']:.4f} | {a['idle_fraction']:.4f} |",
+        f"| … of which the pool was empty while labels were owed | {s.get('idle_fraction_labels_owed', math.nan):.4f} | "
+        f"{a.get('idle_fraction_labels_owed', math.nan):.4f} |",
+        f"| … of which the site's budget was spent, waiting for its next grant | "
+        f"{s.get('idle_fraction_waiting_for_grant', math.nan):.4f} | {a.get('idle_fraction_waiting_for_grant', math.nan):.4f} |",
         f"| idle fraction, whole run, all annotators of granted sites | {s['idle_fraction_whole_run']:.4f} | "
         f"{a['idle_fraction_whole_run']:.4f} |",
         f"| mean query latency (s) | {s['mean_query_latency_s']:.1f} | {a['mean_query_latency_s']:.1f} |",

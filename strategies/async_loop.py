@@ -174,6 +174,12 @@ def summarize(metrics: list) -> dict:
             "wasted_answers": int(tot("wasted")), "flipped_labels": int(tot("flipped")),
             "idle_fraction": idle / (busy + idle) if busy + idle > 0 else 0.0,
             "idle_fraction_whole_run": tot("idle-s") / max(tot("idle-s") + tot("busy-s"), 1e-9),
+            # the idle fraction split by cause: the pool ran dry while labels were owed / the site's
+            # budget was spent and it waited for its next grant (NaN where not measured)
+            "idle_fraction_labels_owed": tot("duty-idle-owed-s") / (busy + idle) if busy + idle > 0 and
+            all("duty-idle-owed-s" in m for m in ms) else float("nan"),
+            "idle_fraction_waiting_for_grant": tot("duty-idle-spent-s") / (busy + idle) if busy + idle > 0 and
+            all("duty-idle-spent-s" in m for m in ms) else float("nan"),
             "mean_query_latency_s": tot("waits-sum-s") / max(tot("waits-n"), 1),
             "max_query_latency_s": max((float(m.get("waits-max-s", 0)) for m in ms), default=0.0),
             "labels_per_hour": paid / span * 3600 if span > 0 else 0.0, "labeling_span_s": span,
