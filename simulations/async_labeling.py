@@ -376,7 +376,7 @@ def _markdown(res: dict, rep: Path) -> None:
               f"{'met' if g['accuracy_within_1_point_at_equal_labels'] else 'NOT met'}", "",
               "Figures: `accuracy.png` (accuracy vs labels and vs simulated time), `labeling.png` (idle fraction, "
               "query latency, labels per hour), `labels_vs_time.png`. Raw: `report.json`, "
-              "`results/async-labeling/*.json`."]
+              "`results/async-labeling/*.json`. What was run, the goals and why: `notes.md`."]
     (rep / "summary.md").write_text("\n".join(lines) + "\n")
 
 
