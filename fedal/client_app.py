@@ -9,6 +9,9 @@ Message types (server → client; every reply carries parameters or scalar stati
                         over U_z (C numbers).
 - ``query.acquire``  → run the point strategy on the client, ask the oracle for labels, update the
                         pools; reply: counts (and, if enabled, the class histogram of this batch).
+- ``query.labeling`` → labeling = "async" only (fedal.async_labeling): the latest global model,
+                        the server's simulated clock and a budget grant; the site's annotators
+                        label up to that time and its workers refill the query pool; reply: counts.
 """
 
 from __future__ import annotations
@@ -157,6 +160,15 @@ def _record_timing(path: str, kind: str, context: Context, t0: float) -> None:
         f.write(json.dumps(line) + "\n")
 
 
+def labeling(msg: Message, context: Context, run_config: dict) -> Message:
+    """``query.labeling`` (labeling = "async"): fedal.async_labeling.handle."""
+    from fedal.async_labeling import handle
+
+    state = _state(msg) if "arrays" in msg.content.array_records else None
+    w = worker(context, run_config)
+    return _reply(msg, w, handle(w, msg.content["config"], state))
+
+
 def build_client_app(run_config: dict | None = None) -> ClientApp:
     """The ClientApp; ``run_config`` (kebab-case) overrides the run's config.
 
@@ -187,6 +199,7 @@ def build_client_app(run_config: dict | None = None) -> ClientApp:
     capp.train()(bind(train))
     capp.query("probe")(bind(probe))
     capp.query("acquire")(bind(acquire))
+    capp.query("labeling")(bind(labeling))
     return capp
 
 

@@ -94,6 +94,18 @@ DEFAULTS: dict[str, Any] = {
     "stop-after-round": -1,  # tests and staged runs: stop after checkpointing this AL round (-1: off)
     # the id a site's durable pools are kept under (its state-dir); "" = "<config hash>-s<seed>"
     "experiment-id": "",
+    # asynchronous labeling (docs/method.md, "Asynchronous labeling"; SPEC §6, seeds/000): "sync"
+    # is the paper's loop (labels of a round before training on them); "async" lets simulated
+    # annotators label each site's query pool while the server keeps training
+    "labeling": "sync",
+    "async-workers": "entropy,least-confidence,margin",  # one uncertainty measure per worker
+    "query-pool-low": 10,  # a site refills its query pool when fewer queries than this are open ...
+    "query-pool-refill": 30,  # ... with this many new ones (split among the workers)
+    "annotators-per-site": 2,
+    "annotator-latency": "lognormal:median=6,sigma=0.5",  # seconds per label (fedal.annotate.Latency)
+    "label-noise": 0.0,  # probability that a simulated annotator answers a wrong class
+    "sim-fl-round-s": 30.0,  # simulated seconds one FL round of training takes
+    "sim-select-s": 20.0,  # simulated seconds of the probe and client selection of an AL round
 }
 
 # keys that name or place a run but do not change what it computes
@@ -101,6 +113,12 @@ NON_EXPERIMENT_KEYS = ("seed", "run-dir", "run-name", "method-name", "suite", "m
                        "wait-timeout", "send-timeout", "max-retries", "retry-backoff",
                        "on-client-failure", "resume", "stop-after-round", "experiment-id")
 ON_CLIENT_FAILURE = ("skip", "stop")
+LABELING = ("sync", "async")
+WORKER_MEASURES = ("entropy", "least-confidence", "margin")
+# keys read only by labeling = "async": a sync run's experiment hash leaves them (and "labeling"
+# itself) out, so every sync run keeps the hash it had before they existed
+ASYNC_KEYS = ("labeling", "async-workers", "query-pool-low", "query-pool-refill", "annotators-per-site",
+              "annotator-latency", "label-noise", "sim-fl-round-s", "sim-select-s")
 
 
 
@@ -155,6 +173,8 @@ def experiment_key(run_config: Mapping[str, Any]) -> dict[str, Any]:
     the run computes the same whatever they hold (and a finished Rand run stays the same
     experiment after a new probe key appears)."""
     drop = set(NON_EXPERIMENT_KEYS) | (_declared_keys(None) - _declared_keys(run_config))
+    if run_config.get("labeling", "sync") == "sync":
+        drop |= set(ASYNC_KEYS)
     return {k: v for k, v in run_config.items() if k not in drop}
 
 
@@ -218,6 +238,15 @@ class Config:
     resume: bool
     stop_after_round: int
     experiment_id: str
+    labeling: str
+    async_workers: str
+    query_pool_low: int
+    query_pool_refill: int
+    annotators_per_site: int
+    annotator_latency: str
+    label_noise: float
+    sim_fl_round_s: float
+    sim_select_s: float
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -310,6 +339,7 @@ class Config:
                 "clients report only with report-label-histogram = true; set it to true or choose "
                 f"another client-strategy ({', '.join(others)})")
         _number("rho", self.rho, 0, note="0 disables anisotropy")
+        self._validate_labeling()
         _number("delta", self.delta, 0, 1, lo_open=True, hi_open=True)
         if self.freeze_backbone:
             # "auto" resolves as fedal.training.resolve_backbone does (not imported: it pulls torch)
@@ -325,6 +355,34 @@ class Config:
                     f"freeze-backbone = true needs a pretrained backbone; backbone = {self.backbone!r} "
                     f"(dataset {self.dataset!r}); valid: resnet18, resnet50, resnet101 (or auto on an "
                     "image dataset), or cnn1d (auto on mnist1d) with backbone-weights")
+
+    @property
+    def worker_measures(self) -> tuple[str, ...]:
+        """The uncertainty measure of each of a site's query workers (``async-workers``)."""
+        return tuple(m.strip() for m in self.async_workers.split(",") if m.strip())
+
+    def _validate_labeling(self) -> None:
+        _choice("labeling", self.labeling, LABELING)
+        measures = self.worker_measures
+        if not measures or any(m not in WORKER_MEASURES for m in measures):
+            raise invalid("async-workers", self.async_workers,
+                          f"a comma-separated list of {', '.join(WORKER_MEASURES)}", ConfigError)
+        _number("query-pool-low", self.query_pool_low, 0, integer=True)
+        _number("query-pool-refill", self.query_pool_refill, 1, integer=True)
+        if self.query_pool_refill < self.query_pool_low:
+            raise invalid("query-pool-refill", self.query_pool_refill,
+                          f"at least query-pool-low = {self.query_pool_low}", ConfigError)
+        _number("annotators-per-site", self.annotators_per_site, 1, integer=True)
+        _number("label-noise", self.label_noise, 0, 1)
+        _number("sim-fl-round-s", self.sim_fl_round_s, 0, lo_open=True, note="simulated seconds")
+        _number("sim-select-s", self.sim_select_s, 0, note="simulated seconds")
+        try:
+            from fedal.annotate.annotators import Latency
+
+            Latency.parse(self.annotator_latency)
+        except ValueError as e:
+            raise invalid("annotator-latency", self.annotator_latency,
+                          f"kind:key=value,... e.g. lognormal:median=6,sigma=0.5 ({e})", ConfigError) from None
 
     def check_against_clients(self, sizes: Mapping[int, tuple[int, int]]) -> None:
         """Checks that need the federation: ``sizes`` maps partition id -> (|L|, |U|).

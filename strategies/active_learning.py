@@ -265,7 +265,8 @@ class FederatedActiveLearning:
 
     # ------------------------------------------------------------------ protocol steps
     def train(self, state: ALState, start: ArrayRecord, al_round: int,
-              probe_round: int | None = None) -> tuple[ArrayRecord, list[dict[str, Message]], float]:
+              probe_round: int | None = None, before_round: Callable | None = None,
+              ) -> tuple[ArrayRecord, list[dict[str, Message]], float]:
         """FedAvg weighted by |L_z| over clients with labels (Eq. 2-3), over the replies that
         came (a client that failed an FL round is left out of that round's average).
 
@@ -274,7 +275,10 @@ class FederatedActiveLearning:
         every client with unlabeled data is probed with w(t) — for strategies with a client graph
         the last ⌈T/4⌉ rounds (the paper's last 25% of the training epochs), else the last only.
         Returns the final weights, the probe replies (by client id) per recorded round and the
-        probe seconds."""
+        probe seconds.
+
+        ``before_round(fl_round, arrays)`` (asynchronous labeling): called before each FL round;
+        the clients with labels are counted after it (labels arrive while the server trains)."""
         from fedal.continual import Schedule, resolve_schedule
         from fedal.training import recorded_rounds
 
@@ -291,10 +295,14 @@ class FederatedActiveLearning:
         labeled = [cid for cid, c in state.clients.items() if c.n_labeled > 0]
         replies, probe_time = [], 0.0
         for fl_round in range(1, sched.fl_rounds + 1):
-            got = self._send(state, "train", labeled, {"al-round": al_round, "server-round": fl_round,
-                                                       "local-epochs": sched.local_epochs},
-                             arrays, fl_round=fl_round)
-            arrays = aggregate_arrayrecords(self._ordered(got), "num-examples")
+            if before_round is not None:
+                before_round(fl_round, arrays)
+                labeled = [cid for cid, c in state.clients.items() if c.n_labeled > 0]
+            if labeled or before_round is None:  # async: nothing labeled yet, nothing to train on
+                got = self._send(state, "train", labeled, {"al-round": al_round, "server-round": fl_round,
+                                                           "local-epochs": sched.local_epochs},
+                                 arrays, fl_round=fl_round)
+                arrays = aggregate_arrayrecords(self._ordered(got), "num-examples")
             if fl_round in probed:
                 t = time.perf_counter()
                 live = [cid for cid, c in state.clients.items() if c.n_unlabeled > 0]
@@ -449,6 +457,10 @@ class FederatedActiveLearning:
     # ------------------------------------------------------------------ the loop
     def run(self, recorder=None) -> list[dict]:
         cfg = self.cfg
+        if cfg.labeling == "async":  # docs/method.md, "Asynchronous labeling"
+            from strategies.async_loop import run_async
+
+            return run_async(self, recorder)
         t_run = time.perf_counter()
         state = self.discover()
         ck = None

@@ -1,0 +1,415 @@
+"""Synchronous versus asynchronous labeling (issue #14; SPEC §6; docs/method.md, "Asynchronous
+labeling"), on the in-process engine.
+
+    python -m simulations.async_labeling --seeds 0 1            # run (resumable per run) + report
+    python -m simulations.async_labeling --report-only          # the report from saved runs
+
+Per seed two runs with the same client strategy (diffusion) and the same budgets:
+- ``sync``: the paper's loop (labeling = sync, point-strategy = entropy): the server trains T FL
+  rounds, probes and selects, then waits while the chosen clients' annotators label their batch.
+  Its timeline is replayed on the same simulated clock (``replay_sync``): training and selection
+  advance the clock by ``sim-fl-round-s`` per FL round and ``sim-select-s`` per AL round while the
+  annotators idle; then each chosen site's simulated annotators (same latency model, same number
+  per site) label its batch, and the next AL round starts when the last site is done.
+- ``async``: labeling = async (strategies/async_loop.py), workers entropy, least-confidence and
+  margin: the server never waits; annotators label while it trains.
+
+Results go to results/async-labeling/<mode>-s<seed>.json (a finished run is not rerun); the report
+(summary.md, report.json, figures) to reports/async-labeling/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = {"dataset": "mnist1d", "partition": "dirichlet", "dirichlet-alpha": 0.1, "client-strategy": "diffusion",
+        "training-mode": "warm-start"}
+MODES = {"sync": {"labeling": "sync", "point-strategy": "entropy"},
+         "async": {"labeling": "async", "point-strategy": "entropy"}}
+TIMING = {"annotators-per-site": 2, "annotator-latency": "lognormal:median=6,sigma=0.5",
+          "sim-fl-round-s": 30.0, "sim-select-s": 20.0, "query-pool-low": 10, "query-pool-refill": 30}
+
+
+def run_config(mode: str, seed: int, extra: dict | None = None) -> dict:
+    rc = {**BASE, **MODES[mode], "seed": seed, **(extra or {})}
+    if mode == "async":
+        rc.update({k: v for k, v in TIMING.items() if k not in (extra or {})})
+    return rc
+
+
+# ---------------------------------------------------------------------------------- sync replay
+def replay_sync(rows: list[dict], cfg, num_clients: int) -> dict:
+    """The synchronous loop's timeline on the simulated clock, with simulated annotators per site
+    (the same latency model, ``annotators-per-site`` and seeding rule as the async sites). Who was
+    chosen and how many labels each got come from the run's rows (round 0: the loop's own draw)."""
+    from fedal.annotate.annotators import Latency, SimulatedAnnotators, SimulatedClock
+    from fedal.store import PoolStore
+    from strategies.async_loop import summarize
+
+    latency = Latency.parse(cfg.annotator_latency)
+    tmp = Path(tempfile.mkdtemp(prefix="fedal-sync-replay-"))
+    sites: dict[int, dict] = {}
+    n_points = 100_000  # which points does not matter for time; only how many
+
+    def site(cid: int) -> dict:
+        if cid not in sites:
+            clock = SimulatedClock(0.0)
+            store = PoolStore(tmp / f"{cid}.sqlite", "replay", str(cid), n_points, "replay", clock=clock,
+                              durable=False)
+            sites[cid] = {"clock": clock, "store": store, "ann": None, "granted": 0, "first": None,
+                          "last": 0.0, "duty": (0.0, 0.0), "next": 0, "owed": 0.0, "duty_owed": 0.0}
+        return sites[cid]
+
+    def grant(cid: int, n: int, now: float) -> None:
+        s = site(cid)
+        s["clock"].sleep_until(now)
+        s["granted"] += n
+        s["store"].set_budget(s["granted"])
+        s["store"].add_queries(np.arange(s["next"], s["next"] + n), 0, "batch")  # the round's whole batch
+        s["next"] += n
+        if s["first"] is None:
+            s["first"] = now
+        if s["ann"] is None:
+            from fedal.client import derived_seed
+
+            s["ann"] = SimulatedAnnotators(s["store"], np.zeros(n_points, dtype=np.int64),
+                                           n_annotators=cfg.annotators_per_site, latency=latency,
+                                           clock=s["clock"], seed=derived_seed(cfg, cid, 17), name=f"site{cid}")
+
+    def label_all(now: float) -> float:
+        """Run every site's annotators until every granted label is paid; returns that time."""
+        step = max(latency.mean / 16, 0.1)
+        t = now
+        active = [s for s in sites.values() if s["store"].progress().labeled < s["granted"]]
+        while active:
+            t += step
+            for s in active:
+                before = s["store"].progress().labeled
+                idle0 = sum(a.idle_s for a in s["ann"].stats)
+                s["ann"].run_until(t)
+                s["owed"] += sum(a.idle_s for a in s["ann"].stats) - idle0  # labels still owed
+                if s["store"].progress().labeled > before:
+                    st = s["ann"].stats
+                    s["last"], s["duty"] = t, (sum(a.busy_s for a in st), sum(a.idle_s for a in st))
+                    s["duty_owed"] = s["owed"]
+            active = [s for s in active if s["store"].progress().labeled < s["granted"]]
+        for s in sites.values():  # every annotator's clock to the round's end (idle meanwhile)
+            if s["ann"] is not None:
+                s["ann"].run_until(t)
+        return t
+
+    def advance(t: float) -> None:
+        for s in sites.values():
+            if s["ann"] is not None:
+                s["ann"].run_until(t)
+
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))  # the loop's round-0 draw
+    init = rng.permutation(num_clients)[:cfg.init_clients]
+    for cid in init:
+        grant(int(cid), cfg.init_points, 0.0)
+    now = label_all(0.0)
+    curve = [(0.0, 0)]
+    times, per_client = [], cfg.points_per_client
+    from fedal.continual import Schedule, resolve_schedule
+
+    for row in rows:
+        # training: annotators idle (continual modes train fewer FL rounds after AL round 0)
+        sched = resolve_schedule(cfg.training_mode, Schedule(cfg.fl_rounds, cfg.local_epochs), al_round=row["round"])
+        now += sched.fl_rounds * cfg.sim_fl_round_s
+        advance(now)
+        times.append(now)
+        if not row["chosen_clients"]:
+            continue
+        now += cfg.sim_select_s
+        advance(now)
+        chosen, left = row["chosen_clients"], int(row["acquired"])
+        for k, cid in enumerate(chosen):
+            n = left if k == len(chosen) - 1 else min(per_client, left)
+            left -= n
+            if n > 0:
+                grant(int(cid), n, now)
+        curve.append((now, sum(s["granted"] for s in sites.values()) - int(row["acquired"])))
+        now = label_all(now)
+        curve.append((now, sum(s["granted"] for s in sites.values())))
+    metrics = []
+    for s in sites.values():
+        p = s["store"].progress()
+        st = s["ann"].stats
+        waits = [x for a in st for x in a.waits]
+        metrics.append({"paid": p.labeled, "granted": s["granted"], "withdrawn": p.withdrawn,
+                        "duty-busy-s": s["duty"][0], "duty-idle-s": s["duty"][1],
+                        "duty-idle-owed-s": s["duty_owed"], "duty-idle-spent-s": s["duty"][1] - s["duty_owed"],
+                        "busy-s": sum(a.busy_s for a in st), "idle-s": sum(a.idle_s for a in st),
+                        "waits-n": len(waits), "waits-sum-s": float(sum(waits)),
+                        "waits-max-s": float(max(waits)) if waits else 0.0,
+                        "first-grant-s": s["first"], "last-label-s": s["last"]})
+        s["store"].close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"row_times": times, "summary": summarize(metrics), "label_curve": curve}
+
+
+# ---------------------------------------------------------------------------------- runs
+def run_one(mode: str, seed: int, num_clients: int, extra: dict, out: Path, log) -> dict:
+    from fedal.config import Config
+    from simulations.inprocess import run_inprocess
+
+    path = out / f"{mode}-s{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    rc = run_config(mode, seed, extra)
+    cfg = Config.from_run_config({**rc, **{k: v for k, v in TIMING.items()}})
+    t0 = time.perf_counter()
+    holder = {}
+    if mode == "async":
+        import strategies.async_loop as al
+
+        orig = al.run_async
+
+        def capture(loop, recorder=None):
+            rows = orig(loop, recorder)
+            holder["summary"] = loop.async_summary
+            return rows
+
+        al.run_async = capture
+        try:
+            rows, _ = run_inprocess(rc, num_clients, log=log)
+        finally:
+            al.run_async = orig
+        result = {"rows": rows, "summary": holder["summary"],
+                  "row_times": [r["sim_time_s"] for r in rows],
+                  "label_curve": [(r["sim_time_s"], r["labels"]) for r in rows]}
+    else:
+        rows, _ = run_inprocess(rc, num_clients, log=log)
+        result = {"rows": rows, **replay_sync(rows, cfg, num_clients)}
+    result.update({"mode": mode, "seed": seed, "run_config": rc, "timing": TIMING, "num_clients": num_clients,
+                   "config_hash": cfg.config_hash(), "wall_s": round(time.perf_counter() - t0, 1)})
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, default=float))
+    tmp.replace(path)
+    return result
+
+
+# ---------------------------------------------------------------------------------- report
+def acc_at(rows: list[dict], labels: float) -> float:
+    """Accuracy at a label count, linearly interpolated between a run's rows (NaN outside)."""
+    xs = np.array([r["labels"] for r in rows], dtype=float)
+    ys = np.array([r["accuracy"] for r in rows], dtype=float)
+    order = np.argsort(xs, kind="stable")
+    xs, ys = xs[order], ys[order]
+    if labels < xs[0] or labels > xs[-1]:
+        return math.nan
+    return float(np.interp(labels, xs, ys))
+
+
+def report(out: Path, rep: Path, goals=(0.05, 0.01)) -> dict:
+    from fedal.config import Config
+
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))]
+    for r in runs:  # the sync timeline is replayed from the rows each time (deterministic, seconds)
+        if r["mode"] == "sync":
+            r.update(replay_sync(r["rows"], Config.from_run_config({**r["run_config"], **r["timing"]}),
+                                 r["num_clients"]))
+    by = {(r["mode"], r["seed"]): r for r in runs}
+    seeds = sorted({s for m, s in by if ("sync", s) in by and ("async", s) in by})
+    if not seeds:
+        raise SystemExit(f"no seed with both runs in {out}")
+    rep.mkdir(parents=True, exist_ok=True)
+    per_seed, acc_table = {}, []
+    for s in seeds:
+        sy, asy = by["sync", s], by["async", s]
+        cmp = []
+        for row in sy["rows"]:
+            a = acc_at(asy["rows"], row["labels"])
+            cmp.append({"labels": row["labels"], "sync": row["accuracy"], "async": a,
+                        "diff_points": 100 * (a - row["accuracy"]) if not math.isnan(a) else math.nan})
+        acc_table.append(cmp)
+        per_seed[s] = {"sync": sy["summary"], "async": asy["summary"],
+                       "sim_time_end_s": {"sync": sy["row_times"][-1], "async": asy["row_times"][-1]},
+                       "accuracy_at_labels": cmp, "wall_s": {"sync": sy["wall_s"], "async": asy["wall_s"]}}
+    mean = lambda xs: float(np.nanmean(xs)) if len(xs) else math.nan  # noqa: E731
+    keys = ("idle_fraction", "idle_fraction_labels_owed", "idle_fraction_waiting_for_grant", "idle_fraction_whole_run", "mean_query_latency_s", "max_query_latency_s",
+            "labels_per_hour", "labeling_span_s", "paid", "granted", "withdrawn", "wasted_answers")
+    agg = {m: {k: mean([per_seed[s][m].get(k, math.nan) for s in seeds]) for k in keys} for m in ("sync", "async")}
+    n_rows = len(acc_table[0])
+    diffs = [mean([acc_table[i][j]["diff_points"] for i in range(len(seeds))]) for j in range(n_rows)]
+    worst = float(np.nanmin(diffs)) if diffs else math.nan
+    idle_ratio = agg["async"]["idle_fraction"] / agg["sync"]["idle_fraction"] if agg["sync"]["idle_fraction"] else math.nan
+    goals_met = {"idle_async_le_5pct_of_sync": bool(idle_ratio <= goals[0]),
+                 "accuracy_within_1_point_at_equal_labels": bool(worst >= -100 * goals[1])}
+    result = {"seeds": seeds, "per_seed": per_seed, "mean": agg, "accuracy_diff_points_by_row": diffs,
+              "idle_ratio_async_over_sync": idle_ratio, "worst_accuracy_diff_points": worst, "goals_met": goals_met,
+              "run_config": {m: by[m, seeds[0]]["run_config"] for m in ("sync", "async")},
+              "timing": by["sync", seeds[0]]["timing"], "num_clients": by["sync", seeds[0]]["num_clients"],
+              "al_rounds": len(by["sync", seeds[0]]["rows"]) - 1}
+    (rep / "report.json").write_text(json.dumps(result, indent=1, default=float))
+    _plots(by, seeds, rep)
+    _markdown(result, rep)
+    return result
+
+
+def _plots(by: dict, seeds: list[int], rep: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    colors = {"sync": "black", "async": "tab:blue"}
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
+    for (m, s), r in sorted(by.items()):
+        if s not in seeds:
+            continue
+        lab = f"{m} s{s}"
+        ls = "-" if s == seeds[0] else "--"
+        ax[0].plot([x["labels"] for x in r["rows"]], [x["accuracy"] for x in r["rows"]], ls, marker=".",
+                   color=colors[m], label=lab)
+        ax[1].plot(np.asarray(r["row_times"]) / 3600, [x["accuracy"] for x in r["rows"]], ls, marker=".",
+                   color=colors[m], label=lab)
+    ax[0].set(xlabel="labels paid (trained on)", ylabel="test accuracy", title="accuracy vs labels")
+    ax[1].set(xlabel="simulated wall clock (h)", ylabel="test accuracy", title="accuracy vs simulated time")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.tight_layout()
+    fig.savefig(rep / "accuracy.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(1, 3, figsize=(13, 4))
+    for i, (key, title, scale) in enumerate((("idle_fraction", "annotator idle fraction", 1.0),
+                                             ("mean_query_latency_s", "mean query latency (s)", 1.0),
+                                             ("labels_per_hour", "labels per hour (federation)", 1.0))):
+        for j, m in enumerate(("sync", "async")):
+            vals = [by[m, s]["summary"][key] * scale for s in seeds]
+            ax[i].bar(j, np.mean(vals), color=colors[m], alpha=0.8)
+            ax[i].scatter([j] * len(vals), vals, color="red", zorder=3, s=12)
+        ax[i].set_xticks([0, 1], ["sync", "async"])
+        ax[i].set_title(title)
+        ax[i].grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(rep / "labeling.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (m, s), r in sorted(by.items()):
+        if s not in seeds:
+            continue
+        t, n = zip(*r["label_curve"])
+        ax.plot(np.asarray(t) / 3600, n, "-" if s == seeds[0] else "--", color=colors[m], label=f"{m} s{s}",
+                drawstyle="steps-post" if m == "sync" else "default")
+    ax.set(xlabel="simulated wall clock (h)", ylabel="labels", title="labels vs simulated time")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(rep / "labels_vs_time.png", dpi=120)
+    plt.close(fig)
+
+
+def _markdown(res: dict, rep: Path) -> None:
+    a, s = res["mean"]["async"], res["mean"]["sync"]
+    t = res["timing"]
+    lines = [
+        "# Synchronous vs asynchronous labeling (issue #14, SPEC §6)", "",
+        f"MNIST-1D, Dirichlet α = 0.1, {res['num_clients']} clients, client strategy diffusion, warm start; "
+        f"seeds {', '.join(map(str, res['seeds']))}; {res['al_rounds']} AL rounds. "
+        f"Budgets: {res['run_config']['sync'].get('init-clients', 5)} initial clients × "
+        f"{res['run_config']['sync'].get('init-points', 200)}, then "
+        f"{res['run_config']['sync'].get('clients-per-round', 5)} clients × "
+        f"{res['run_config']['sync'].get('points-per-client', 200)} per AL round. "
+        "Engine: in-process (`simulations/inprocess.py`).", "",
+        "**Clock**: simulated and deterministic. One FL round of training advances it by "
+        f"{t['sim-fl-round-s']:g} s, the probe + client selection of an AL round by {t['sim-select-s']:g} s; "
+        f"{t['annotators-per-site']} simulated annotators per site label on the same clock, "
+        f"{t['annotator-latency']} seconds per label. Why simulated: the machine is shared (measured "
+        "durations would vary run to run), and a label takes seconds of a person's time, which only a "
+        "simulated clock can run through in minutes. Sync: the annotators idle while the server trains "
+        "and selects, and the server waits for the round's last label. Async: both proceed "
+        f"(query pool refilled below {t['query-pool-low']} open queries with {t['query-pool-refill']} new ones, "
+        "workers entropy / least-confidence / margin). Sync chooses points by entropy. Label noise 0 in "
+        "both arms (the sync loop's oracle is exact).", "",
+        "Command: `python -m simulations.async_labeling --seeds "
+        + " ".join(map(str, res["seeds"])) + f" --clients {res['num_clients']} --al-rounds {res['al_rounds']}`"
+        " (runs in `results/async-labeling/`, one JSON per mode and seed; a finished run is not rerun).", "",
+        "**Idle fraction**: annotator seconds without a query in hand / annotator seconds, counted per "
+        "site from its first grant of budget to its last paid label (an annotator of a site that is never "
+        "chosen, or whose labeling is over, is not counted as idle). Query latency: from a label submitted "
+        "to the next query in hand. Labels per hour: paid labels / (last label − first grant).", "",
+        "| measure (mean over seeds) | sync | async |", "|---|---:|---:|",
+        f"| annotator idle fraction | {s['idle_fraction']:.4f} | {a['idle_fraction']:.4f} |",
+        f"| … of which the pool was empty while labels were owed | {s.get('idle_fraction_labels_owed', math.nan):.4f} | "
+        f"{a.get('idle_fraction_labels_owed', math.nan):.4f} |",
+        f"| … of which the site's budget was spent, waiting for its next grant | "
+        f"{s.get('idle_fraction_waiting_for_grant', math.nan):.4f} | {a.get('idle_fraction_waiting_for_grant', math.nan):.4f} |",
+        f"| idle fraction, whole run, all annotators of granted sites | {s['idle_fraction_whole_run']:.4f} | "
+        f"{a['idle_fraction_whole_run']:.4f} |",
+        f"| mean query latency (s) | {s['mean_query_latency_s']:.1f} | {a['mean_query_latency_s']:.1f} |",
+        f"| max query latency (s) | {s['max_query_latency_s']:.0f} | {a['max_query_latency_s']:.0f} |",
+        f"| labels per hour | {s['labels_per_hour']:.0f} | {a['labels_per_hour']:.0f} |",
+        f"| labeling span (h) | {s['labeling_span_s'] / 3600:.2f} | {a['labeling_span_s'] / 3600:.2f} |",
+        f"| labels paid / granted | {s['paid']:.0f} / {s['granted']:.0f} | {a['paid']:.0f} / {a['granted']:.0f} |",
+        f"| queries withdrawn unpaid | {s['withdrawn']:.0f} | {a['withdrawn']:.0f} |", "",
+        "Accuracy at the sync rows' label counts (async interpolated between its rows; points = 100 × difference):", "",
+        "| labels | " + " | ".join(f"sync s{x} | async s{x}" for x in res["seeds"]) + " | mean diff (points) |",
+        "|---:|" + "---:|" * (2 * len(res["seeds"]) + 1)]
+    for j, d in enumerate(res["accuracy_diff_points_by_row"]):
+        cells = []
+        for x in res["seeds"]:
+            c = res["per_seed"][str(x)]["accuracy_at_labels"][j] if str(x) in res["per_seed"] else \
+                res["per_seed"][x]["accuracy_at_labels"][j]
+            cells += [f"{c['sync']:.4f}", "—" if math.isnan(c["async"]) else f"{c['async']:.4f}"]
+        lab = (res["per_seed"].get(str(res["seeds"][0])) or res["per_seed"][res["seeds"][0]])["accuracy_at_labels"][j]["labels"]
+        lines.append(f"| {lab} | " + " | ".join(cells) + f" | {d:+.2f} |")
+    g = res["goals_met"]
+    lines += ["", "## Goals", "",
+              f"- async idle ≤ 5% of sync's: ratio {res['idle_ratio_async_over_sync']:.3f} → "
+              f"{'met' if g['idle_async_le_5pct_of_sync'] else 'NOT met'}",
+              f"- accuracy at equal labels within 1 point: worst mean difference "
+              f"{res['worst_accuracy_diff_points']:+.2f} points → "
+              f"{'met' if g['accuracy_within_1_point_at_equal_labels'] else 'NOT met'}", "",
+              "Figures: `accuracy.png` (accuracy vs labels and vs simulated time), `labeling.png` (idle fraction, "
+              "query latency, labels per hour), `labels_vs_time.png`. Raw: `report.json`, "
+              "`results/async-labeling/*.json`. What was run, the goals and why: `notes.md`."]
+    (rep / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--al-rounds", type=int, default=11)
+    ap.add_argument("--modes", nargs="+", default=["sync", "async"], choices=list(MODES))
+    ap.add_argument("--out", default=str(ROOT / "results" / "async-labeling"))
+    ap.add_argument("--report-dir", default=str(ROOT / "reports" / "async-labeling"))
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra run-config keys")
+    args = ap.parse_args(argv)
+    out, rep = Path(args.out), Path(args.report_dir)
+    extra = {"al-rounds": args.al_rounds}
+    for kv in args.set:
+        k, _, v = kv.partition("=")
+        extra[k] = json.loads(v) if v[:1] in "0123456789-[{tf" else v
+    if not args.report_only:
+        from fedal.client import configure_threads
+
+        configure_threads()
+        for seed in args.seeds:
+            for mode in args.modes:
+                t0 = time.perf_counter()
+                r = run_one(mode, seed, args.clients, extra, out, log=lambda m: print(m, flush=True))
+                print(f"== {mode} seed {seed}: final acc {r['rows'][-1]['accuracy']:.4f}, "
+                      f"idle {r['summary']['idle_fraction']:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    res = report(out, rep)
+    print(json.dumps({"mean": res["mean"], "goals_met": res["goals_met"],
+                      "worst_accuracy_diff_points": res["worst_accuracy_diff_points"]}, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

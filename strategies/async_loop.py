@@ -1,0 +1,186 @@
+"""The AL loop with asynchronous labeling (labeling = "async"; docs/method.md, "Asynchronous
+labeling"; SPEC §6; seeds/000, AAL).
+
+The server never waits for labels. Time is simulated: one clock, kept here and sent to the
+clients in every ``query.labeling`` message; each FL round of training advances it by
+``sim-fl-round-s`` and the probe and client selection of an AL round by ``sim-select-s``, and
+between two messages every site's simulated annotators label (fedal.async_labeling). So an FL
+round trains on whatever is labeled when it starts.
+
+An AL round here is what it is in the synchronous loop — T FL rounds, evaluation, probe, client
+selection (any client strategy, diffusion included) — except that the chosen clients are not
+asked for labels: they are *granted* budget (``points-per-client`` each) and their workers fill
+their query pools with the latest global model, to be labeled while the server trains on. Round
+0 grants ``init-points`` to ``init-clients`` random clients, drawn as the synchronous loop draws
+them, and their pools start with random queries (no model exists yet). After the last AL round's
+grants the server keeps training ("tail" rounds, no selection) until every granted label is paid,
+then withdraws whatever is still open. Budgets are exact: each site's store pays a query once and
+never beyond the site's granted budget, so the federation pays exactly what was granted: the run's
+label budget (``Config.label_budget``), unless clients run out of points.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+
+from fedal.checkpoint import CheckpointError
+from fedal.async_labeling import STRATEGY_TAGS
+from strategies.client_selection import allocate_budget, plan_round
+
+MAX_TAIL_ROUNDS = 100  # a guard: tail rounds after the last grant, waiting for labels to come in
+
+
+def run_async(loop, recorder=None) -> list[dict]:
+    from flwr.app import ArrayRecord
+
+    cfg = loop.cfg
+    if cfg.resume:
+        raise CheckpointError("resume = true is not supported with labeling = async: the sites' simulated "
+                              "annotators and query pools live in memory; rerun the run from the start")
+    t_run = time.perf_counter()
+    state = loop.discover()
+    cfg.check_against_clients({p: (c.n_labeled, c.n_unlabeled) for p, c in state.clients.items()})
+    loop.log(f"fedal: asynchronous labeling, {len(state.clients)} clients, {cfg.annotators_per_site} "
+             f"annotator(s) per site ({cfg.annotator_latency}), workers {', '.join(cfg.worker_measures)}")
+    token = uuid.uuid4().hex  # names this run's sites on the clients; no effect on what is computed
+    clock = {"now": 0.0, "version": 0}
+    last: dict[str, dict] = {}  # each client's last labeling reply
+    labeled_per_class = np.zeros(loop.num_classes, dtype=np.int64)
+
+    def labeling(grants: dict[str, int], arrays, al_round: int, finish: bool = False) -> dict:
+        nonlocal labeled_per_class
+        jobs = [(cid, {"run": token, "now": clock["now"], "al-round": al_round, "model-version": clock["version"],
+                       "grant": int(grants.get(cid, 0)), "finish": finish})
+                for cid, c in state.clients.items() if c.node_id is not None]
+        got = loop._exchange(state, "query.labeling", jobs, arrays, require_any=False)
+        for cid, r in got.items():
+            m = r.content["metrics"]
+            c = state.clients[cid]
+            # |U| as selection sees it: points not granted yet (granted ones wait for annotators)
+            c.n_labeled, c.n_unlabeled = int(m["n-labeled"]), int(m["n-grantable"])
+            if "acquired-per-class" in m:
+                labeled_per_class = labeled_per_class + np.asarray(m["acquired-per-class"], dtype=np.int64)
+            last[cid] = {k: (list(v) if isinstance(v, list) else v) for k, v in m.items()}
+        return got
+
+    # round 0: init-clients random clients, init-points each, drawn as the synchronous loop draws them
+    pids = list(state.clients)
+    n_u = np.array([state.clients[p].n_unlabeled for p in pids])
+    order_idx = loop.rng.permutation(np.flatnonzero(n_u > 0))
+    plan0 = allocate_budget(order_idx, n_u, cfg.init_points, cfg.init_clients)
+    labeling({pids[z]: n for z, n in plan0}, None, 0)
+    initial = ArrayRecord(loop.model_fn().state_dict())
+    arrays = initial
+    rows: list[dict] = []
+    r = 0
+    while True:
+        selecting = r < cfg.al_rounds
+        loop.failures = []
+        if r > 0:
+            loop.refresh(state)
+        pids = list(state.clients)
+        times = {"train": 0.0, "evaluate": 0.0, "probe": 0.0, "select": 0.0, "acquire": 0.0}
+        sim_start = clock["now"]
+
+        def before(fl_round, current, r=r):
+            # the latest global model goes to every client (its workers refill with it); the
+            # annotators label up to now; then this FL round's training takes sim-fl-round-s
+            clock["version"] += 1
+            labeling({}, current, r)
+            clock["now"] += cfg.sim_fl_round_s
+
+        t = time.perf_counter()
+        start = arrays if loop.mode.warm_start else initial
+        state.labeled_per_class = labeled_per_class
+        arrays, probes, times["probe"] = loop.train(state, start, r, r + 1 if selecting else None, before)
+        times["train"] = time.perf_counter() - t - times["probe"]
+        t = time.perf_counter()
+        acc, loss = loop.evaluate(arrays)
+        times["evaluate"] = time.perf_counter() - t
+        n_labels = sum(c.n_labeled for c in state.clients.values())
+        chosen: list[str] = []
+        granted = 0
+        diagnostics: dict = {}
+        if selecting:
+            stats = loop.client_stats(state, probes)
+            t = time.perf_counter()
+            plan = plan_round(cfg.client_strategy, stats, loop.rng, loop.diffusion,
+                              cfg.points_per_client, cfg.clients_per_round, diagnostics)
+            times["select"] = time.perf_counter() - t
+            clock["now"] += cfg.sim_select_s
+            clock["version"] += 1
+            t = time.perf_counter()
+            got = labeling({pids[z]: n for z, n in plan}, arrays, r + 1)
+            times["acquire"] = time.perf_counter() - t
+            chosen = [pids[z] for z, _ in plan if pids[z] in got]
+            granted = sum(int(got[c].content["metrics"]["granted-now"]) for c in chosen)
+        done = all(int(m.get("done", 1)) for m in last.values())
+        row = {"round": r, "labels": n_labels, "accuracy": acc, "loss": loss,
+               "chosen_clients": [state.public_id(c) for c in chosen], "acquired": granted,
+               "labeled_per_class": labeled_per_class.tolist(),
+               "clients_with_labels": sum(c.n_labeled > 0 for c in state.clients.values()),
+               "time_s": {k: round(v, 4) for k, v in times.items()},
+               "sim_time_s": round(clock["now"], 3), "sim_round_start_s": round(sim_start, 3),
+               "paid": sum(int(m["paid"]) for m in last.values()),
+               "granted": sum(int(m["granted"]) for m in last.values()),
+               "open_queries": sum(int(m["open"]) for m in last.values()), "tail": not selecting}
+        diagnostics.pop("q", None)
+        diagnostics.pop("q_clients", None)
+        if diagnostics:
+            row["graph"] = {**diagnostics, "probes": len(probes)}
+        if loop.failures:
+            row["failures"] = list(loop.failures)
+        rows.append(row)
+        if recorder is not None:
+            recorder.add_round(row)
+        loop.log(f"[AL round {r:2d}/{cfg.al_rounds}{' tail' if not selecting else ''}] t {clock['now']:8.0f}s "
+                 f"labels {n_labels:6d}  acc {acc:.4f}  open {row['open_queries']}"
+                 + (f"  → clients {row['chosen_clients']}" if chosen else ""))
+        if not selecting and done:
+            break
+        if r - cfg.al_rounds >= MAX_TAIL_ROUNDS:
+            loop.log(f"fedal: {MAX_TAIL_ROUNDS} tail rounds and labels still open; stopping")
+            break
+        r += 1
+
+    # the end: every open query is withdrawn (never paid); the sites report their annotators
+    got = labeling({}, None, r, finish=True)
+    summary = summarize([got[c].content["metrics"] for c in got])
+    summary.update({"final_accuracy": rows[-1]["accuracy"], "labels": rows[-1]["labels"],
+                    "wall_time_s": round(time.perf_counter() - t_run, 2), "sim_time_s": clock["now"]})
+    loop.async_summary = summary
+    if recorder is not None:
+        recorder.finish(summary)
+    loop.log(f"fedal: async labeling: paid {summary['paid']} of {summary['granted']} granted, idle fraction "
+             f"{summary['idle_fraction']:.3f}, query latency {summary['mean_query_latency_s']:.1f}s, "
+             f"{summary['labels_per_hour']:.0f} labels/h")
+    return rows
+
+
+def summarize(metrics: list) -> dict:
+    """Federation totals of the sites' final labeling replies (also used for the synchronous
+    loop's replay in simulations.async_labeling)."""
+    ms = [{k: (list(v) if isinstance(v, list) else v) for k, v in m.items()} for m in metrics]
+    tot = lambda k: float(sum(float(m.get(k, 0)) for m in ms))  # noqa: E731
+    busy, idle = tot("duty-busy-s"), tot("duty-idle-s")
+    firsts = [float(m["first-grant-s"]) for m in ms if np.isfinite(float(m.get("first-grant-s", np.nan)))]
+    span = max(float(m["last-label-s"]) for m in ms) - min(firsts) if firsts else 0.0
+    paid = int(tot("paid"))
+    by = np.sum([m.get("paid-by-strategy", [0] * len(STRATEGY_TAGS)) for m in ms], axis=0)
+    return {"paid": paid, "granted": int(tot("granted")), "withdrawn": int(tot("withdrawn")),
+            "wasted_answers": int(tot("wasted")), "flipped_labels": int(tot("flipped")),
+            "idle_fraction": idle / (busy + idle) if busy + idle > 0 else 0.0,
+            "idle_fraction_whole_run": tot("idle-s") / max(tot("idle-s") + tot("busy-s"), 1e-9),
+            # the idle fraction split by cause: the pool ran dry while labels were owed / the site's
+            # budget was spent and it waited for its next grant (NaN where not measured)
+            "idle_fraction_labels_owed": tot("duty-idle-owed-s") / (busy + idle) if busy + idle > 0 and
+            all("duty-idle-owed-s" in m for m in ms) else float("nan"),
+            "idle_fraction_waiting_for_grant": tot("duty-idle-spent-s") / (busy + idle) if busy + idle > 0 and
+            all("duty-idle-spent-s" in m for m in ms) else float("nan"),
+            "mean_query_latency_s": tot("waits-sum-s") / max(tot("waits-n"), 1),
+            "max_query_latency_s": max((float(m.get("waits-max-s", 0)) for m in ms), default=0.0),
+            "labels_per_hour": paid / span * 3600 if span > 0 else 0.0, "labeling_span_s": span,
+            "paid_by_strategy": dict(zip(STRATEGY_TAGS, (int(v) for v in by)))}
