@@ -168,23 +168,9 @@ def run_one(mode: str, seed: int, num_clients: int, extra: dict, out: Path, log)
     rc = run_config(mode, seed, extra)
     cfg = Config.from_run_config({**rc, **{k: v for k, v in TIMING.items()}})
     t0 = time.perf_counter()
-    holder = {}
     if mode == "async":
-        import strategies.async_loop as al
-
-        orig = al.run_async
-
-        def capture(loop, recorder=None):
-            rows = orig(loop, recorder)
-            holder["summary"] = loop.async_summary
-            return rows
-
-        al.run_async = capture
-        try:
-            rows, _ = run_inprocess(rc, num_clients, log=log)
-        finally:
-            al.run_async = orig
-        result = {"rows": rows, "summary": holder["summary"],
+        rows, grid = run_inprocess(rc, num_clients, log=log)
+        result = {"rows": rows, "summary": grid.loop.async_summary,
                   "row_times": [r["sim_time_s"] for r in rows],
                   "label_curve": [(r["sim_time_s"], r["labels"]) for r in rows]}
     else:

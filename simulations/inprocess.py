@@ -91,6 +91,7 @@ def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda 
                            cfg.backbone_weights, seed=cfg.seed, freeze_backbone=cfg.freeze_backbone)
 
     loop = FederatedActiveLearning(cfg, grid, model_fn, (x_test, ds.y_test), ds.num_classes, log=log)
+    grid.loop = loop  # callers read what the loop kept after the run (e.g. async_summary)
     recorder = None
     if record:
         from fedal.results import RunRecorder

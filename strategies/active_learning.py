@@ -364,6 +364,31 @@ class FederatedActiveLearning:
                            prev_entropy=None if np.all(np.isnan(prev)) else prev,
                            predicted_mix=mix, labeled_per_class=state.labeled_per_class)
 
+    def train_and_evaluate(self, state: ALState, start: ArrayRecord, al_round: int, probe_round: int | None,
+                           times: dict, before_round: Callable | None = None):
+        """One AL round's training (with its probes) and the evaluation of its model; fills the
+        ``train``, ``probe`` and ``evaluate`` seconds of ``times``. Returns (weights, probe
+        replies, accuracy, loss)."""
+        t = time.perf_counter()
+        arrays, probes, times["probe"] = self.train(state, start, al_round, probe_round, before_round)
+        times["train"] = time.perf_counter() - t - times["probe"]
+        t = time.perf_counter()
+        acc, loss = self.evaluate(arrays)
+        times["evaluate"] = time.perf_counter() - t
+        return arrays, probes, acc, loss
+
+    def take_counts(self, state: ALState, got: dict, unlabeled_key: str) -> np.ndarray:
+        """Each replying client's |L| and |U| (``unlabeled_key``: what selection counts as
+        unlabeled) from its reply; returns the summed ``acquired-per-class`` of the replies."""
+        per_class = np.zeros(self.num_classes, dtype=np.int64)
+        for cid, r in got.items():
+            m = r.content["metrics"]
+            c = state.clients[cid]
+            c.n_labeled, c.n_unlabeled = int(m["n-labeled"]), int(m[unlabeled_key])
+            if "acquired-per-class" in m:
+                per_class += np.asarray(m["acquired-per-class"], dtype=np.int64)
+        return per_class
+
     def acquire(self, state: ALState, plan: list[tuple[str, int]], arrays: ArrayRecord | None,
                 strategy: str, al_round: int, per_client: int,
                 order: Callable[[], list[str]] | None = None) -> tuple[np.ndarray, list[str]]:
@@ -380,12 +405,7 @@ class FederatedActiveLearning:
         while todo:
             jobs = [(cid, {"n": n, "al-round": al_round, "point-strategy": strategy}) for cid, n in todo]
             got = self._exchange(state, "query.acquire", jobs, arrays, require_any=False)
-            for cid, r in got.items():
-                m = r.content["metrics"]
-                c = state.clients[cid]
-                c.n_labeled, c.n_unlabeled = int(m["n-labeled"]), int(m["n-unlabeled"])
-                if "acquired-per-class" in m:
-                    per_class += np.asarray(m["acquired-per-class"], dtype=np.int64)
+            per_class += self.take_counts(state, got, "n-unlabeled")
             done += [cid for cid, _ in todo if cid in got]
             missing = sum(n for cid, n in todo if cid not in got)
             todo = []
@@ -509,14 +529,9 @@ class FederatedActiveLearning:
             times = {"train": 0.0, "evaluate": 0.0, "probe": 0.0, "select": 0.0, "acquire": 0.0}
             if r == 0:
                 times["acquire_initial"] = t_acq0
-            t = time.perf_counter()
-            start = arrays if self.mode.warm_start else initial
             state.labeled_per_class = labeled_per_class
-            arrays, probes, times["probe"] = self.train(state, start, r, r + 1 if r < cfg.al_rounds else None)
-            times["train"] = time.perf_counter() - t - times["probe"]
-            t = time.perf_counter()
-            acc, loss = self.evaluate(arrays)
-            times["evaluate"] = time.perf_counter() - t
+            arrays, probes, acc, loss = self.train_and_evaluate(
+                state, arrays if self.mode.warm_start else initial, r, r + 1 if r < cfg.al_rounds else None, times)
             n_labels = sum(c.n_labeled for c in state.clients.values())
             chosen: list[str] = []
             acquired = np.zeros(self.num_classes, dtype=np.int64)

@@ -56,13 +56,10 @@ def run_async(loop, recorder=None) -> list[dict]:
                        "grant": int(grants.get(cid, 0)), "finish": finish})
                 for cid, c in state.clients.items() if c.node_id is not None]
         got = loop._exchange(state, "query.labeling", jobs, arrays, require_any=False)
+        # |U| as selection sees it: points not granted yet (granted ones wait for annotators)
+        labeled_per_class = labeled_per_class + loop.take_counts(state, got, "n-grantable")
         for cid, r in got.items():
             m = r.content["metrics"]
-            c = state.clients[cid]
-            # |U| as selection sees it: points not granted yet (granted ones wait for annotators)
-            c.n_labeled, c.n_unlabeled = int(m["n-labeled"]), int(m["n-grantable"])
-            if "acquired-per-class" in m:
-                labeled_per_class = labeled_per_class + np.asarray(m["acquired-per-class"], dtype=np.int64)
             last[cid] = {k: (list(v) if isinstance(v, list) else v) for k, v in m.items()}
         return got
 
@@ -92,14 +89,9 @@ def run_async(loop, recorder=None) -> list[dict]:
             labeling({}, current, r)
             clock["now"] += cfg.sim_fl_round_s
 
-        t = time.perf_counter()
-        start = arrays if loop.mode.warm_start else initial
         state.labeled_per_class = labeled_per_class
-        arrays, probes, times["probe"] = loop.train(state, start, r, r + 1 if selecting else None, before)
-        times["train"] = time.perf_counter() - t - times["probe"]
-        t = time.perf_counter()
-        acc, loss = loop.evaluate(arrays)
-        times["evaluate"] = time.perf_counter() - t
+        arrays, probes, acc, loss = loop.train_and_evaluate(
+            state, arrays if loop.mode.warm_start else initial, r, r + 1 if selecting else None, times, before)
         n_labels = sum(c.n_labeled for c in state.clients.values())
         chosen: list[str] = []
         granted = 0

@@ -20,28 +20,16 @@ ASYNC = {**INPROCESS_BASE, "labeling": "async", "client-strategy": "diffusion", 
 
 def run_async(rc: dict, keep: bool = False):
     """rows, the run's summary, and (``keep``) the sites by client id, stores open."""
-    import strategies.async_loop as al
-
     async_labeling.KEEP_SITES = keep
     before = set(async_labeling._SITES)
-    holder = {}
-    orig = al.run_async
-
-    def capture(loop, recorder=None):
-        rows = orig(loop, recorder)
-        holder["summary"] = loop.async_summary
-        return rows
-
-    al.run_async = capture
     try:
-        rows, _ = run_inprocess(rc, CLIENTS)
+        rows, grid = run_inprocess(rc, CLIENTS)
     finally:
-        al.run_async = orig
         async_labeling.KEEP_SITES = False
     sites = {}
     for key in set(async_labeling._SITES) - before:
         sites[key[1]] = async_labeling._SITES.pop(key)
-    return rows, holder["summary"], sites
+    return rows, grid.loop.async_summary, sites
 
 
 @pytest.fixture(scope="module")

@@ -241,6 +241,14 @@ def create_app(site: LabelingSite, *, allowed_hosts: list[str] | None = None):
         body = (await request.body()).decode("utf-8", errors="replace")
         return {k: v[-1] for k, v in parse_qs(body).items()}
 
+    async def int_fields(request: Request, *names: str):
+        """The form's integer fields, or the 400 response that names them."""
+        f = await form(request)
+        try:
+            return {n: int(f[n]) for n in names}, None
+        except (KeyError, ValueError):
+            return None, PlainTextResponse(f"{', '.join(names)}: integers required", status_code=400)
+
     def back(note: str = "") -> Response:
         return RedirectResponse("/" + (f"?note={quote(note)}" if note else ""), status_code=303)
 
@@ -273,14 +281,12 @@ def create_app(site: LabelingSite, *, allowed_hosts: list[str] | None = None):
         status = check(given_token(request))
         if status is not None:
             return refuse(request, status)
-        f = await form(request)
-        try:
-            qid, value = int(f["query_id"]), int(f["label"])
-        except (KeyError, ValueError):
-            return PlainTextResponse("query_id and label (integers) are required", status_code=400)
+        v, bad = await int_fields(request, "query_id", "label")
+        if bad is not None:
+            return bad
         desk = site.desk(session_of(request))
         try:
-            r = await run_in_threadpool(desk.submit, qid, value)
+            r = await run_in_threadpool(desk.submit, v["query_id"], v["label"])
         except StoreError as e:
             return back(str(e))
         return back("" if r.paid_now else f"point {r.index} was already labeled {site.class_label(r.label)}")
@@ -290,13 +296,11 @@ def create_app(site: LabelingSite, *, allowed_hosts: list[str] | None = None):
         status = check(given_token(request))
         if status is not None:
             return refuse(request, status)
-        f = await form(request)
+        v, bad = await int_fields(request, "query_id")
+        if bad is not None:
+            return bad
         try:
-            qid = int(f["query_id"])
-        except (KeyError, ValueError):
-            return PlainTextResponse("query_id (an integer) is required", status_code=400)
-        try:
-            await run_in_threadpool(site.desk(session_of(request)).skip, qid)
+            await run_in_threadpool(site.desk(session_of(request)).skip, v["query_id"])
         except StoreError as e:
             return back(str(e))
         return back()
