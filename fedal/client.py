@@ -479,6 +479,13 @@ class ClientWorker:
             done = self.store.acquire(al_round, choose, self.oracle, strategy=point_strategy)
             chosen, labels = done.indices, done.labels
             pools = self.pools()
+        elif al_round in pools.acquired_round:
+            # a retried message of a round this client already paid for (the server resends when
+            # a reply is lost): the same points, not paid again (no client is asked twice in a
+            # round otherwise: top-ups go to clients not asked yet)
+            paid = np.asarray(pools.acquired_round) == al_round
+            chosen = np.asarray(pools.labeled, dtype=np.int64)[paid]
+            labels = np.asarray(pools.labels, dtype=np.int64)[paid]
         else:
             chosen = choose(pools)
             labels = self.oracle(chosen)

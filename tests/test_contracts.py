@@ -67,6 +67,21 @@ def test_probe_entropy_is_the_mean_over_the_unlabeled_pool_only():
     assert abs(metrics["g"] - float(k.mean())) > 1e-3
 
 
+# ------------------------------------------------------------------ a retried acquisition
+def test_a_retried_acquire_of_a_paid_round_returns_the_same_points_unpaid_in_memory_too():
+    # the server resends query.acquire when a reply is lost; without a durable store the
+    # in-memory pools must not pay the round twice
+    from fedal.client import ClientWorker, MemoryPoolStore, load_client_data
+
+    data = load_client_data(SMALL, 0, M)
+    worker = ClientWorker(data, MemoryPoolStore())
+    first = worker.acquire(None, 7, 0, "random")
+    again = worker.acquire(None, 7, 0, "random")
+    assert first["n-labeled"] == again["n-labeled"] == 7 and again["acquired"] == 7
+    assert again["acquired-per-class"] == first["acquired-per-class"]
+    assert worker.acquire(None, 5, 1, "random")["n-labeled"] == 12  # the next round is paid
+
+
 # ------------------------------------------------------------------ sketches
 def test_sketch_every_client_draws_the_same_projection_and_distances_survive():
     from fedal.client import sketch
