@@ -74,49 +74,6 @@ class MemoryPoolStore:
         self.records[self.key] = self.wrap(pools.to_dict())
 
 
-class FilePoolStore:
-    """Pools in one checksummed JSON file, written atomically (``Pools.save``), so a restarted
-    SuperNode recovers every paid label."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    def load(self) -> Pools | None:
-        return Pools.load(self.path) if self.path.exists() else None
-
-    def save(self, pools: Pools) -> None:
-        pools.save(self.path)
-
-
-class StackedPoolStore:
-    """Reads from the first store that holds pools, writes to all (memory first, a file behind)."""
-
-    def __init__(self, *stores: PoolStore):
-        self.stores = stores
-
-    def load(self) -> Pools | None:
-        for store in self.stores:
-            pools = store.load()
-            if pools is not None:
-                return pools
-        return None
-
-    def save(self, pools: Pools) -> None:
-        for store in self.stores:
-            store.save(pools)
-
-
-def state_dir_store(cfg: Config, partition_id: int) -> FilePoolStore | None:
-    """The JSON pool file of a simulated client under ``FEDAL_STATE_DIR`` (else None).
-
-    Kept to read files written before the SQLite store; ``node_pool_store`` is what the
-    ClientApp uses now."""
-    d = os.environ.get("FEDAL_STATE_DIR", "")
-    if not d:
-        return None
-    return FilePoolStore(Path(d) / f"pools-client{partition_id}-{cfg.config_hash()}-s{cfg.seed}.json")
-
-
 class DurablePoolStore:
     """The ``PoolStore`` protocol over the site's SQLite store (``fedal.store.PoolStore``).
 
@@ -498,6 +455,26 @@ class ClientWorker:
             # an aggregate count per class, never per-point labels (README: privacy)
             metrics["acquired-per-class"] = np.bincount(labels, minlength=self.data.num_classes).astype(int).tolist()
         return metrics
+
+    def handle(self, kind: str, conf, state: StateDict | None) -> tuple[dict, tuple[str, dict] | None]:
+        """One protocol message, decoded from its config: the reply's metrics and, when it sends
+        arrays, (record name, {key: tensor or array}). The ClientApp handlers and the persistent
+        node worker (``fedal.deploy.node_worker``) both come through here."""
+        if kind == "info":
+            return self.info(), None
+        if kind == "train":
+            new, metrics = self.train(state, int(conf["al-round"]), int(conf["server-round"]),
+                                      int(conf["local-epochs"]))
+            return metrics, ("arrays", new)
+        if kind == "probe":
+            metrics, m = self.probe(state, int(conf["al-round"]), int(conf.get("fl-round", 0)),
+                                    pseudo_update=bool(conf["need-embeddings"]),
+                                    mix=bool(conf.get("need-mix", False)),
+                                    sketch_seed=int(conf.get("sketch-seed", 0)))
+            return metrics, (None if m is None else ("pseudo", {"m": m}))
+        if kind == "acquire":
+            return self.acquire(state, int(conf["n"]), int(conf["al-round"]), str(conf["point-strategy"])), None
+        raise ValueError(f"unknown message kind {kind!r}; valid: info, train, probe, acquire")
 
     def local_view(self, pools: Pools, model, *, needs_local: bool, al_round: int) -> acquisition.LocalView:
         """Everything a point strategy may look at, computed on the client (docs/method.md,

@@ -67,34 +67,33 @@ def _reply(msg: Message, w, metrics: dict, arrays: dict[str, ArrayRecord] | None
 
 
 # ---------------------------------------------------------------------------------- handlers
-def info(msg: Message, context: Context, run_config: dict) -> Message:
+def _local(kind: str, msg: Message, context: Context, run_config: dict) -> Message:
+    """The message's work done in this process by the node's ``ClientWorker``."""
+    conf = msg.content["config"] if "config" in msg.content.config_records else {}
+    state = _state(msg) if "arrays" in msg.content.array_records else None
     w = worker(context, run_config)
-    return _reply(msg, w, w.info())
+    metrics, out = w.handle(kind, conf, state)
+    extra = None
+    if out is not None:
+        name, d = out
+        extra = {name: ArrayRecord(d) if name == "arrays" else ArrayRecord({k: Array(v) for k, v in d.items()})}
+    return _reply(msg, w, metrics, extra)
+
+
+def info(msg: Message, context: Context, run_config: dict) -> Message:
+    return _local("info", msg, context, run_config)
 
 
 def train(msg: Message, context: Context, run_config: dict) -> Message:
-    conf = msg.content["config"]
-    w = worker(context, run_config)
-    state, metrics = w.train(_state(msg), int(conf["al-round"]), int(conf["server-round"]),
-                             int(conf["local-epochs"]))
-    return _reply(msg, w, metrics, {"arrays": ArrayRecord(state)})
+    return _local("train", msg, context, run_config)
 
 
 def probe(msg: Message, context: Context, run_config: dict) -> Message:
-    conf = msg.content["config"]
-    w = worker(context, run_config)
-    metrics, m = w.probe(
-        _state(msg), int(conf["al-round"]), int(conf.get("fl-round", 0)),
-        pseudo_update=bool(conf["need-embeddings"]), mix=bool(conf.get("need-mix", False)),
-        sketch_seed=int(conf.get("sketch-seed", 0)))
-    return _reply(msg, w, metrics, None if m is None else {"pseudo": ArrayRecord({"m": Array(m)})})
+    return _local("probe", msg, context, run_config)
 
 
 def acquire(msg: Message, context: Context, run_config: dict) -> Message:
-    conf = msg.content["config"]
-    state = _state(msg) if "arrays" in msg.content.array_records else None
-    w = worker(context, run_config)
-    return _reply(msg, w, w.acquire(state, int(conf["n"]), int(conf["al-round"]), str(conf["point-strategy"])))
+    return _local("acquire", msg, context, run_config)
 
 
 _THREADS_SET = False

@@ -77,21 +77,10 @@ def handle(req: dict) -> dict:
     kind, conf = req["kind"], req["config"]
     state = ({k: torch.from_numpy(np.array(v)) for k, v in req["arrays"].items()}
              if req["arrays"] is not None else None)
-    out = None
-    if kind == "info":
-        metrics = w.info()
-    elif kind == "train":
-        new, metrics = w.train(state, int(conf["al-round"]), int(conf["server-round"]), int(conf["local-epochs"]))
-        out = ("arrays", {k: v.numpy() for k, v in new.items()})
-    elif kind == "probe":
-        metrics, m = w.probe(state, int(conf["al-round"]), int(conf.get("fl-round", 0)),
-                             pseudo_update=bool(conf["need-embeddings"]), mix=bool(conf.get("need-mix", False)),
-                             sketch_seed=int(conf.get("sketch-seed", 0)))
-        out = None if m is None else ("pseudo", {"m": m})
-    elif kind == "acquire":
-        metrics = w.acquire(state, int(conf["n"]), int(conf["al-round"]), str(conf["point-strategy"]))
-    else:
-        raise ValueError(f"unknown message kind {kind!r}")
+    metrics, out = w.handle(kind, conf, state)
+    if out is not None:  # tensors go back as arrays over the socket
+        name, d = out
+        out = (name, {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in d.items()})
     return {"ok": True, "metrics": metrics, "out": out, "client-id": data.client_id}
 
 
