@@ -124,14 +124,10 @@ def node_pool_store(data: "ClientData", state_dir: Path | None) -> DurablePoolSt
     (None without a state dir). One open connection per file and process."""
     if state_dir is None:
         return None
-    from fedal.data.site import CLIENT_ID_PATTERN
-    from fedal.store import PoolStore as SqlitePoolStore, StoreError
+    from fedal.store import PoolStore as SqlitePoolStore, site_store_path
 
     exp = data.cfg.experiment
-    if not CLIENT_ID_PATTERN.match(exp):
-        raise StoreError(f"experiment-id {exp!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
-                         "starting with a letter or digit (it names a folder of the state-dir)")
-    path = state_dir / "pools" / exp / f"{data.client_id}.sqlite"
+    path = site_store_path(state_dir, exp, data.client_id)  # the labeling page opens the same file
     key = (str(path.resolve()), exp, data.client_id, len(data.x), data.fingerprint)
     if key not in _OPEN_STORES:
         _OPEN_STORES[key] = DurablePoolStore(SqlitePoolStore(path, exp, data.client_id, len(data.x),

@@ -148,17 +148,21 @@ def _statements(script: str) -> list[str]:
 
 
 def site_store_path(state_dir: str | os.PathLike, experiment_id: str, client_id: str) -> Path:
-    """Where a site's pool store lives under its state directory: one file per experiment and
-    client, so the ClientApp and the labeling page started with the same ``state-dir``,
-    ``experiment-id`` and ``client-id`` open the same file."""
-    def safe(name: str) -> str:  # any id as a safe file name: kept when plain ASCII, else hashed
-        if name and len(name) <= 64 and name.isascii() and all(ch.isalnum() or ch in "._-" for ch in name) \
-                and not name.startswith("."):
-            return name
-        import hashlib
-        return "x" + hashlib.sha256(name.encode()).hexdigest()[:16]
+    """Where a site's pool store lives: ``<state-dir>/pools/<experiment id>/<client id>.sqlite``.
 
-    return Path(state_dir).expanduser() / f"pools-{safe(str(experiment_id))}-{safe(str(client_id))}.sqlite"
+    The one definition of the path: the ClientApp (``fedal.client.node_pool_store``) and the
+    labeling page (``fedal.annotate.app``) both call it, so started with the same ``state-dir``,
+    experiment id and client id they open the same file. Deployed stores already live at this
+    layout, so it must not change. Both ids name a folder or file, so each must be 1-64 letters,
+    digits, '.', '_' or '-', starting with a letter or digit (``fedal.data.site.CLIENT_ID_PATTERN``);
+    anything else is refused rather than mapped to some other name."""
+    from fedal.data.site import CLIENT_ID_PATTERN
+
+    for name, value in (("experiment-id", experiment_id), ("client-id", client_id)):
+        if not CLIENT_ID_PATTERN.match(str(value)):
+            raise StoreError(f"{name} {str(value)!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
+                             "starting with a letter or digit (it names a folder or file of the state-dir)")
+    return Path(state_dir).expanduser() / "pools" / str(experiment_id) / f"{client_id}.sqlite"
 
 
 class StoreError(PoolError):

@@ -47,8 +47,9 @@ def make_site(tmp_path, x=None, names=("no", "yes"), store=True):
 @pytest.mark.parametrize("over,needle", [
     (dict(token=TOKEN, data_path="/nonexistent/site.npz"), "data-path /nonexistent/site.npz does not exist"),
     (dict(token=TOKEN, state_dir="/nonexistent/state"), "state-dir /nonexistent/state does not exist"),
-    (dict(token=TOKEN, experiment_id="other"), "no pool store at .*pools-other-site-a.sqlite: the site's ClientApp "
-                                               "creates it.*stores in .*: pools-exp-site-a.sqlite"),
+    (dict(token=TOKEN, experiment_id="other"), "no pool store at .*pools/other/site-a.sqlite: the site's ClientApp "
+                                               "creates it.*stores in .*: exp/site-a.sqlite"),
+    (dict(token=TOKEN, experiment_id="../up"), "experiment-id '../up' is not valid"),
     (dict(), "no token: pass --token-file FILE"),
     (dict(token="short"), "has 5 characters; use at least 16"),
     (dict(token_file="/nonexistent/token"), "token file /nonexistent/token cannot be read"),
@@ -147,3 +148,32 @@ def test_drawing():
 
     chw = Image.open(io.BytesIO(image_png(np.random.default_rng(0).normal(size=(3, 16, 16)))))
     assert chw.mode == "RGB" and chw.size == (288, 288)
+
+
+def test_the_page_and_the_client_app_open_the_same_store_file(tmp_path):
+    """The ClientApp of a deployed site (fedal.client_app.worker, node config data-path +
+    client-id + state-dir) and fedal-annotate started with the same state-dir, experiment id
+    and client id open one file: a label paid on the page is a label the ClientApp trains on."""
+    from flwr.app import Context, RecordDict
+
+    from fedal.client_app import worker
+    from fedal.config import Config
+
+    x = np.random.default_rng(1).normal(size=(20, 40)).astype("float32")
+    np.savez(tmp_path / "site.npz", x=x, y=np.arange(20) % 10)
+    state = tmp_path / "state"
+    rc = {"dataset": "mnist1d"}
+    nc = {"data-path": str(tmp_path / "site.npz"), "client-id": "site-a", "state-dir": str(state)}
+    w = worker(Context(run_id=1, node_id=5, node_config=nc, state=RecordDict(), run_config=rc), rc)
+    exp = Config.from_run_config(rc).experiment
+    site, db = appmod.build_site(args_for(tmp_path, token=TOKEN, experiment_id=exp))
+    try:
+        assert db.resolve() == w.store.db.path.resolve() == (state / "pools" / exp / "site-a.sqlite").resolve()
+        site.store.set_budget(1)
+        site.store.add_queries([4], model_version=0, strategy="random")
+        q = site.store.next_query("page")
+        site.store.submit_label(q.id, 3, "page")
+        pools = w.pools()
+        assert list(pools.labeled) == [4] and list(pools.labels) == [3]
+    finally:
+        site.store.close()

@@ -368,8 +368,9 @@ def test_a_simulation_store_may_skip_fsync_but_a_site_store_never_does(tmp_path)
         assert s._read("PRAGMA synchronous")[0][0] == 0 and s._read("PRAGMA journal_mode")[0][0] == "wal"
 
 
-def test_the_store_path_is_one_file_per_experiment_and_client_with_a_safe_name(tmp_path):
-    assert site_store_path(tmp_path, "exp-1", "clinic-3") == tmp_path / "pools-exp-1-clinic-3.sqlite"
-    odd = site_store_path(tmp_path, "../etc/passwd", "a b")
-    assert odd.parent == tmp_path and odd.name.startswith("pools-x") and "/" not in odd.name[6:]
-    assert odd == site_store_path(tmp_path, "../etc/passwd", "a b") != site_store_path(tmp_path, "../etc/pass", "a b")
+def test_the_store_path_is_one_file_per_experiment_and_client_and_refuses_unsafe_names(tmp_path):
+    assert site_store_path(tmp_path, "exp-1", "clinic-3") == tmp_path / "pools" / "exp-1" / "clinic-3.sqlite"
+    for exp, cid, bad in (("../etc/passwd", "a", "experiment-id"), ("exp", "a b", "client-id"),
+                          ("", "a", "experiment-id"), ("exp", ".hidden", "client-id")):
+        with pytest.raises(StoreError, match=f"{bad} .* is not valid: use 1-64 letters"):
+            site_store_path(tmp_path, exp, cid)

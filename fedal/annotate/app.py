@@ -388,10 +388,14 @@ def build_site(args) -> tuple[LabelingSite, Path]:
         data = load_site_data(args.data_path, args.client_id)
     except SiteDataError as e:
         raise StartupError(str(e)) from None
-    db = Path(args.store).expanduser() if args.store else site_store_path(state_dir, args.experiment_id,
-                                                                           data.client_id)
+    try:
+        db = Path(args.store).expanduser() if args.store else site_store_path(state_dir, args.experiment_id,
+                                                                               data.client_id)
+    except StoreError as e:
+        raise StartupError(str(e)) from None
     if not db.exists():
-        found = sorted(p.name for p in state_dir.glob("pools-*.sqlite"))
+        # the stores the ClientApp made here, as <experiment id>/<client id>.sqlite
+        found = sorted(str(p.relative_to(state_dir / "pools")) for p in state_dir.glob("pools/*/*.sqlite"))
         raise StartupError(
             f"no pool store at {db}: the site's ClientApp creates it when it first runs. Start the SuperNode "
             "first, with the same data-path, state-dir, experiment id and client id"
