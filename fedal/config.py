@@ -106,6 +106,13 @@ DEFAULTS: dict[str, Any] = {
     "label-noise": 0.0,  # probability that a simulated annotator answers a wrong class
     "sim-fl-round-s": 30.0,  # simulated seconds one FL round of training takes
     "sim-select-s": 20.0,  # simulated seconds of the probe and client selection of an AL round
+    # who labels (docs/labeling.md): "simulated" annotators on the simulated clock above, or
+    # "people" on each site's labeling page (fedal-annotate), on the wall clock
+    "annotators": "simulated",
+    # seconds on the run's clock the server waits, after the last AL round's grants, for the
+    # granted labels; then it withdraws the open queries unpaid and ends. 0: no deadline (the
+    # tail ends when every granted label is paid, or after MAX_TAIL_ROUNDS tail rounds)
+    "labeling-deadline-s": 0.0,
 }
 
 # keys that name or place a run but do not change what it computes
@@ -118,7 +125,12 @@ WORKER_MEASURES = ("entropy", "least-confidence", "margin")
 # keys read only by labeling = "async": a sync run's experiment hash leaves them (and "labeling"
 # itself) out, so every sync run keeps the hash it had before they existed
 ASYNC_KEYS = ("labeling", "async-workers", "query-pool-low", "query-pool-refill", "annotators-per-site",
-              "annotator-latency", "label-noise", "sim-fl-round-s", "sim-select-s")
+              "annotator-latency", "label-noise", "sim-fl-round-s", "sim-select-s", "annotators",
+              "labeling-deadline-s")
+ANNOTATORS = ("simulated", "people")
+# async keys added after async runs had been recorded: left out of an async run's hash while they
+# hold their default (which is what those runs did), so every recorded run keeps its hash
+LATER_ASYNC_KEYS = ("annotators", "labeling-deadline-s")
 
 
 
@@ -175,6 +187,7 @@ def experiment_key(run_config: Mapping[str, Any]) -> dict[str, Any]:
     drop = set(NON_EXPERIMENT_KEYS) | (_declared_keys(None) - _declared_keys(run_config))
     if run_config.get("labeling", "sync") == "sync":
         drop |= set(ASYNC_KEYS)
+    drop |= {k for k in LATER_ASYNC_KEYS if k in run_config and run_config[k] == DEFAULTS[k]}
     return {k: v for k, v in run_config.items() if k not in drop}
 
 
@@ -247,6 +260,8 @@ class Config:
     label_noise: float
     sim_fl_round_s: float
     sim_select_s: float
+    annotators: str
+    labeling_deadline_s: float
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -376,6 +391,13 @@ class Config:
         _number("label-noise", self.label_noise, 0, 1)
         _number("sim-fl-round-s", self.sim_fl_round_s, 0, lo_open=True, note="simulated seconds")
         _number("sim-select-s", self.sim_select_s, 0, note="simulated seconds")
+        _choice("annotators", self.annotators, ANNOTATORS)
+        if self.annotators == "people" and self.labeling != "async":
+            raise ConfigError(
+                f"annotators = 'people' needs labeling = 'async' (labeling = {self.labeling!r}): people label "
+                "each site's query pool on its labeling page while the server trains; the synchronous loop "
+                "asks each client's oracle (its data's labels) instead; set labeling = \"async\"")
+        _number("labeling-deadline-s", self.labeling_deadline_s, 0, note="seconds on the run's clock; 0: none")
         try:
             from fedal.annotate.annotators import Latency
 
