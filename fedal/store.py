@@ -627,6 +627,41 @@ class PoolStore:
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('budget', ?)", (str(int(total)),))
             self._withdraw_if_spent(db, self._clock())
 
+    def grant(self, key: str, n: int) -> int:
+        """Raise the budget by ``n`` labels, at most to one label per point, once per ``key``.
+
+        Returns the labels granted: a grant repeated under the same key (a message the server
+        resent, a ClientApp process that died after the commit) grants nothing more and returns
+        what the first one granted. A store without a budget starts from what is paid. The grant
+        and its record are one transaction, so no process can see one without the other."""
+        if isinstance(n, bool) or int(n) != n or n < 0:
+            raise StoreError(f"grant = {n!r} must be a count >= 0")
+        note = f"grant:{key}"
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (note,)).fetchone()
+            if row is not None:
+                return int(row[0])
+            paid = db.execute("SELECT count(*) FROM labels").fetchone()[0]
+            total = self._budget(db)
+            total = paid if total is None else total
+            add = max(0, min(int(n), self.n_points - total))
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('budget', ?)", (str(total + add),))
+            db.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (note, str(add)))
+            self._withdraw_if_spent(db, self._clock())
+            return add
+
+    def note(self, key: str, value: str | None = None) -> str | None:
+        """A small value a client keeps with its pools across processes (``value`` given: set it;
+        returns the value stored). Names start with ``note:`` in the meta table, apart from the
+        store's own keys."""
+        k = f"note:{key}"
+        if value is None:
+            rows = self._read("SELECT value FROM meta WHERE key = ?", (k,))
+            return rows[0][0] if rows else None
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (k, str(value)))
+        return str(value)
+
     def _withdraw_if_spent(self, db: sqlite3.Connection, now: float) -> int:
         budget = self._budget(db)
         if budget is None or db.execute("SELECT count(*) FROM labels").fetchone()[0] < budget:
