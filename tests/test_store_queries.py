@@ -374,3 +374,28 @@ def test_the_store_path_is_one_file_per_experiment_and_client_and_refuses_unsafe
                           ("", "a", "experiment-id"), ("exp", ".hidden", "client-id")):
         with pytest.raises(StoreError, match=f"{bad} .* is not valid: use 1-64 letters"):
             site_store_path(tmp_path, exp, cid)
+
+
+def test_a_grant_raises_the_budget_once_per_key_and_never_past_one_label_per_point(tmp_path):
+    with open_store(tmp_path / "a.sqlite") as s:
+        n = s.n_points
+        assert s.budget is None
+        assert s.grant("run:0", 5) == 5 and s.budget == 5
+        assert s.grant("run:0", 5) == 5 and s.budget == 5  # a resent message grants nothing more
+        assert s.grant("run:1", 3) == 3 and s.budget == 8
+        assert s.grant("run:2", 10 * n) == n - 8 and s.budget == n
+        assert s.grant("run:3", 1) == 0 and s.budget == n
+        with pytest.raises(StoreError, match="grant = -1"):
+            s.grant("run:4", -1)
+    with open_store(tmp_path / "a.sqlite") as s:  # another process sees the grants (a fresh ClientApp)
+        assert s.grant("run:1", 3) == 3 and s.budget == n
+
+
+def test_notes_outlive_the_process_and_stay_apart_from_the_stores_own_keys(tmp_path):
+    with open_store(tmp_path / "a.sqlite") as s:
+        assert s.note("refills") is None
+        s.note("refills", "2")
+        s.note("budget", "junk")  # a note named like a store key does not touch the budget
+        assert s.budget is None
+    with open_store(tmp_path / "a.sqlite") as s:
+        assert s.note("refills") == "2" and s.note("budget") == "junk" and s.budget is None
