@@ -1,27 +1,42 @@
-"""The client side of asynchronous labeling (docs/method.md, "Asynchronous labeling"; SPEC §6).
+"""The client side of asynchronous labeling (docs/method.md, "Asynchronous labeling"; SPEC §6;
+docs/labeling.md for people).
 
-A site (one client) keeps a *query pool* in its pool store (``fedal.store.PoolStore``): points
-chosen for labeling, each tagged with the version of the global model that chose it, the
-uncertainty measure of the worker that chose it and the model's guess and confidence. Simulated
-annotators (``fedal.annotate.SimulatedAnnotators``) take queries from it and pay labels through
-the store, so a query is paid at most once and nothing is paid beyond the site's budget; what is
-open when the budget is spent is withdrawn by the store, unpaid. Paid labels move into the
-client's ``Pools``, where local training reads them: training uses whatever is labeled when a
-``train`` message arrives.
-
-Time is simulated: the server sends its clock with every ``query.labeling`` message and the
-site's annotators label up to that time first (``AsyncSite.advance``); whenever fewer than
+A site (one client) keeps a *query pool* in a pool store (``fedal.store.PoolStore``): points
+chosen for labeling, each tagged with a model version, the uncertainty measure of the worker that
+chose it and the model's guess and confidence. Annotators take queries from it and pay labels
+through the store, so a query is paid at most once and nothing is paid beyond the site's budget;
+what is open when the budget is spent is withdrawn by the store, unpaid. Whenever fewer than
 ``query-pool-low`` queries are open and budget is left, the site's workers refill the pool with
-``query-pool-refill`` new queries chosen with the latest global model the site holds, worker k
-by the k-th measure of ``async-workers`` (a refill takes no simulated time: scoring a site's
-pool is milliseconds next to a label).
+``query-pool-refill`` new queries chosen with the latest global model the site holds (random
+before a model exists), worker k by the k-th measure of ``async-workers``. ``QuerySite`` holds
+this part, common to both kinds of annotators (``annotators`` in the run config):
 
-The sites live in this process (``_SITES``, by the server's run token and the client id): the
-in-process engine and Flower's simulation keep a client's process alive across messages.
+- ``simulated`` (``SimulatedSite``): simulated annotators (``fedal.annotate.SimulatedAnnotators``)
+  on a simulated clock, in a temporary store of their own. The server sends its clock with every
+  ``query.labeling`` message and the annotators label up to that time first
+  (``SimulatedSite.advance``, refilling as they go; a refill takes no simulated time: scoring a
+  site's pool is milliseconds next to a label). Paid labels then move into the client's ``Pools``,
+  where local training reads them. The sites live in this process (``_SITES``, by the server's
+  run token and the client id): the in-process engine and Flower's simulation keep a client's
+  process alive across messages. Queries carry the server's model version.
+- ``people`` (``PeopleSite``): people label on the site's labeling page (``fedal-annotate``,
+  fedal/annotate/app.py), which opens the client's *durable* store (``fedal.client.node_pool_store``,
+  the file of ``fedal.store.site_store_path``). The query pool lives in that store, next to the
+  labels training reads, so a label paid on the page is in the pools at once: nothing moves. A
+  deployed SuperNode may start a fresh process for every message, so the site keeps nothing in
+  memory between messages: the granted total is the store's budget (``PoolStore.grant``, once
+  per run token and AL round, so a resent message grants nothing twice), the refill count and
+  the class counts already reported are notes in the store, and the model comes with the
+  message. Refills happen when a message arrives (every FL round), not between messages. Queries
+  carry the AL round of the message instead of the model version: the label a query pays takes
+  its tag as its AL round, and local training (``ClientWorker.train``) trains on the labels of
+  AL rounds up to the current one, so a tag from the server's model counter (which grows every
+  FL round) would hide people's labels from training.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import tempfile
@@ -37,34 +52,24 @@ MEASURES = {"entropy": uncertainty.entropy, "least-confidence": uncertainty.leas
             "margin": uncertainty.margin}
 STRATEGY_TAGS = ("random", "entropy", "least-confidence", "margin")  # order of "paid-by-strategy"
 
-_SITES: dict[tuple[str, str], "AsyncSite"] = {}
+_SITES: dict[tuple[str, str], "SimulatedSite"] = {}
 KEEP_SITES = False  # tests: keep a site (and its store) after the run's last message, to inspect it
 
 
-class AsyncSite:
-    """One client's query pool, its workers and its simulated annotators on a simulated clock."""
+class PeopleModeError(RuntimeError):
+    """A site cannot take part in a run with annotators = "people"; the message says why."""
 
-    def __init__(self, worker, run_token: str):
-        cfg, d = worker.cfg, worker.data
-        self.worker, self.cfg = worker, cfg
-        self.dir = Path(tempfile.mkdtemp(prefix="fedal-async-"))
-        self.clock = SimulatedClock(0.0)
-        self.store = PoolStore(self.dir / "pool.sqlite", f"{cfg.config_hash()}-{run_token}", d.client_id,
-                               len(d.x), "simulated", clock=self.clock, durable=False)
-        self.latency = Latency.parse(cfg.annotator_latency)
-        self.annotators: SimulatedAnnotators | None = None
-        self.granted = 0
+
+class QuerySite:
+    """One client's query pool in ``store`` and the workers that refill it; the budget grants
+    and the counts of a ``query.labeling`` reply. Subclasses say where the pool lives, how the
+    refills are counted and who labels."""
+
+    def __init__(self, worker, store: PoolStore):
+        self.worker, self.cfg, self.store = worker, worker.cfg, store
         self.state_dict = None
-        self.version = 0
+        self.version = 0  # the tag of the queries a refill adds
         self._probs = None
-        self.refills = 0
-        self.first_grant: float | None = None
-        self.last_label = 0.0
-        self.duty = (0.0, 0.0)  # (busy, idle) annotator seconds up to the site's last paid label
-        # idle annotator seconds while labels were still owed (the pool ran dry) and while the
-        # site's budget was spent (waiting for its next grant); and both up to the last label
-        self.idle_split = [0.0, 0.0]
-        self.duty_split = (0.0, 0.0)
 
     # ------------------------------------------------------------------ model and workers
     def set_model(self, state_dict, version: int) -> None:
@@ -78,6 +83,11 @@ class AsyncSite:
             self._probs, _ = predict(self.worker.model(self.state_dict), self.worker.data.x)
         return self._probs
 
+    def _next_refill(self) -> int:
+        """The number of this refill (1, 2, ...): it seeds a random refill and picks the worker
+        that goes first."""
+        raise NotImplementedError
+
     def refill(self) -> int:
         """Add up to ``query-pool-refill`` queries: random ones before the site holds a model,
         else split among the workers, each taking the most uncertain candidates by its measure
@@ -86,13 +96,13 @@ class AsyncSite:
         if not len(cand):
             return 0
         n = min(self.cfg.query_pool_refill, len(cand))
-        self.refills += 1
+        refills = self._next_refill()
         if self.state_dict is None:
-            rng = np.random.default_rng(self.worker._seed(99, self.refills))
-            return len(self.store.add_queries(rng.choice(cand, n, replace=False), 0, "random"))
+            rng = np.random.default_rng(self.worker._seed(99, refills))
+            return len(self.store.add_queries(rng.choice(cand, n, replace=False), self.version, "random"))
         probs = self._probs_of_model()
         measures = list(self.cfg.worker_measures)
-        k = self.refills % len(measures)
+        k = refills % len(measures)
         measures = measures[k:] + measures[:k]
         share = [n // len(measures) + (i < n % len(measures)) for i in range(len(measures))]
         free = np.ones(len(cand), dtype=bool)
@@ -109,20 +119,83 @@ class AsyncSite:
                                                 confidences=np.clip(p.max(1), 0.0, 1.0)))
         return added
 
+    def refill_if_low(self) -> int:
+        """Refill when fewer than ``query-pool-low`` queries are open and budget is left."""
+        p = self.store.progress()
+        if p.budget is not None and not p.spent and p.open < self.cfg.query_pool_low:
+            return self.refill()
+        return 0
+
+    # ------------------------------------------------------------------ budget
+    @property
+    def granted(self) -> int:
+        """Labels granted to this site so far: its store's budget."""
+        return self.store.budget or 0
+
+    def grant(self, key: str, n: int) -> int:
+        """Raise the site's budget by ``n`` labels (at most what it has left to label), once per
+        ``key``, and fill the pool at once. Returns the labels granted."""
+        n = self.store.grant(key, max(0, int(n)))
+        if n:
+            self.refill_if_low()
+        return n
+
+    # ------------------------------------------------------------------ replies
+    def metrics(self, pools=None) -> dict:
+        p = self.store.progress()
+        pools = self.worker.pools() if pools is None else pools
+        granted = p.budget or 0
+        done = (p.spent or not len(self.store.candidates())) and p.open == 0 or granted == 0
+        # n-grantable: points not yet covered by a grant, what a new grant may still ask for (the
+        # server selects on it: a point granted but not yet labeled cannot be granted again)
+        return {"n-labeled": pools.n_labeled, "n-unlabeled": pools.n_unlabeled,
+                "n-grantable": self.store.n_points - max(granted, pools.n_labeled), "granted": granted,
+                "paid": p.labeled, "open": p.open, "withdrawn": p.withdrawn, "done": int(bool(done))}
+
+    def paid_by_strategy(self) -> list[int]:
+        """Labels paid through queries, by the strategy that chose them (``STRATEGY_TAGS`` order)."""
+        by = {t: 0 for t in STRATEGY_TAGS}
+        for q in self.store.queries("labeled"):
+            by[q.strategy] = by.get(q.strategy, 0) + 1
+        return [int(by[t]) for t in STRATEGY_TAGS]
+
+
+class SimulatedSite(QuerySite):
+    """A site whose simulated annotators label its query pool on a simulated clock."""
+
+    def __init__(self, worker, run_token: str):
+        cfg, d = worker.cfg, worker.data
+        self.dir = Path(tempfile.mkdtemp(prefix="fedal-async-"))
+        self.clock = SimulatedClock(0.0)
+        store = PoolStore(self.dir / "pool.sqlite", f"{cfg.config_hash()}-{run_token}", d.client_id,
+                          len(d.x), "simulated", clock=self.clock, durable=False)
+        super().__init__(worker, store)
+        self.latency = Latency.parse(cfg.annotator_latency)
+        self.annotators: SimulatedAnnotators | None = None
+        self.refills = 0
+        self.first_grant: float | None = None
+        self.last_label = 0.0
+        self.duty = (0.0, 0.0)  # (busy, idle) annotator seconds up to the site's last paid label
+        # idle annotator seconds while labels were still owed (the pool ran dry) and while the
+        # site's budget was spent (waiting for its next grant); and both up to the last label
+        self.idle_split = [0.0, 0.0]
+        self.duty_split = (0.0, 0.0)
+
+    def _next_refill(self) -> int:
+        self.refills += 1
+        return self.refills
+
     # ------------------------------------------------------------------ budget and time
-    def grant(self, n: int, now: float) -> int:
-        """Raise the site's budget by ``n`` labels (at most what it has left to label); fill the
-        pool at once and put the annotators to work. Returns the labels granted."""
-        n = max(0, min(int(n), self.store.n_points - self.granted))
-        if n == 0:
+    def grant_at(self, key: str, n: int, now: float) -> int:
+        """``grant`` at the server's time ``now``; puts the annotators to work."""
+        if n <= 0:
             return 0
         self.clock.sleep_until(now)
-        self.granted += n
-        self.store.set_budget(self.granted)
+        n = self.grant(key, n)
+        if n == 0:
+            return 0
         if self.first_grant is None:
             self.first_grant = now
-        if self.store.progress().open < self.cfg.query_pool_low:
-            self.refill()
         if self.annotators is None:
             cfg = self.cfg
             self.annotators = SimulatedAnnotators(
@@ -171,25 +244,11 @@ class AsyncSite:
             self.worker.store.save(pools)
         return np.bincount(lab[new], minlength=self.worker.data.num_classes)
 
-    # ------------------------------------------------------------------ replies
-    def metrics(self) -> dict:
-        p = self.store.progress()
-        pools = self.worker.pools()
-        done = (p.spent or not len(self.store.candidates())) and p.open == 0 or self.granted == 0
-        # n-grantable: points not yet covered by a grant, what a new grant may still ask for (the
-        # server selects on it: a point granted but not yet labeled cannot be granted again)
-        return {"n-labeled": pools.n_labeled, "n-unlabeled": pools.n_unlabeled,
-                "n-grantable": self.store.n_points - max(self.granted, pools.n_labeled), "granted": self.granted,
-                "paid": p.labeled, "open": p.open, "withdrawn": p.withdrawn, "done": int(bool(done))}
-
     def summary(self) -> dict:
         """Annotator statistics for the run's summary (called once, at the end)."""
         s = self.annotators.summary() if self.annotators is not None else {}
         st = self.annotators.stats if self.annotators is not None else []
         waits = [x for a in st for x in a.waits]
-        by = {t: 0 for t in STRATEGY_TAGS}
-        for q in self.store.queries("labeled"):
-            by[q.strategy] = by.get(q.strategy, 0) + 1
         return {"busy-s": float(sum(a.busy_s for a in st)), "idle-s": float(sum(a.idle_s for a in st)),
                 "duty-busy-s": float(self.duty[0]), "duty-idle-s": float(self.duty[1]),
                 "duty-idle-owed-s": float(self.duty_split[0]), "duty-idle-spent-s": float(self.duty_split[1]),
@@ -198,33 +257,73 @@ class AsyncSite:
                 "wasted": int(s.get("wasted", 0)), "flipped": int(s.get("flipped", 0)),
                 "first-grant-s": float(self.first_grant if self.first_grant is not None else math.nan),
                 "last-label-s": float(self.last_label), "refills": self.refills,
-                "paid-by-strategy": [int(by[t]) for t in STRATEGY_TAGS]}
+                "paid-by-strategy": self.paid_by_strategy()}
 
     def close(self) -> None:
         self.store.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def site_for(run_token: str, worker) -> AsyncSite:
+class PeopleSite(QuerySite):
+    """A site whose people label its query pool on the labeling page, in the client's durable
+    store; built afresh for every message (nothing is kept in memory between messages)."""
+
+    def __init__(self, worker, run_token: str):
+        db = getattr(worker.store, "db", None)
+        if db is None:
+            raise PeopleModeError(
+                f"client {worker.data.client_id!r}: annotators = 'people' needs the client's durable pool "
+                "store, which its labeling page opens, but this node has no state directory: set the node "
+                "config state-dir=\"<local folder>\" (or the environment variable FEDAL_STATE_DIR of the "
+                "SuperNode) and start fedal-annotate with the same --state-dir")
+        super().__init__(worker, db)
+        self.token = run_token
+
+    def _next_refill(self) -> int:
+        n = int(self.store.note("refills") or 0) + 1
+        self.store.note("refills", str(n))
+        return n
+
+    def new_per_class(self, pools) -> np.ndarray:
+        """Paid labels per class since this run's last reply: the class counts of the labels
+        now minus those reported before (kept as a note in the store: a fresh process per
+        message remembers nothing). A label undone on the page counts −1."""
+        c = self.worker.data.num_classes
+        now = np.bincount(np.asarray(pools.labels, dtype=np.int64), minlength=c)[:c]
+        key = f"reported-per-class:{self.token}"
+        before = self.store.note(key)
+        before = np.asarray(json.loads(before), dtype=np.int64) if before else np.zeros(c, dtype=np.int64)
+        self.store.note(key, json.dumps(now.astype(int).tolist()))
+        return now - before
+
+    def summary(self) -> dict:
+        """What the store knows at the end: paid labels by the strategy that chose them and the
+        refills. Annotator time (busy, idle, waits) is not measured for people."""
+        return {"paid-by-strategy": self.paid_by_strategy(), "refills": int(self.store.note("refills") or 0)}
+
+
+def site_for(run_token: str, worker) -> SimulatedSite:
     key = (run_token, worker.data.client_id)
     site = _SITES.get(key)
     if site is None:
-        site = _SITES[key] = AsyncSite(worker, run_token)
+        site = _SITES[key] = SimulatedSite(worker, run_token)
     site.worker = worker  # a fresh worker per message; its pool store is the same
     return site
 
 
 def handle(worker, conf, state_dict) -> dict:
-    """One ``query.labeling`` message: take the model (when sent), label up to the server's clock,
-    grant budget, move the paid labels into the pools; on ``finish`` withdraw what is open and
-    report the annotator statistics."""
+    """One ``query.labeling`` message: take the model (when sent), grant budget, refill the
+    query pool; simulated annotators first label up to the server's clock and their paid labels
+    move into the pools. On ``finish`` withdraw what is open and report the annotators."""
+    if worker.cfg.annotators == "people":
+        return _handle_people(worker, conf, state_dict)
     token = str(conf["run"])
     site = site_for(token, worker)
     if state_dict is not None:
         site.set_model(state_dict, int(conf["model-version"]))
     now, al_round = float(conf["now"]), int(conf["al-round"])
     site.advance(now)
-    granted = site.grant(int(conf.get("grant", 0)), now) if int(conf.get("grant", 0)) > 0 else 0
+    granted = site.grant_at(f"{token}:{al_round}", int(conf.get("grant", 0)), now)
     per_class = site.move_labels(al_round)
     out = {"partition-id": worker.data.partition_id, **site.metrics(), "granted-now": granted}
     if worker.cfg.report_label_histogram:  # an aggregate count per class (README: privacy)
@@ -236,4 +335,29 @@ def handle(worker, conf, state_dict) -> dict:
         if not KEEP_SITES:
             site.close()
             _SITES.pop((token, worker.data.client_id), None)
+    return out
+
+
+def _handle_people(worker, conf, state_dict) -> dict:
+    token, al_round = str(conf["run"]), int(conf["al-round"])
+    site = PeopleSite(worker, token)
+    finish = bool(conf.get("finish", False))
+    # the queries of this message carry its AL round (module docstring); a model comes with every
+    # message but round 0's first and the last, and without one only round 0 refills (randomly)
+    site.version = al_round
+    if state_dict is not None:
+        site.state_dict = state_dict
+    granted = 0
+    if not finish:
+        granted = site.grant(f"{token}:{al_round}", int(conf.get("grant", 0)))
+        if state_dict is not None or int(conf.get("model-version", 0)) == 0:
+            site.refill_if_low()
+    out = {}
+    if finish:
+        out["withdrawn-at-end"] = site.store.withdraw_open(reason="run-end")
+        out.update(site.summary())
+    pools = worker.pools()  # the labels paid on the page are in them already: nothing moves
+    out = {"partition-id": worker.data.partition_id, **site.metrics(pools), "granted-now": granted, **out}
+    if worker.cfg.report_label_histogram:  # an aggregate count per class (README: privacy)
+        out["acquired-per-class"] = site.new_per_class(pools).astype(int).tolist()
     return out

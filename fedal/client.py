@@ -91,9 +91,12 @@ class DurablePoolStore:
         from fedal.store import StoreError
 
         stored = self.db.pools_dict()
-        if (list(pools.labeled), list(pools.labels)) != (stored["labeled"], stored["labels"]):
-            raise StoreError(f"pool store {self.db.path}: labels are committed only by an acquisition; "
-                             "these pools differ from the committed labels")
+        committed = dict(zip(stored["labeled"], stored["labels"]))
+        # labels paid since these pools were read (on the labeling page, while this client
+        # trained) are no conflict; a label these pools hold that the store does not is one
+        if any(committed.get(int(i)) != int(v) for i, v in zip(pools.labeled, pools.labels)):
+            raise StoreError(f"pool store {self.db.path}: labels are committed only by an acquisition or a "
+                             "labeling page; these pools hold labels the store does not")
         old = dict(zip(stored["logit-index"], _chunks(stored["logits"], len(stored["logit-index"]))))
         changed = sorted(i for i, row in pools.logits.items() if old.get(int(i)) != list(row))
         if changed:
@@ -361,9 +364,11 @@ class ClientWorker:
         x = self.data.x
         idx, labels = pools.labeled_arrays()
         rounds = np.asarray(pools.acquired_round, dtype=np.int64)
-        if fl_round == 1 and al_round > 0:
+        if al_round > 0:
             # z' of DER/SD: the logits of the global model that finished the AL round in which a
-            # point was first trained on — the model received now, for last round's labels
+            # point was first trained on — the model received now, for last round's labels. In
+            # the synchronous loop they are all recorded at FL round 1; with people labeling
+            # (fedal.async_labeling) a query of an earlier round may be paid later, in any round
             fresh = [int(i) for i, r in zip(idx, rounds) if r < al_round and int(i) not in pools.logits]
             if fresh:
                 pools.set_logits(fresh, record_logits(model, torch.from_numpy(x[fresh])).numpy())
@@ -470,7 +475,11 @@ class ClientWorker:
             return metrics, (None if m is None else ("pseudo", {"m": m}))
         if kind == "acquire":
             return self.acquire(state, int(conf["n"]), int(conf["al-round"]), str(conf["point-strategy"])), None
-        raise ValueError(f"unknown message kind {kind!r}; valid: info, train, probe, acquire")
+        if kind == "labeling":  # labeling = "async": the site's query pool (fedal.async_labeling)
+            from fedal.async_labeling import handle as labeling
+
+            return labeling(self, conf, state), None
+        raise ValueError(f"unknown message kind {kind!r}; valid: info, train, probe, acquire, labeling")
 
     def local_view(self, pools: Pools, model, *, needs_local: bool, al_round: int) -> acquisition.LocalView:
         """Everything a point strategy may look at, computed on the client (docs/method.md,

@@ -10,8 +10,9 @@ Message types (server → client; every reply carries parameters or scalar stati
 - ``query.acquire``  → run the point strategy on the client, ask the oracle for labels, update the
                         pools; reply: counts (and, if enabled, the class histogram of this batch).
 - ``query.labeling`` → labeling = "async" only (fedal.async_labeling): the latest global model,
-                        the server's simulated clock and a budget grant; the site's annotators
-                        label up to that time and its workers refill the query pool; reply: counts.
+                        the server's clock and a budget grant; simulated annotators label up to
+                        that time (people label on the site's page meanwhile) and the site's
+                        workers refill the query pool; reply: counts.
 """
 
 from __future__ import annotations
@@ -160,12 +161,8 @@ def _record_timing(path: str, kind: str, context: Context, t0: float) -> None:
 
 
 def labeling(msg: Message, context: Context, run_config: dict) -> Message:
-    """``query.labeling`` (labeling = "async"): fedal.async_labeling.handle."""
-    from fedal.async_labeling import handle
-
-    state = _state(msg) if "arrays" in msg.content.array_records else None
-    w = worker(context, run_config)
-    return _reply(msg, w, handle(w, msg.content["config"], state))
+    """``query.labeling`` (labeling = "async"): ClientWorker.handle → fedal.async_labeling.handle."""
+    return _local("labeling", msg, context, run_config)
 
 
 def build_client_app(run_config: dict | None = None) -> ClientApp:

@@ -1,11 +1,15 @@
 """The AL loop with asynchronous labeling (labeling = "async"; docs/method.md, "Asynchronous
 labeling"; SPEC §6; seeds/000, AAL).
 
-The server never waits for labels. Time is simulated: one clock, kept here and sent to the
-clients in every ``query.labeling`` message; each FL round of training advances it by
-``sim-fl-round-s`` and the probe and client selection of an AL round by ``sim-select-s``, and
-between two messages every site's simulated annotators label (fedal.async_labeling). So an FL
-round trains on whatever is labeled when it starts.
+The server never waits for labels. One clock, the *run's clock*, kept here and sent to the
+clients in every ``query.labeling`` message. With ``annotators = "simulated"`` it is simulated:
+each FL round of training advances it by ``sim-fl-round-s`` and the probe and client selection of
+an AL round by ``sim-select-s``, and between two messages every site's simulated annotators label
+up to it (fedal.async_labeling); deterministic under the seed. With ``annotators = "people"`` it
+is the wall clock, seconds since the run started (the ``sim-*`` increments are not applied): people
+label on each site's labeling page (docs/labeling.md) whenever they like. Either way an FL round
+trains on whatever is labeled when it starts, and the rows' ``sim_time_s`` and
+``sim_round_start_s`` are seconds on the run's clock, simulated or real.
 
 An AL round here is what it is in the synchronous loop — T FL rounds, evaluation, probe, client
 selection (any client strategy, diffusion included) — except that the chosen clients are not
@@ -14,9 +18,12 @@ their query pools with the latest global model, to be labeled while the server t
 0 grants ``init-points`` to ``init-clients`` random clients, drawn as the synchronous loop draws
 them, and their pools start with random queries (no model exists yet). After the last AL round's
 grants the server keeps training ("tail" rounds, no selection) until every granted label is paid,
-then withdraws whatever is still open. Budgets are exact: each site's store pays a query once and
-never beyond the site's granted budget, so the federation pays exactly what was granted: the run's
-label budget (``Config.label_budget``), unless clients run out of points.
+then withdraws whatever is still open. The tail also ends at ``labeling-deadline-s`` seconds on the
+run's clock after the last AL round's grants (when > 0; people may stop labeling, and without it
+the tail ends only after ``MAX_TAIL_ROUNDS`` rounds): the open queries are withdrawn, unpaid.
+Budgets are exact: each site's store pays a query once and never beyond the site's granted
+budget, so the federation pays exactly what was granted: the run's label budget
+(``Config.label_budget``), unless clients run out of points or the deadline came first.
 """
 
 from __future__ import annotations
@@ -37,21 +44,42 @@ def run_async(loop, recorder=None) -> list[dict]:
     from flwr.app import ArrayRecord
 
     cfg = loop.cfg
+    people = cfg.annotators == "people"
     if cfg.resume:
-        raise CheckpointError("resume = true is not supported with labeling = async: the sites' simulated "
-                              "annotators and query pools live in memory; rerun the run from the start")
+        raise CheckpointError(
+            "resume = true is not supported with labeling = async: the server's clock and state are not "
+            "checkpointed, and " + ("the sites' stores keep this run's grants and queries" if people else
+                                    "the sites' simulated annotators and query pools live in memory")
+            + "; rerun from the start" + (" with a new experiment-id" if people else ""))
     t_run = time.perf_counter()
     state = loop.discover()
+    if people:
+        held = {c: s.n_labeled for c, s in state.clients.items() if s.n_labeled > 0}
+        if held:
+            raise CheckpointError(
+                f"annotators = people: client(s) {', '.join(f'{c} ({n})' for c, n in sorted(held.items()))} "
+                f"already hold paid labels of experiment {cfg.experiment!r} from an earlier run; an "
+                "asynchronous run cannot continue one: set a new experiment-id (or seed) to start afresh")
     cfg.check_against_clients({p: (c.n_labeled, c.n_unlabeled) for p, c in state.clients.items()})
-    loop.log(f"fedal: asynchronous labeling, {len(state.clients)} clients, {cfg.annotators_per_site} "
-             f"annotator(s) per site ({cfg.annotator_latency}), workers {', '.join(cfg.worker_measures)}")
+    who = ("people on each site's labeling page (fedal-annotate), wall clock" if people else
+           f"{cfg.annotators_per_site} simulated annotator(s) per site ({cfg.annotator_latency})")
+    loop.log(f"fedal: asynchronous labeling, {len(state.clients)} clients, {who}, workers "
+             f"{', '.join(cfg.worker_measures)}")
+    # the sites' stores are named by it: the operator gives it to every site's fedal-annotate
+    loop.log(f"fedal: experiment id {cfg.experiment}")
     token = uuid.uuid4().hex  # names this run's sites on the clients; no effect on what is computed
     clock = {"now": 0.0, "version": 0}
+    t_clock = time.monotonic()
+
+    def tick(simulated_s: float) -> None:
+        """Advance the run's clock: by ``simulated_s``, or with people to the wall clock."""
+        clock["now"] = time.monotonic() - t_clock if people else clock["now"] + simulated_s
     last: dict[str, dict] = {}  # each client's last labeling reply
     labeled_per_class = np.zeros(loop.num_classes, dtype=np.int64)
 
     def labeling(grants: dict[str, int], arrays, al_round: int, finish: bool = False) -> dict:
         nonlocal labeled_per_class
+        tick(0.0)
         jobs = [(cid, {"run": token, "now": clock["now"], "al-round": al_round, "model-version": clock["version"],
                        "grant": int(grants.get(cid, 0)), "finish": finish})
                 for cid, c in state.clients.items() if c.node_id is not None]
@@ -68,7 +96,25 @@ def run_async(loop, recorder=None) -> list[dict]:
     n_u = np.array([state.clients[p].n_unlabeled for p in pids])
     order_idx = loop.rng.permutation(np.flatnonzero(n_u > 0))
     plan0 = allocate_budget(order_idx, n_u, cfg.init_points, cfg.init_clients)
-    labeling({pids[z]: n for z, n in plan0}, None, 0)
+    tail_start: float | None = None  # the run's clock after the last AL round's grants
+    got0 = labeling({pids[z]: n for z, n in plan0}, None, 0)
+    if people and not got0:
+        # e.g. nodes without a state dir: nothing could be labeled, and the run would only spin
+        from strategies.active_learning import ClientFailure
+
+        why = "; ".join(f"client {f['client']}: {f['reason']}" for f in loop.failures[:3])
+        raise ClientFailure(f"annotators = people: no client took its first labeling message ({why})")
+    if people:
+        stale = {c: int(r.content["metrics"]["granted"]) - int(r.content["metrics"]["granted-now"])
+                 for c, r in got0.items()}
+        stale = {c: n for c, n in stale.items() if n > 0}
+        if stale:
+            raise CheckpointError(
+                f"annotators = people: the stores of client(s) {', '.join(sorted(stale))} already held a label "
+                f"budget of experiment {cfg.experiment!r} from an earlier run; an asynchronous run cannot "
+                "continue one: set a new experiment-id (or seed) to start afresh")
+    if cfg.al_rounds == 0:
+        tail_start = clock["now"]  # round 0's grants are the last
     initial = ArrayRecord(loop.model_fn().state_dict())
     arrays = initial
     rows: list[dict] = []
@@ -87,7 +133,7 @@ def run_async(loop, recorder=None) -> list[dict]:
             # annotators label up to now; then this FL round's training takes sim-fl-round-s
             clock["version"] += 1
             labeling({}, current, r)
-            clock["now"] += cfg.sim_fl_round_s
+            tick(cfg.sim_fl_round_s)
 
         state.labeled_per_class = labeled_per_class
         arrays, probes, acc, loss = loop.train_and_evaluate(
@@ -102,13 +148,16 @@ def run_async(loop, recorder=None) -> list[dict]:
             plan = plan_round(cfg.client_strategy, stats, loop.rng, loop.diffusion,
                               cfg.points_per_client, cfg.clients_per_round, diagnostics)
             times["select"] = time.perf_counter() - t
-            clock["now"] += cfg.sim_select_s
+            tick(cfg.sim_select_s)
             clock["version"] += 1
             t = time.perf_counter()
             got = labeling({pids[z]: n for z, n in plan}, arrays, r + 1)
             times["acquire"] = time.perf_counter() - t
             chosen = [pids[z] for z, _ in plan if pids[z] in got]
             granted = sum(int(got[c].content["metrics"]["granted-now"]) for c in chosen)
+        tick(0.0)
+        if selecting and r + 1 == cfg.al_rounds:
+            tail_start = clock["now"]
         done = all(int(m.get("done", 1)) for m in last.values())
         row = {"round": r, "labels": n_labels, "accuracy": acc, "loss": loss,
                "chosen_clients": [state.public_id(c) for c in chosen], "acquired": granted,
@@ -133,6 +182,12 @@ def run_async(loop, recorder=None) -> list[dict]:
                  + (f"  → clients {row['chosen_clients']}" if chosen else ""))
         if not selecting and done:
             break
+        if tail_start is not None and cfg.labeling_deadline_s > 0 and \
+                clock["now"] - tail_start >= cfg.labeling_deadline_s:
+            loop.log(f"fedal: labeling-deadline-s = {cfg.labeling_deadline_s:g} s after the last grants passed "
+                     f"with {row['open_queries']} queries open and {row['granted'] - row['paid']} granted labels "
+                     "unpaid; withdrawing the open queries")
+            break
         if r - cfg.al_rounds >= MAX_TAIL_ROUNDS:
             loop.log(f"fedal: {MAX_TAIL_ROUNDS} tail rounds and labels still open; stopping")
             break
@@ -146,33 +201,49 @@ def run_async(loop, recorder=None) -> list[dict]:
     loop.async_summary = summary
     if recorder is not None:
         recorder.finish(summary)
-    loop.log(f"fedal: async labeling: paid {summary['paid']} of {summary['granted']} granted, idle fraction "
-             f"{summary['idle_fraction']:.3f}, query latency {summary['mean_query_latency_s']:.1f}s, "
-             f"{summary['labels_per_hour']:.0f} labels/h")
+    if people:
+        loop.log(f"fedal: async labeling (people): paid {summary['paid']} of {summary['granted']} granted, "
+                 f"{summary['withdrawn']} queries withdrawn unpaid")
+    else:
+        loop.log(f"fedal: async labeling: paid {summary['paid']} of {summary['granted']} granted, idle fraction "
+                 f"{summary['idle_fraction']:.3f}, query latency {summary['mean_query_latency_s']:.1f}s, "
+                 f"{summary['labels_per_hour']:.0f} labels/h")
     return rows
 
 
 def summarize(metrics: list) -> dict:
     """Federation totals of the sites' final labeling replies (also used for the synchronous
-    loop's replay in simulations.async_labeling)."""
+    loop's replay in simulations.async_labeling). Annotator time (idle fractions, query latency,
+    labels per hour) is measured for simulated annotators only; sites whose people label report
+    no such keys, and then these totals are NaN."""
     ms = [{k: (list(v) if isinstance(v, list) else v) for k, v in m.items()} for m in metrics]
     tot = lambda k: float(sum(float(m.get(k, 0)) for m in ms))  # noqa: E731
+    nan = float("nan")
+    timed = bool(ms) and all("duty-busy-s" in m for m in ms)
     busy, idle = tot("duty-busy-s"), tot("duty-idle-s")
     firsts = [float(m["first-grant-s"]) for m in ms if np.isfinite(float(m.get("first-grant-s", np.nan)))]
-    span = max(float(m["last-label-s"]) for m in ms) - min(firsts) if firsts else 0.0
+    span = max(float(m["last-label-s"]) for m in ms) - min(firsts) if firsts and timed else 0.0
     paid = int(tot("paid"))
-    by = np.sum([m.get("paid-by-strategy", [0] * len(STRATEGY_TAGS)) for m in ms], axis=0)
-    return {"paid": paid, "granted": int(tot("granted")), "withdrawn": int(tot("withdrawn")),
-            "wasted_answers": int(tot("wasted")), "flipped_labels": int(tot("flipped")),
-            "idle_fraction": idle / (busy + idle) if busy + idle > 0 else 0.0,
-            "idle_fraction_whole_run": tot("idle-s") / max(tot("idle-s") + tot("busy-s"), 1e-9),
-            # the idle fraction split by cause: the pool ran dry while labels were owed / the site's
-            # budget was spent and it waited for its next grant (NaN where not measured)
-            "idle_fraction_labels_owed": tot("duty-idle-owed-s") / (busy + idle) if busy + idle > 0 and
-            all("duty-idle-owed-s" in m for m in ms) else float("nan"),
-            "idle_fraction_waiting_for_grant": tot("duty-idle-spent-s") / (busy + idle) if busy + idle > 0 and
-            all("duty-idle-spent-s" in m for m in ms) else float("nan"),
-            "mean_query_latency_s": tot("waits-sum-s") / max(tot("waits-n"), 1),
-            "max_query_latency_s": max((float(m.get("waits-max-s", 0)) for m in ms), default=0.0),
-            "labels_per_hour": paid / span * 3600 if span > 0 else 0.0, "labeling_span_s": span,
-            "paid_by_strategy": dict(zip(STRATEGY_TAGS, (int(v) for v in by)))}
+    by = np.sum([m.get("paid-by-strategy", [0] * len(STRATEGY_TAGS)) for m in ms] or
+                [[0] * len(STRATEGY_TAGS)], axis=0)
+    out = {"paid": paid, "granted": int(tot("granted")), "withdrawn": int(tot("withdrawn")),
+           "wasted_answers": int(tot("wasted")), "flipped_labels": int(tot("flipped")),
+           "idle_fraction": idle / (busy + idle) if busy + idle > 0 else 0.0,
+           "idle_fraction_whole_run": tot("idle-s") / max(tot("idle-s") + tot("busy-s"), 1e-9),
+           # the idle fraction split by cause: the pool ran dry while labels were owed / the site's
+           # budget was spent and it waited for its next grant (NaN where not measured)
+           "idle_fraction_labels_owed": tot("duty-idle-owed-s") / (busy + idle) if busy + idle > 0 and
+           all("duty-idle-owed-s" in m for m in ms) else nan,
+           "idle_fraction_waiting_for_grant": tot("duty-idle-spent-s") / (busy + idle) if busy + idle > 0 and
+           all("duty-idle-spent-s" in m for m in ms) else nan,
+           "mean_query_latency_s": tot("waits-sum-s") / max(tot("waits-n"), 1),
+           "max_query_latency_s": max((float(m.get("waits-max-s", 0)) for m in ms), default=0.0),
+           "labels_per_hour": paid / span * 3600 if span > 0 else 0.0, "labeling_span_s": span,
+           "paid_by_strategy": dict(zip(STRATEGY_TAGS, (int(v) for v in by)))}
+    if not timed:  # people: nobody measured their time
+        for k in ("wasted_answers", "flipped_labels"):
+            out.pop(k)
+        out.update({k: nan for k in ("idle_fraction", "idle_fraction_whole_run", "idle_fraction_labels_owed",
+                                     "idle_fraction_waiting_for_grant", "mean_query_latency_s",
+                                     "max_query_latency_s", "labels_per_hour", "labeling_span_s")})
+    return out
