@@ -55,6 +55,9 @@ def main(grid: Grid, context: Context, run_config: dict | None = None) -> None:
     run_dir = run_directory(cfg)
     recorder = RunRecorder(run_dir, run_metadata(cfg), resume=cfg.resume)
     _log(f"fedal: writing results to {run_dir}")
+    # the name the sites' pool stores are kept under: a site's labeling page (fedal-annotate
+    # --experiment-id) needs it, and it is derived (fedal.config.Config.experiment) unless given
+    _log(f"fedal: experiment id {cfg.experiment}")
 
     x_test = model_inputs(cfg, ds.x_test, "test")  # frozen backbone: the test set's features
 

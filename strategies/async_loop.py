@@ -65,8 +65,6 @@ def run_async(loop, recorder=None) -> list[dict]:
            f"{cfg.annotators_per_site} simulated annotator(s) per site ({cfg.annotator_latency})")
     loop.log(f"fedal: asynchronous labeling, {len(state.clients)} clients, {who}, workers "
              f"{', '.join(cfg.worker_measures)}")
-    # the sites' stores are named by it: the operator gives it to every site's fedal-annotate
-    loop.log(f"fedal: experiment id {cfg.experiment}")
     token = uuid.uuid4().hex  # names this run's sites on the clients; no effect on what is computed
     clock = {"now": 0.0, "version": 0}
     t_clock = time.monotonic()

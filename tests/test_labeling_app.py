@@ -177,3 +177,21 @@ def test_the_page_and_the_client_app_open_the_same_store_file(tmp_path):
         assert list(pools.labeled) == [4] and list(pools.labels) == [3]
     finally:
         site.store.close()
+
+
+def test_the_page_may_wait_for_the_client_app_to_create_the_store(tmp_path):
+    import threading
+
+    d = make_site(tmp_path, store=False)
+
+    def client_app_starts():
+        PoolStore(site_store_path(tmp_path / "state", "exp", "site-a"), "exp", "site-a", d.n_points,
+                  d.fingerprint).close()
+
+    timer = threading.Timer(0.5, client_app_starts)
+    timer.start()
+    site, db = appmod.build_site(args_for(tmp_path, token=TOKEN, wait_s=20))
+    site.store.close()
+    assert db == site_store_path(tmp_path / "state", "exp", "site-a")
+    with pytest.raises(appmod.StartupError, match="or give --wait-s"):
+        appmod.build_site(args_for(tmp_path, token=TOKEN, experiment_id="other", wait_s=0.2))

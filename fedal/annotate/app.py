@@ -23,6 +23,7 @@ import os
 import secrets
 import socket
 import sys
+import time
 from html import escape
 from pathlib import Path
 from urllib.parse import parse_qs, quote
@@ -393,12 +394,17 @@ def build_site(args) -> tuple[LabelingSite, Path]:
                                                                                data.client_id)
     except StoreError as e:
         raise StartupError(str(e)) from None
+    # the ClientApp creates the store at its run's first message: a page started next to the
+    # SuperNode before the run may wait for it
+    deadline = time.monotonic() + max(0.0, float(getattr(args, "wait_s", 0.0) or 0.0))
+    while not db.exists() and time.monotonic() < deadline:
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
     if not db.exists():
         # the stores the ClientApp made here, as <experiment id>/<client id>.sqlite
         found = sorted(str(p.relative_to(state_dir / "pools")) for p in state_dir.glob("pools/*/*.sqlite"))
         raise StartupError(
             f"no pool store at {db}: the site's ClientApp creates it when it first runs. Start the SuperNode "
-            "first, with the same data-path, state-dir, experiment id and client id"
+            "and the run first (or give --wait-s), with the same data-path, state-dir, experiment id and client id"
             f" (client id here: {data.client_id})" + (f"; stores in {state_dir}: {', '.join(found)}" if found else ""))
     try:
         store = PoolStore(db, args.experiment_id, data.client_id, data.n_points, data.fingerprint)
@@ -443,6 +449,9 @@ def parse_args(argv=None):
     ap.add_argument("--num-classes", type=int, default=None, help="when the data names no classes and has no y")
     ap.add_argument("--lease-s", type=float, default=DEFAULT_LEASE_S,
                     help="how long a shown query stays reserved for its browser")
+    ap.add_argument("--wait-s", type=float, default=0.0,
+                    help="wait up to this many seconds for the pool store to appear (the ClientApp creates it "
+                         "at the run's first message); default 0: fail at once")
     return ap.parse_args(argv)
 
 
