@@ -115,3 +115,74 @@ def test_a_killed_and_restarted_supernode_keeps_its_labels_and_the_run_finishes(
         back_in = "Receiving:" in restarted.log.read_text(errors="replace").split("=== ")[-1]
     print(f"deployment test: {time.time() - t0:.0f} s; the victim was back after {t_back:.0f} s and "
           f"{'took part again' if back_in else 'got no message before the run ended'}")
+
+
+PEOPLE_EXP = "people-deploy"
+PEOPLE_RUN = {"labeling": "async", "annotators": "people", "experiment-id": PEOPLE_EXP, "labeling-deadline-s": 240.0,
+              "init-clients": 2, "init-points": 4, "al-rounds": 1, "clients-per-round": 2, "points-per-client": 4,
+              "fl-rounds": 1, "local-epochs": 1, "client-strategy": "random", "point-strategy": "entropy",
+              "query-pool-low": 2, "query-pool-refill": 4, "min-clients": 2, "send-timeout": 60.0,
+              "run-name": "people-test"}
+
+
+def test_people_label_a_deployed_async_federation_on_their_sites_pages(tmp_path):
+    """labeling = async with annotators = people on real processes: two SuperNodes (persistent
+    workers), a fedal-annotate page next to each (started before the run, waiting for the store),
+    and a bot that labels over HTTP with the sites' true labels while the server trains. The run
+    must finish with the whole granted budget paid, each label once, in the sites' stores."""
+    import re
+    import urllib.parse
+    import urllib.request
+
+    import numpy as np
+
+    t0 = time.time()
+    token = "people-deployment-token-0123456789"
+    with LocalDeployment(tmp_path / "dep", n_supernodes=2, dataset="digits", points_per_site=60) as dep:
+        dep.up()
+        (tmp_path / "token").write_text(token)
+        pages = {k: dep.start_annotate(k, PEOPLE_EXP, tmp_path / "token")[1] for k in (1, 2)}
+        ys = {k: np.load(dep.sites / f"site-{k}" / "data.npz")["y"] for k in (1, 2)}
+        run_id = dep.run(PEOPLE_RUN)
+        run_dir = dep.runs / "people-test"
+
+        def call(url, data=None):
+            body = None if data is None else urllib.parse.urlencode(data).encode()
+            req = urllib.request.Request(url, data=body, headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.geturl(), r.read().decode()
+
+        paid_by_bot = {1: [], 2: []}
+        deadline = time.time() + 400
+        while not (run_dir / "summary.json").exists() and time.time() < deadline:
+            busy = False
+            for k, url in pages.items():
+                try:
+                    _, html = call(url + "/")
+                except OSError:  # the page still waits for the store
+                    continue
+                m = re.search(r'data-query-id="(\d+)" data-index="(\d+)"', html)
+                if m is None:
+                    continue
+                qid, idx = int(m.group(1)), int(m.group(2))
+                final, _ = call(url + "/label", {"query_id": qid, "label": int(ys[k][idx])})
+                if "note=" not in final:
+                    paid_by_bot[k].append(idx)
+                busy = True
+            if not busy:
+                time.sleep(0.5)
+        status = dep.wait_run(run_id, timeout=120)
+        assert status == "finished:completed", (status, dep.logs_of_run(run_id)[-3000:])
+        assert f"experiment id {PEOPLE_EXP}" in dep.logs_of_run(run_id)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        total = 0
+        for k in (1, 2):
+            rows = paid(store_of(dep, k))
+            idx = [r[0] for r in rows]
+            assert len(idx) == len(set(idx)), f"site-{k} paid a label twice"
+            assert sorted(idx) == sorted(paid_by_bot[k])
+            assert [r[1] for r in rows] == [int(ys[k][i]) for i in idx]
+            total += len(rows)
+        budget = 2 * 4 + 1 * 2 * 4
+        assert summary["paid"] == summary["granted"] == total == budget
+    print(f"people deployment test: {time.time() - t0:.0f} s")

@@ -220,6 +220,20 @@ class LocalDeployment:
         self.supernodes[k] = proc
         return proc
 
+    def start_annotate(self, k: int, experiment_id: str, token_file: Path, *, wait_s: float = 600) -> tuple[Proc, str]:
+        """Site k's labeling page (``fedal-annotate``, docs/labeling.md) next to its SuperNode:
+        the same data, state dir and client id, the run's ``experiment_id``; it waits up to
+        ``wait_s`` for the store the ClientApp creates. Returns the process and its URL."""
+        if not self.site_data:
+            raise DeploymentError("a labeling page needs the sites' own data (site_data=True)")
+        site, port = self.sites / f"site-{k}", free_port()
+        (site / "state").mkdir(parents=True, exist_ok=True)  # the page checks it exists (a typo stops it)
+        proc = self._start(f"annotate-{k}", [
+            self.python, "-m", "fedal.annotate.app", "--data-path", str(site / "data.npz"),
+            "--state-dir", str(site / "state"), "--experiment-id", experiment_id, "--client-id", f"site-{k}",
+            "--token-file", str(token_file), "--host", HOST, "--port", str(port), "--wait-s", str(wait_s)])
+        return proc, f"http://{HOST}:{port}"
+
     def restart_supernode(self, k: int, timeout: float = 150, pause: float = 5) -> Proc:
         """Start SuperNode k again (same key, node config, state dir and port) until the SuperLink
         lets it in. After a crash the SuperLink still counts the node online until two missed
