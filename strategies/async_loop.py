@@ -12,11 +12,13 @@ selection (any client strategy, diffusion included) — except that the chosen c
 asked for labels: they are *granted* budget (``points-per-client`` each) and their workers fill
 their query pools with the latest global model, to be labeled while the server trains on. Round
 0 grants ``init-points`` to ``init-clients`` random clients, drawn as the synchronous loop draws
-them, and their pools start with random queries (no model exists yet). After the last AL round's
-grants the server keeps training ("tail" rounds, no selection) until every granted label is paid,
-then withdraws whatever is still open. Budgets are exact: each site's store pays a query once and
-never beyond the site's granted budget, so the federation pays exactly what was granted: the run's
-label budget (``Config.label_budget``), unless clients run out of points.
+them, and their pools start with random queries (no model exists yet); the first training waits
+until this seed set is labeled, as the synchronous loop's does (the clock runs on meanwhile).
+After the last AL round's grants the server keeps training ("tail" rounds, no selection) until
+every granted label is paid, then withdraws whatever is still open. Budgets are exact: each
+site's store pays a query once and never beyond the site's granted budget, so the federation
+pays exactly what was granted: the run's label budget (``Config.label_budget``), unless clients
+run out of points.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from fedal.async_labeling import STRATEGY_TAGS
 from strategies.client_selection import allocate_budget, plan_round
 
 MAX_TAIL_ROUNDS = 100  # a guard: tail rounds after the last grant, waiting for labels to come in
+MAX_SEED_STEPS = 10_000  # a guard: clock steps of sim-fl-round-s waiting for the seed set's labels
 
 
 def run_async(loop, recorder=None) -> list[dict]:
@@ -69,6 +72,18 @@ def run_async(loop, recorder=None) -> list[dict]:
     order_idx = loop.rng.permutation(np.flatnonzero(n_u > 0))
     plan0 = allocate_budget(order_idx, n_u, cfg.init_points, cfg.init_clients)
     labeling({pids[z]: n for z, n in plan0}, None, 0)
+    # The seed set is labeled before the first training, as in the synchronous loop and in AAL
+    # (seeds/000 starts from a labeled L0): there is no model for anyone to wait on yet, and a
+    # first model trained on a trickle of labels is a worse start for every later selection
+    # (measured: 4.5 points below sync at 1,000 labels when round 0 trained while they came in).
+    steps = 0
+    while any(int(m["paid"]) < int(m["granted"]) for m in last.values()) and steps < MAX_SEED_STEPS:
+        clock["now"] += cfg.sim_fl_round_s
+        labeling({}, None, 0)
+        steps += 1
+    if steps:
+        loop.log(f"fedal: the seed set ({sum(int(m['paid']) for m in last.values())} labels) was labeled "
+                 f"after {clock['now']:.0f}s; training starts")
     initial = ArrayRecord(loop.model_fn().state_dict())
     arrays = initial
     rows: list[dict] = []
