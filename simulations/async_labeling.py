@@ -4,18 +4,25 @@ labeling"), on the in-process engine.
     python -m simulations.async_labeling --seeds 0 1            # run (resumable per run) + report
     python -m simulations.async_labeling --report-only          # the report from saved runs
 
-Per seed two runs with the same client strategy (diffusion) and the same budgets:
+Per seed, runs with the same client strategy (diffusion) and the same budgets:
 - ``sync``: the paper's loop (labeling = sync, point-strategy = entropy): the server trains T FL
   rounds, probes and selects, then waits while the chosen clients' annotators label their batch.
   Its timeline is replayed on the same simulated clock (``replay_sync``): training and selection
   advance the clock by ``sim-fl-round-s`` per FL round and ``sim-select-s`` per AL round while the
   annotators idle; then each chosen site's simulated annotators (same latency model, same number
   per site) label its batch, and the next AL round starts when the last site is done.
-- ``async``: labeling = async (strategies/async_loop.py), workers entropy, least-confidence and
-  margin: the server never waits; annotators label while it trains.
+- ``async``: labeling = async (strategies/async_loop.py) with one query measure, entropy, the
+  sync arm's point strategy: the comparison changes only when labels arrive.
+- ``async-mix``: as ``async`` with AAL's three workers per site (entropy, least confidence,
+  margin: the default of ``async-workers``).
 
-Results go to results/async-labeling/<mode>-s<seed>.json (a finished run is not rerun); the report
-(summary.md, report.json, figures) to reports/async-labeling/.
+The goals of the issue are read on ``async`` against ``sync``. Because the async server trains
+all the time, "equal labels" is not "equal training": the report also compares accuracy at equal
+FL rounds trained.
+
+Results go to results/async-labeling/<mode>-s<seed>.json (a finished run is not rerun; a file
+whose run config differs from the one asked for is refused); the report (summary.md,
+report.json, figures) to reports/async-labeling/.
 """
 
 from __future__ import annotations
@@ -34,16 +41,31 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = {"dataset": "mnist1d", "partition": "dirichlet", "dirichlet-alpha": 0.1, "client-strategy": "diffusion",
         "training-mode": "warm-start"}
 MODES = {"sync": {"labeling": "sync", "point-strategy": "entropy"},
-         "async": {"labeling": "async", "point-strategy": "entropy"}}
+         "async": {"labeling": "async", "point-strategy": "entropy", "async-workers": "entropy"},
+         "async-mix": {"labeling": "async", "point-strategy": "entropy"}}
+ASYNC_ARMS = ("async", "async-mix")
 TIMING = {"annotators-per-site": 2, "annotator-latency": "lognormal:median=6,sigma=0.5",
           "sim-fl-round-s": 30.0, "sim-select-s": 20.0, "query-pool-low": 10, "query-pool-refill": 30}
 
 
 def run_config(mode: str, seed: int, extra: dict | None = None) -> dict:
     rc = {**BASE, **MODES[mode], "seed": seed, **(extra or {})}
-    if mode == "async":
+    if mode != "sync":
         rc.update({k: v for k, v in TIMING.items() if k not in (extra or {})})
     return rc
+
+
+def fl_rounds_trained(rows: list[dict], cfg) -> list[int]:
+    """Cumulative FL rounds trained at each row (each row is one AL round: its schedule's FL
+    rounds, the first one's the retrain schedule; the async loop's tail rounds count the same)."""
+    from fedal.continual import Schedule, resolve_schedule
+
+    total, out = 0, []
+    for row in rows:
+        total += resolve_schedule(cfg.training_mode, Schedule(cfg.fl_rounds, cfg.local_epochs),
+                                  al_round=int(row["round"])).fl_rounds
+        out.append(total)
+    return out
 
 
 # ---------------------------------------------------------------------------------- sync replay
@@ -163,12 +185,16 @@ def run_one(mode: str, seed: int, num_clients: int, extra: dict, out: Path, log)
     from simulations.inprocess import run_inprocess
 
     path = out / f"{mode}-s{seed}.json"
-    if path.exists():
-        return json.loads(path.read_text())
     rc = run_config(mode, seed, extra)
+    if path.exists():
+        done = json.loads(path.read_text())
+        if done.get("run_config") != rc or done.get("mode") != mode:
+            raise SystemExit(f"{path} holds a run of another configuration ({done.get('mode')!r}, "
+                             f"{done.get('run_config')}); asked for {rc}. Move it away to rerun.")
+        return done
     cfg = Config.from_run_config({**rc, **{k: v for k, v in TIMING.items()}})
     t0 = time.perf_counter()
-    if mode == "async":
+    if mode != "sync":
         rows, grid = run_inprocess(rc, num_clients, log=log)
         result = {"rows": rows, "summary": grid.loop.async_summary,
                   "row_times": [r["sim_time_s"] for r in rows],
@@ -186,98 +212,127 @@ def run_one(mode: str, seed: int, num_clients: int, extra: dict, out: Path, log)
 
 
 # ---------------------------------------------------------------------------------- report
-def acc_at(rows: list[dict], labels: float) -> float:
-    """Accuracy at a label count, linearly interpolated between a run's rows (NaN outside)."""
-    xs = np.array([r["labels"] for r in rows], dtype=float)
-    ys = np.array([r["accuracy"] for r in rows], dtype=float)
+def acc_at_x(xs: list, ys: list, x: float) -> float:
+    """A curve's value at ``x``, linearly interpolated between its points (NaN outside)."""
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
     order = np.argsort(xs, kind="stable")
     xs, ys = xs[order], ys[order]
-    if labels < xs[0] or labels > xs[-1]:
+    if not len(xs) or x < xs[0] or x > xs[-1]:
         return math.nan
-    return float(np.interp(labels, xs, ys))
+    return float(np.interp(x, xs, ys))
+
+
+SUMMARY_KEYS = ("idle_fraction", "idle_fraction_labels_owed", "idle_fraction_waiting_for_grant",
+                "idle_fraction_whole_run", "mean_query_latency_s", "max_query_latency_s", "labels_per_hour",
+                "labeling_span_s", "paid", "granted", "withdrawn", "wasted_answers")
 
 
 def report(out: Path, rep: Path, goals=(0.05, 0.01)) -> dict:
+    """Compare every async arm found in ``out`` with sync, seed by seed (only seeds that have
+    both); the goals of the issue are read on the ``async`` arm (same query measure as sync)."""
     from fedal.config import Config
 
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*-s*.json"))]
-    for r in runs:  # the sync timeline is replayed from the rows each time (deterministic, seconds)
-        if r["mode"] == "sync":
-            r.update(replay_sync(r["rows"], Config.from_run_config({**r["run_config"], **r["timing"]}),
-                                 r["num_clients"]))
+    for r in runs:
+        cfg = Config.from_run_config({**r["run_config"], **r["timing"]})
+        if r["mode"] == "sync":  # the sync timeline is replayed from the rows each time (deterministic, seconds)
+            r.update(replay_sync(r["rows"], cfg, r["num_clients"]))
+        r["fl_rounds"] = fl_rounds_trained(r["rows"], cfg)
     by = {(r["mode"], r["seed"]): r for r in runs}
-    seeds = sorted({s for m, s in by if ("sync", s) in by and ("async", s) in by})
-    if not seeds:
-        raise SystemExit(f"no seed with both runs in {out}")
+    arms = [m for m in ASYNC_ARMS if any(k[0] == m and ("sync", k[1]) in by for k in by)]
+    if not arms:
+        raise SystemExit(f"no seed with a sync run and an async run in {out}")
     rep.mkdir(parents=True, exist_ok=True)
-    per_seed, acc_table = {}, []
-    for s in seeds:
-        sy, asy = by["sync", s], by["async", s]
-        cmp = []
-        for row in sy["rows"]:
-            a = acc_at(asy["rows"], row["labels"])
-            cmp.append({"labels": row["labels"], "sync": row["accuracy"], "async": a,
-                        "diff_points": 100 * (a - row["accuracy"]) if not math.isnan(a) else math.nan})
-        acc_table.append(cmp)
-        per_seed[s] = {"sync": sy["summary"], "async": asy["summary"],
-                       "sim_time_end_s": {"sync": sy["row_times"][-1], "async": asy["row_times"][-1]},
-                       "accuracy_at_labels": cmp, "wall_s": {"sync": sy["wall_s"], "async": asy["wall_s"]}}
     mean = lambda xs: float(np.nanmean(xs)) if len(xs) else math.nan  # noqa: E731
-    keys = ("idle_fraction", "idle_fraction_labels_owed", "idle_fraction_waiting_for_grant", "idle_fraction_whole_run", "mean_query_latency_s", "max_query_latency_s",
-            "labels_per_hour", "labeling_span_s", "paid", "granted", "withdrawn", "wasted_answers")
-    agg = {m: {k: mean([per_seed[s][m].get(k, math.nan) for s in seeds]) for k in keys} for m in ("sync", "async")}
-    n_rows = len(acc_table[0])
-    diffs = [mean([acc_table[i][j]["diff_points"] for i in range(len(seeds))]) for j in range(n_rows)]
-    worst = float(np.nanmin(diffs)) if diffs else math.nan
-    idle_ratio = agg["async"]["idle_fraction"] / agg["sync"]["idle_fraction"] if agg["sync"]["idle_fraction"] else math.nan
-    goals_met = {"idle_async_le_5pct_of_sync": bool(idle_ratio <= goals[0]),
-                 "accuracy_within_1_point_at_equal_labels": bool(worst >= -100 * goals[1])}
-    result = {"seeds": seeds, "per_seed": per_seed, "mean": agg, "accuracy_diff_points_by_row": diffs,
-              "idle_ratio_async_over_sync": idle_ratio, "worst_accuracy_diff_points": worst, "goals_met": goals_met,
-              "run_config": {m: by[m, seeds[0]]["run_config"] for m in ("sync", "async")},
-              "timing": by["sync", seeds[0]]["timing"], "num_clients": by["sync", seeds[0]]["num_clients"],
-              "al_rounds": len(by["sync", seeds[0]]["rows"]) - 1}
+    result = {"arms": {}, "num_clients": None}
+    for arm in arms:
+        seeds = sorted(s for m, s in by if m == arm and ("sync", s) in by)
+        per_seed, by_labels, by_rounds = {}, [], []
+        for s in seeds:
+            sy, asy = by["sync", s], by[arm, s]
+            ax_l = [x["labels"] for x in asy["rows"]]
+            ax_a = [x["accuracy"] for x in asy["rows"]]
+            cmp_l, cmp_r = [], []
+            for row, fr in zip(sy["rows"], sy["fl_rounds"]):
+                a = acc_at_x(ax_l, ax_a, row["labels"])
+                cmp_l.append({"labels": row["labels"], "sync": row["accuracy"], "async": a,
+                              "diff_points": 100 * (a - row["accuracy"]) if not math.isnan(a) else math.nan})
+                b = acc_at_x(asy["fl_rounds"], ax_a, fr)
+                cmp_r.append({"fl_rounds": fr, "labels_sync": row["labels"], "sync": row["accuracy"], "async": b,
+                              "labels_async": acc_at_x(asy["fl_rounds"], ax_l, fr),
+                              "diff_points": 100 * (b - row["accuracy"]) if not math.isnan(b) else math.nan})
+            by_labels.append(cmp_l)
+            by_rounds.append(cmp_r)
+            per_seed[s] = {"sync": sy["summary"], "async": asy["summary"],
+                           "sim_time_end_s": {"sync": sy["row_times"][-1], "async": asy["row_times"][-1]},
+                           "fl_rounds_total": {"sync": sy["fl_rounds"][-1], "async": asy["fl_rounds"][-1]},
+                           "accuracy_at_labels": cmp_l, "accuracy_at_fl_rounds": cmp_r,
+                           "wall_s": {"sync": sy["wall_s"], "async": asy["wall_s"]}}
+        agg = {m: {k: mean([per_seed[s][m].get(k, math.nan) for s in seeds]) for k in SUMMARY_KEYS}
+               for m in ("sync", "async")}
+        n = min(len(t) for t in by_labels)
+        diffs = [mean([t[j]["diff_points"] for t in by_labels]) for j in range(n)]
+        diffs_r = [mean([t[j]["diff_points"] for t in by_rounds]) for j in range(n)]
+        worst = float(np.nanmin(diffs)) if diffs else math.nan
+        ratio = agg["async"]["idle_fraction"] / agg["sync"]["idle_fraction"] if agg["sync"]["idle_fraction"] else math.nan
+        result["arms"][arm] = {
+            "seeds": seeds, "per_seed": per_seed, "mean": agg, "accuracy_diff_points_by_row": diffs,
+            "accuracy_diff_points_at_equal_fl_rounds": diffs_r, "idle_ratio_async_over_sync": ratio,
+            "worst_accuracy_diff_points": worst,
+            "goals_met": {"idle_async_le_5pct_of_sync": bool(ratio <= goals[0]),
+                          "accuracy_within_1_point_at_equal_labels": bool(worst >= -100 * goals[1])},
+            "run_config": {"sync": by["sync", seeds[0]]["run_config"], "async": by[arm, seeds[0]]["run_config"]}}
+        result.update({"timing": by["sync", seeds[0]]["timing"], "num_clients": by["sync", seeds[0]]["num_clients"],
+                       "al_rounds": len(by["sync", seeds[0]]["rows"]) - 1})
+    main_arm = "async" if "async" in result["arms"] else arms[0]
+    result["goals_arm"] = main_arm
+    result["goals_met"] = result["arms"][main_arm]["goals_met"]
     (rep / "report.json").write_text(json.dumps(result, indent=1, default=float))
-    _plots(by, seeds, rep)
+    _plots(by, arms, rep)
     _markdown(result, rep)
     return result
 
 
-def _plots(by: dict, seeds: list[int], rep: Path) -> None:
+COLORS = {"sync": "black", "async": "tab:blue", "async-mix": "tab:orange"}
+
+
+def _plots(by: dict, arms: list[str], rep: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    colors = {"sync": "black", "async": "tab:blue"}
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
+    modes = ["sync", *arms]
+    seeds = sorted({s for m, s in by if m in modes})
+    fig, ax = plt.subplots(1, 3, figsize=(17, 4.5))
     for (m, s), r in sorted(by.items()):
-        if s not in seeds:
+        if m not in modes:
             continue
-        lab = f"{m} s{s}"
         ls = "-" if s == seeds[0] else "--"
-        ax[0].plot([x["labels"] for x in r["rows"]], [x["accuracy"] for x in r["rows"]], ls, marker=".",
-                   color=colors[m], label=lab)
-        ax[1].plot(np.asarray(r["row_times"]) / 3600, [x["accuracy"] for x in r["rows"]], ls, marker=".",
-                   color=colors[m], label=lab)
+        acc = [x["accuracy"] for x in r["rows"]]
+        kw = dict(marker=".", color=COLORS[m], label=f"{m} s{s}")
+        ax[0].plot([x["labels"] for x in r["rows"]], acc, ls, **kw)
+        ax[1].plot(r["fl_rounds"], acc, ls, **kw)
+        ax[2].plot(np.asarray(r["row_times"]) / 3600, acc, ls, **kw)
     ax[0].set(xlabel="labels paid (trained on)", ylabel="test accuracy", title="accuracy vs labels")
-    ax[1].set(xlabel="simulated wall clock (h)", ylabel="test accuracy", title="accuracy vs simulated time")
+    ax[1].set(xlabel="FL rounds trained", ylabel="test accuracy", title="accuracy vs training (FL rounds)")
+    ax[2].set(xlabel="simulated wall clock (h)", ylabel="test accuracy", title="accuracy vs simulated time")
     for a in ax:
         a.grid(alpha=0.3)
-        a.legend()
+        a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(rep / "accuracy.png", dpi=120)
     plt.close(fig)
 
     fig, ax = plt.subplots(1, 3, figsize=(13, 4))
-    for i, (key, title, scale) in enumerate((("idle_fraction", "annotator idle fraction", 1.0),
-                                             ("mean_query_latency_s", "mean query latency (s)", 1.0),
-                                             ("labels_per_hour", "labels per hour (federation)", 1.0))):
-        for j, m in enumerate(("sync", "async")):
-            vals = [by[m, s]["summary"][key] * scale for s in seeds]
-            ax[i].bar(j, np.mean(vals), color=colors[m], alpha=0.8)
+    for i, (key, title) in enumerate((("idle_fraction", "annotator idle fraction"),
+                                      ("mean_query_latency_s", "mean query latency (s)"),
+                                      ("labels_per_hour", "labels per hour (federation)"))):
+        for j, m in enumerate(modes):
+            vals = [by[m, s]["summary"][key] for s in seeds if (m, s) in by]
+            ax[i].bar(j, np.mean(vals), color=COLORS[m], alpha=0.8)
             ax[i].scatter([j] * len(vals), vals, color="red", zorder=3, s=12)
-        ax[i].set_xticks([0, 1], ["sync", "async"])
+        ax[i].set_xticks(range(len(modes)), modes)
         ax[i].set_title(title)
         ax[i].grid(alpha=0.3, axis="y")
     fig.tight_layout()
@@ -286,31 +341,35 @@ def _plots(by: dict, seeds: list[int], rep: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for (m, s), r in sorted(by.items()):
-        if s not in seeds:
+        if m not in modes:
             continue
         t, n = zip(*r["label_curve"])
-        ax.plot(np.asarray(t) / 3600, n, "-" if s == seeds[0] else "--", color=colors[m], label=f"{m} s{s}",
+        ax.plot(np.asarray(t) / 3600, n, "-" if s == seeds[0] else "--", color=COLORS[m], label=f"{m} s{s}",
                 drawstyle="steps-post" if m == "sync" else "default")
     ax.set(xlabel="simulated wall clock (h)", ylabel="labels", title="labels vs simulated time")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(rep / "labels_vs_time.png", dpi=120)
     plt.close(fig)
 
 
 def _markdown(res: dict, rep: Path) -> None:
-    a, s = res["mean"]["async"], res["mean"]["sync"]
     t = res["timing"]
+    arms = list(res["arms"])
+    first = res["arms"][arms[0]]
+    rc = first["run_config"]["sync"]
+    seeds_all = sorted({s for a in arms for s in res["arms"][a]["seeds"]})
     lines = [
         "# Synchronous vs asynchronous labeling (issue #14, SPEC §6)", "",
         f"MNIST-1D, Dirichlet α = 0.1, {res['num_clients']} clients, client strategy diffusion, warm start; "
-        f"seeds {', '.join(map(str, res['seeds']))}; {res['al_rounds']} AL rounds. "
-        f"Budgets: {res['run_config']['sync'].get('init-clients', 5)} initial clients × "
-        f"{res['run_config']['sync'].get('init-points', 200)}, then "
-        f"{res['run_config']['sync'].get('clients-per-round', 5)} clients × "
-        f"{res['run_config']['sync'].get('points-per-client', 200)} per AL round. "
+        f"seeds {', '.join(map(str, seeds_all))}; {res['al_rounds']} AL rounds. "
+        f"Budgets: {rc.get('init-clients', 5)} initial clients × {rc.get('init-points', 200)}, then "
+        f"{rc.get('clients-per-round', 5)} clients × {rc.get('points-per-client', 200)} per AL round. "
         "Engine: in-process (`simulations/inprocess.py`).", "",
+        "**Arms**: `sync` (the paper's loop, points by entropy); `async` (labeling = async, one query "
+        "measure, entropy: only the timing of labels differs from sync); `async-mix` (AAL's three "
+        "workers per site: entropy, least confidence, margin). The goals are read on `async`.", "",
         "**Clock**: simulated and deterministic. One FL round of training advances it by "
         f"{t['sim-fl-round-s']:g} s, the probe + client selection of an AL round by {t['sim-select-s']:g} s; "
         f"{t['annotators-per-site']} simulated annotators per site label on the same clock, "
@@ -318,51 +377,70 @@ def _markdown(res: dict, rep: Path) -> None:
         "durations would vary run to run), and a label takes seconds of a person's time, which only a "
         "simulated clock can run through in minutes. Sync: the annotators idle while the server trains "
         "and selects, and the server waits for the round's last label. Async: both proceed "
-        f"(query pool refilled below {t['query-pool-low']} open queries with {t['query-pool-refill']} new ones, "
-        "workers entropy / least-confidence / margin). Sync chooses points by entropy. Label noise 0 in "
-        "both arms (the sync loop's oracle is exact).", "",
-        "Command: `python -m simulations.async_labeling --seeds "
-        + " ".join(map(str, res["seeds"])) + f" --clients {res['num_clients']} --al-rounds {res['al_rounds']}`"
-        " (runs in `results/async-labeling/`, one JSON per mode and seed; a finished run is not rerun).", "",
+        f"(query pool refilled below {t['query-pool-low']} open queries with {t['query-pool-refill']} new ones). "
+        "Label noise 0 in every arm (the sync loop's oracle is exact).", "",
+        "Command: `python -m simulations.async_labeling --seeds " + " ".join(map(str, seeds_all))
+        + f" --clients {res['num_clients']} --al-rounds {res['al_rounds']}`"
+        " (runs in `results/async-labeling/`, one JSON per arm and seed; a finished run is not rerun).", "",
         "**Idle fraction**: annotator seconds without a query in hand / annotator seconds, counted per "
         "site from its first grant of budget to its last paid label (an annotator of a site that is never "
         "chosen, or whose labeling is over, is not counted as idle). Query latency: from a label submitted "
-        "to the next query in hand. Labels per hour: paid labels / (last label − first grant).", "",
-        "| measure (mean over seeds) | sync | async |", "|---|---:|---:|",
-        f"| annotator idle fraction | {s['idle_fraction']:.4f} | {a['idle_fraction']:.4f} |",
-        f"| … of which the pool was empty while labels were owed | {s.get('idle_fraction_labels_owed', math.nan):.4f} | "
-        f"{a.get('idle_fraction_labels_owed', math.nan):.4f} |",
-        f"| … of which the site's budget was spent, waiting for its next grant | "
-        f"{s.get('idle_fraction_waiting_for_grant', math.nan):.4f} | {a.get('idle_fraction_waiting_for_grant', math.nan):.4f} |",
-        f"| idle fraction, whole run, all annotators of granted sites | {s['idle_fraction_whole_run']:.4f} | "
-        f"{a['idle_fraction_whole_run']:.4f} |",
-        f"| mean query latency (s) | {s['mean_query_latency_s']:.1f} | {a['mean_query_latency_s']:.1f} |",
-        f"| max query latency (s) | {s['max_query_latency_s']:.0f} | {a['max_query_latency_s']:.0f} |",
-        f"| labels per hour | {s['labels_per_hour']:.0f} | {a['labels_per_hour']:.0f} |",
-        f"| labeling span (h) | {s['labeling_span_s'] / 3600:.2f} | {a['labeling_span_s'] / 3600:.2f} |",
-        f"| labels paid / granted | {s['paid']:.0f} / {s['granted']:.0f} | {a['paid']:.0f} / {a['granted']:.0f} |",
-        f"| queries withdrawn unpaid | {s['withdrawn']:.0f} | {a['withdrawn']:.0f} |", "",
-        "Accuracy at the sync rows' label counts (async interpolated between its rows; points = 100 × difference):", "",
-        "| labels | " + " | ".join(f"sync s{x} | async s{x}" for x in res["seeds"]) + " | mean diff (points) |",
-        "|---:|" + "---:|" * (2 * len(res["seeds"]) + 1)]
-    for j, d in enumerate(res["accuracy_diff_points_by_row"]):
-        cells = []
-        for x in res["seeds"]:
-            c = res["per_seed"][str(x)]["accuracy_at_labels"][j] if str(x) in res["per_seed"] else \
-                res["per_seed"][x]["accuracy_at_labels"][j]
-            cells += [f"{c['sync']:.4f}", "—" if math.isnan(c["async"]) else f"{c['async']:.4f}"]
-        lab = (res["per_seed"].get(str(res["seeds"][0])) or res["per_seed"][res["seeds"][0]])["accuracy_at_labels"][j]["labels"]
-        lines.append(f"| {lab} | " + " | ".join(cells) + f" | {d:+.2f} |")
-    g = res["goals_met"]
-    lines += ["", "## Goals", "",
-              f"- async idle ≤ 5% of sync's: ratio {res['idle_ratio_async_over_sync']:.3f} → "
+        "to the next query in hand. Labels per hour: paid labels / (last label − first grant).", ""]
+    cols = ["sync", *arms]
+    means = {"sync": first["mean"]["sync"], **{a: res["arms"][a]["mean"]["async"] for a in arms}}
+    f4 = lambda v: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
+    lines += ["| measure (mean over seeds) | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for key, name, fmt in (("idle_fraction", "annotator idle fraction", f4),
+                           ("idle_fraction_labels_owed", "… of which the pool was empty while labels were owed", f4),
+                           ("idle_fraction_waiting_for_grant", "… of which the site's budget was spent, waiting for its next grant", f4),
+                           ("idle_fraction_whole_run", "idle fraction, whole run, all annotators of granted sites", f4),
+                           ("mean_query_latency_s", "mean query latency (s)", lambda v: f"{v:.1f}"),
+                           ("max_query_latency_s", "max query latency (s)", lambda v: f"{v:.0f}"),
+                           ("labels_per_hour", "labels per hour", lambda v: f"{v:.0f}"),
+                           ("labeling_span_s", "labeling span (h)", lambda v: f"{v / 3600:.2f}"),
+                           ("paid", "labels paid", lambda v: f"{v:.0f}"),
+                           ("withdrawn", "queries withdrawn unpaid", lambda v: f"{v:.0f}")):
+        lines.append(f"| {name} | " + " | ".join(fmt(means[c].get(key, math.nan)) for c in cols) + " |")
+    lines.append("")
+    for arm in arms:
+        a = res["arms"][arm]
+        seeds = a["seeds"]
+        ps = lambda s: a["per_seed"].get(s, a["per_seed"].get(str(s)))  # noqa: E731
+        lines += [f"## `{arm}` vs `sync`", "",
+                  f"Accuracy at the sync rows' label counts (`{arm}` interpolated between its rows; "
+                  "points = 100 × difference):", "",
+                  "| labels | " + " | ".join(f"sync s{x} | {arm} s{x}" for x in seeds) + " | mean diff (points) |",
+                  "|---:|" + "---:|" * (2 * len(seeds) + 1)]
+        for j, d in enumerate(a["accuracy_diff_points_by_row"]):
+            cells = []
+            for x in seeds:
+                c = ps(x)["accuracy_at_labels"][j]
+                cells += [f"{c['sync']:.4f}", f4(c["async"])]
+            lines.append(f"| {ps(seeds[0])['accuracy_at_labels'][j]['labels']} | " + " | ".join(cells) + f" | {d:+.2f} |")
+        lines += ["", f"Accuracy at equal training: at the sync rows' cumulative FL rounds (labels the `{arm}` "
+                  "model had then, mean over seeds, in brackets):", "",
+                  "| FL rounds | sync labels | " + " | ".join(f"sync s{x} | {arm} s{x}" for x in seeds)
+                  + " | mean diff (points) |", "|---:|---:|" + "---:|" * (2 * len(seeds) + 1)]
+        for j, d in enumerate(a["accuracy_diff_points_at_equal_fl_rounds"]):
+            cells = []
+            for x in seeds:
+                c = ps(x)["accuracy_at_fl_rounds"][j]
+                cells += [f"{c['sync']:.4f}", f4(c["async"])]
+            c0 = ps(seeds[0])["accuracy_at_fl_rounds"][j]
+            la = np.nanmean([ps(x)["accuracy_at_fl_rounds"][j]["labels_async"] for x in seeds])
+            lines.append(f"| {c0['fl_rounds']} | {c0['labels_sync']} ({la:.0f}) | " + " | ".join(cells) + f" | {d:+.2f} |")
+        tot = {m: np.mean([ps(x)["fl_rounds_total"][m] for x in seeds]) for m in ("sync", "async")}
+        lines += ["", f"FL rounds trained in the whole run (mean): sync {tot['sync']:.0f}, {arm} {tot['async']:.0f}.", ""]
+    g, a = res["goals_met"], res["arms"][res["goals_arm"]]
+    lines += ["## Goals (read on `" + res["goals_arm"] + "`)", "",
+              f"- async idle ≤ 5% of sync's: ratio {a['idle_ratio_async_over_sync']:.3f} → "
               f"{'met' if g['idle_async_le_5pct_of_sync'] else 'NOT met'}",
               f"- accuracy at equal labels within 1 point: worst mean difference "
-              f"{res['worst_accuracy_diff_points']:+.2f} points → "
+              f"{a['worst_accuracy_diff_points']:+.2f} points → "
               f"{'met' if g['accuracy_within_1_point_at_equal_labels'] else 'NOT met'}", "",
-              "Figures: `accuracy.png` (accuracy vs labels and vs simulated time), `labeling.png` (idle fraction, "
-              "query latency, labels per hour), `labels_vs_time.png`. Raw: `report.json`, "
-              "`results/async-labeling/*.json`. What was run, the goals and why: `notes.md`."]
+              "Figures: `accuracy.png` (accuracy vs labels, vs FL rounds trained and vs simulated time), "
+              "`labeling.png` (idle fraction, query latency, labels per hour), `labels_vs_time.png`. Raw: "
+              "`report.json`, `results/async-labeling/*.json`. What was run, the goals and why: `notes.md`."]
     (rep / "summary.md").write_text("\n".join(lines) + "\n")
 
 
@@ -371,7 +449,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--al-rounds", type=int, default=11)
-    ap.add_argument("--modes", nargs="+", default=["sync", "async"], choices=list(MODES))
+    ap.add_argument("--modes", nargs="+", default=["sync", "async"], choices=list(MODES),
+                    help="arms to run (default: sync, async; async-mix is AAL's three workers)")
     ap.add_argument("--out", default=str(ROOT / "results" / "async-labeling"))
     ap.add_argument("--report-dir", default=str(ROOT / "reports" / "async-labeling"))
     ap.add_argument("--report-only", action="store_true")
@@ -393,8 +472,9 @@ def main(argv=None) -> None:
                 print(f"== {mode} seed {seed}: final acc {r['rows'][-1]['accuracy']:.4f}, "
                       f"idle {r['summary']['idle_fraction']:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
     res = report(out, rep)
-    print(json.dumps({"mean": res["mean"], "goals_met": res["goals_met"],
-                      "worst_accuracy_diff_points": res["worst_accuracy_diff_points"]}, indent=1, default=float))
+    print(json.dumps({arm: {"mean": a["mean"], "goals_met": a["goals_met"],
+                            "worst_accuracy_diff_points": a["worst_accuracy_diff_points"]}
+                      for arm, a in res["arms"].items()}, indent=1, default=float))
 
 
 if __name__ == "__main__":

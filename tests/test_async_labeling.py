@@ -91,6 +91,14 @@ def test_client_selection_still_runs(run):
         assert "graph" in r and r["graph"]["probes"] >= 1  # the diffusion selection ran on probes
 
 
+def test_the_first_training_waits_for_the_seed_set(run):
+    # round 0 trains on the whole seed set (as the synchronous loop does), not on a trickle of it
+    rows, _, _ = run
+    cfg = Config.from_run_config(ASYNC)
+    assert rows[0]["labels"] == cfg.init_clients * cfg.init_points
+    assert rows[0]["sim_round_start_s"] > 0  # the clock ran while the seed set was labeled
+
+
 def test_server_never_waits_for_labels():
     # annotators far slower than training: every AL round still takes exactly its modelled time
     import strategies.async_loop as al

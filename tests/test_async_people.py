@@ -160,6 +160,7 @@ def test_people_label_on_the_page_while_the_server_trains(tmp_path, monkeypatch)
     # training saw the people's labels: a client's local update ran on all of its paid labels
     assert trained["max"] == max(len(s["idx"]) for s in stores.values())
     assert rows[0]["labels"] < rows[-1]["labels"]
+    assert rows[0]["labels"] == cfg.init_clients * cfg.init_points  # the first training waited for the seed set
     # annotator time is not measured for people
     assert np.isnan(summary["idle_fraction"]) and np.isnan(summary["labels_per_hour"])
     assert sum(summary["paid_by_strategy"].values()) == total
