@@ -111,7 +111,8 @@ DEFAULTS: dict[str, Any] = {
     "annotators": "simulated",
     # seconds on the run's clock the server waits, after the last AL round's grants, for the
     # granted labels; then it withdraws the open queries unpaid and ends. 0: no deadline (the
-    # tail ends when every granted label is paid, or after MAX_TAIL_ROUNDS tail rounds)
+    # tail ends when every granted label is paid, or after MAX_TAIL_ROUNDS tail rounds); people
+    # need one (> 0)
     "labeling-deadline-s": 0.0,
 }
 
@@ -398,6 +399,13 @@ class Config:
                 "each site's query pool on its labeling page while the server trains; the synchronous loop "
                 "asks each client's oracle (its data's labels) instead; set labeling = \"async\"")
         _number("labeling-deadline-s", self.labeling_deadline_s, 0, note="seconds on the run's clock; 0: none")
+        if self.annotators == "people" and self.labeling_deadline_s <= 0:
+            # no default fits people (minutes in a demo, days at a clinic), and a count of tail
+            # rounds (the guard of simulated runs) says nothing about wall time
+            raise ConfigError(
+                "annotators = 'people' needs labeling-deadline-s > 0: how many seconds after the last AL "
+                "round's grants the run waits for people's labels before it withdraws the open queries "
+                "and ends (e.g. labeling-deadline-s = 86400 for a day)")
         try:
             from fedal.annotate.annotators import Latency
 

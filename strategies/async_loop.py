@@ -22,8 +22,10 @@ people the server asks every ``PEOPLE_POLL_S`` seconds, and stops waiting at
 ``labeling-deadline-s`` when that is set). After the last AL round's grants the server keeps
 training ("tail" rounds, no selection) until every granted label is paid, then withdraws whatever
 is still open. The tail also ends at ``labeling-deadline-s`` seconds on the run's clock after the
-last AL round's grants (when > 0; people may stop labeling, and without it the tail ends only
-after ``MAX_TAIL_ROUNDS`` rounds): the open queries are withdrawn, unpaid. Budgets are exact:
+last AL round's grants (when > 0; simulated annotators without it: after ``MAX_TAIL_ROUNDS`` tail
+rounds; people, who may stop labeling at any time, must have it, and their tail is bounded by it
+alone, resting ``PEOPLE_TAIL_IDLE_S`` after a tail round in which nothing was paid): the open
+queries are withdrawn, unpaid. Budgets are exact:
 each site's store pays a query once and never beyond the site's granted budget, so the
 federation pays exactly what was granted: the run's label budget (``Config.label_budget``),
 unless clients run out of points or the deadline came first.
@@ -43,6 +45,7 @@ from strategies.client_selection import allocate_budget, plan_round
 MAX_TAIL_ROUNDS = 100  # a guard: tail rounds after the last grant, waiting for labels to come in
 MAX_SEED_STEPS = 10_000  # a guard: clock steps of sim-fl-round-s waiting for the seed set's labels
 PEOPLE_POLL_S = 1.0  # people: wall seconds between two asks whether the seed set is labeled
+PEOPLE_TAIL_IDLE_S = 5.0  # people: wall seconds of rest after a tail round in which nothing was paid
 
 
 def run_async(loop, recorder=None) -> list[dict]:
@@ -77,6 +80,7 @@ def run_async(loop, recorder=None) -> list[dict]:
     def tick(simulated_s: float) -> None:
         """Advance the run's clock: by ``simulated_s``, or with people to the wall clock."""
         clock["now"] = time.monotonic() - t_clock if people else clock["now"] + simulated_s
+
     last: dict[str, dict] = {}  # each client's last labeling reply
     labeled_per_class = np.zeros(loop.num_classes, dtype=np.int64)
 
@@ -209,7 +213,11 @@ def run_async(loop, recorder=None) -> list[dict]:
                      f"with {row['open_queries']} queries open and {row['granted'] - row['paid']} granted labels "
                      "unpaid; withdrawing the open queries")
             break
-        if r - cfg.al_rounds >= MAX_TAIL_ROUNDS:
+        if people and not selecting and len(rows) > 1 and row["paid"] == rows[-2]["paid"]:
+            # nothing paid since the last tail round: training again on the same labels gains
+            # nothing; wait a while (the next round's model still refills the pools)
+            time.sleep(max(0.0, min(PEOPLE_TAIL_IDLE_S, tail_start + cfg.labeling_deadline_s - clock["now"])))
+        if not people and r - cfg.al_rounds >= MAX_TAIL_ROUNDS:  # people: the deadline bounds the tail
             loop.log(f"fedal: {MAX_TAIL_ROUNDS} tail rounds and labels still open; stopping")
             break
         r += 1
