@@ -264,3 +264,19 @@ def test_the_persistent_node_worker_serves_labeling_from_the_durable_store(tmp_p
     assert sum(send(1, 0, arrays, version=4)["acquired-per-class"]) == 0  # reported once
     m = send(1, 0, finish=True)
     assert m["open"] == 0 and m["withdrawn-at-end"] > 0 and sum(m["paid-by-strategy"]) == 3
+
+
+def test_the_deadline_holds_for_simulated_annotators_on_the_simulated_clock():
+    """labeling-deadline-s is read on the run's clock whoever labels: slow simulated annotators
+    are cut off at it, deterministically, with what is open withdrawn unpaid."""
+    from tests.test_async_labeling import ASYNC, CLIENTS as SIM_CLIENTS
+
+    rc = {**ASYNC, "annotator-latency": "constant:seconds=40", "labeling-deadline-s": 100.0}
+    rows, grid = run_inprocess(rc, SIM_CLIENTS)
+    s = grid.loop.async_summary
+    assert s["paid"] < s["granted"] == Config.from_run_config(rc).label_budget and s["withdrawn"] > 0
+    last_grants = max(r["sim_time_s"] for r in rows if not r["tail"])
+    assert 100.0 <= rows[-1]["sim_time_s"] - last_grants < 100.0 + 2 * rc["sim-fl-round-s"] * rc["fl-rounds"]
+    rows2, _ = run_inprocess(rc, SIM_CLIENTS)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "time_s"} for r in rs]  # noqa: E731
+    assert strip(rows2) == strip(rows)
