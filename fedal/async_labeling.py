@@ -134,11 +134,9 @@ class QuerySite:
 
     def grant(self, key: str, n: int) -> int:
         """Raise the site's budget by ``n`` labels (at most what it has left to label), once per
-        ``key``, and fill the pool at once. Returns the labels granted."""
-        n = self.store.grant(key, max(0, int(n)))
-        if n:
-            self.refill_if_low()
-        return n
+        ``key`` (a message without a grant records nothing under its key). Returns the labels
+        granted; the caller fills the pool."""
+        return self.store.grant(key, int(n)) if int(n) > 0 else 0
 
     # ------------------------------------------------------------------ replies
     def metrics(self, pools=None) -> dict:
@@ -194,6 +192,7 @@ class SimulatedSite(QuerySite):
         n = self.grant(key, n)
         if n == 0:
             return 0
+        self.refill_if_low()  # fill the pool at once
         if self.first_grant is None:
             self.first_grant = now
         if self.annotators is None:
@@ -351,7 +350,7 @@ def _handle_people(worker, conf, state_dict) -> dict:
     if not finish:
         granted = site.grant(f"{token}:{al_round}", int(conf.get("grant", 0)))
         if state_dict is not None or int(conf.get("model-version", 0)) == 0:
-            site.refill_if_low()
+            site.refill_if_low()  # after a grant, or when people emptied the pool
     out = {}
     if finish:
         out["withdrawn-at-end"] = site.store.withdraw_open(reason="run-end")
