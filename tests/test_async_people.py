@@ -116,10 +116,11 @@ def run_with_people(rc: dict, tmp_path, monkeypatch, budget: int | None = None):
     people.start()
     t0 = time.monotonic()
     out: dict = {}
+    replies: list = []
 
     def server():  # in a thread, so that a run that never ends fails the test instead of hanging it
         try:
-            out["run"] = run_inprocess(rc, CLIENTS)
+            out["run"] = run_inprocess(rc, CLIENTS, on_reply=lambda m, r: replies.append((m, r)))
         except BaseException as e:
             out["error"] = e
 
@@ -147,6 +148,14 @@ def run_with_people(rc: dict, tmp_path, monkeypatch, budget: int | None = None):
             stores[cid] = {"idx": idx, "labels": lab, "y": d.y, "budget": s.budget or 0,
                            "queries": s.queries(), "progress": s.progress()}
     trained["max"] = max(spy.seen, default=0)
+    # privacy (README): a labeling reply carries counts only, never a point, a label or an array
+    labeling = [r for m, r in replies if m.metadata.message_type == "query.labeling"]
+    assert labeling
+    for r in labeling:
+        assert not r.content.array_records and set(r.content.config_records) == {"client"}
+        for k, v in r.content["metrics"].items():
+            if isinstance(v, list):
+                assert (k, len(v)) in {("acquired-per-class", 10), ("paid-by-strategy", 4)}, k
     return rows, grid.loop.async_summary, stores, people, trained, wall
 
 
