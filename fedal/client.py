@@ -385,9 +385,16 @@ class ClientWorker:
         return float(losses[-1])
 
     def probe(self, state: StateDict, al_round: int, fl_round: int, *, pseudo_update: bool,
-              mix: bool, sketch_seed: int = 0) -> tuple[dict, np.ndarray | None]:
+              mix: bool, sketch_seed: int = 0, pending: int = 0) -> tuple[dict, np.ndarray | None]:
         """Statistics of U_z under the global model w(t): g, and when asked the pseudo-update m_t
-        (1, D) and the mean prediction over U_z. Returns (metrics, m_t or None)."""
+        (1, D) and the mean prediction over U_z. Returns (metrics, m_t or None).
+
+        ``pending`` (asynchronous labeling): labels granted to this client and not paid yet. Its
+        ``pending`` most uncertain points (by entropy) are left out of U_z, as if already labeled:
+        they are what its query workers pick next, and in the synchronous loop a client's granted
+        points are labeled before the next probe. Without this a client whose labels are still
+        coming looks as uncertain as before its grant and is chosen again and again (measured in
+        reports/async-labeling/notes.md)."""
         from fedal.training import predict
         from fedal.training import pseudo_update as take_pseudo_update
         from fedal.uncertainty import entropy
@@ -397,6 +404,9 @@ class ClientWorker:
         model = self.model(state)
         x_u = self.data.x[pools.unlabeled]
         probs, _ = predict(model, x_u)
+        if pending > 0 and len(probs):
+            keep = np.sort(np.argsort(-entropy(probs), kind="stable")[min(int(pending), len(probs)):])
+            x_u, probs = x_u[keep], probs[keep]
         g = float(entropy(probs).mean()) if len(probs) else 0.0  # |U|=0 → g=0
         metrics = {"partition-id": self.data.partition_id, "g": g, "n-unlabeled": pools.n_unlabeled,
                    "n-labeled": pools.n_labeled}
@@ -471,7 +481,8 @@ class ClientWorker:
             metrics, m = self.probe(state, int(conf["al-round"]), int(conf.get("fl-round", 0)),
                                     pseudo_update=bool(conf["need-embeddings"]),
                                     mix=bool(conf.get("need-mix", False)),
-                                    sketch_seed=int(conf.get("sketch-seed", 0)))
+                                    sketch_seed=int(conf.get("sketch-seed", 0)),
+                                    pending=int(conf.get("pending", 0)))
             return metrics, (None if m is None else ("pseudo", {"m": m}))
         if kind == "acquire":
             return self.acquire(state, int(conf["n"]), int(conf["al-round"]), str(conf["point-strategy"])), None

@@ -97,6 +97,9 @@ class FederatedActiveLearning:
         self.rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
         self.failures: list[dict] = []  # this AL round's skipped (client, step)s, for its row
         self.info_errors: dict[int, str] = {}  # node id -> the reason its last query.info failed
+        # async labeling: labels granted to a client and not paid yet, by client id; its probe
+        # leaves that many of its most uncertain points out (fedal.client.ClientWorker.probe)
+        self.pending_labels: dict[str, int] = {}
         from fedal.continual import training_mode
 
         self.strategy = client_selection.get(cfg.client_strategy)
@@ -306,10 +309,11 @@ class FederatedActiveLearning:
             if fl_round in probed:
                 t = time.perf_counter()
                 live = [cid for cid, c in state.clients.items() if c.n_unlabeled > 0]
-                replies.append(self._send(state, "query.probe", live, {
-                    "al-round": probe_round, "fl-round": fl_round, "need-embeddings": need,
-                    "need-mix": self.strategy.needs_predicted_mix,
-                    "sketch-seed": sketch_seed}, arrays, fl_round=fl_round))
+                conf = {"al-round": probe_round, "fl-round": fl_round, "need-embeddings": need,
+                        "need-mix": self.strategy.needs_predicted_mix, "sketch-seed": sketch_seed}
+                jobs = [(cid, {**conf, "pending": self.pending_labels[cid]} if self.pending_labels.get(cid)
+                         else conf) for cid in live]
+                replies.append(self._exchange(state, "query.probe", jobs, arrays, fl_round=fl_round))
                 probe_time += time.perf_counter() - t
         return arrays, replies, probe_time
 

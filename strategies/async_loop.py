@@ -96,6 +96,8 @@ def run_async(loop, recorder=None) -> list[dict]:
         for cid, r in got.items():
             m = r.content["metrics"]
             last[cid] = {k: (list(v) if isinstance(v, list) else v) for k, v in m.items()}
+            # the probe sees a client as it will be once its granted labels are in (see probe)
+            loop.pending_labels[cid] = max(0, int(m["granted"]) - int(m["paid"]))
         return got
 
     # round 0: init-clients random clients, init-points each, drawn as the synchronous loop draws them

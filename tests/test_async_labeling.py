@@ -99,6 +99,24 @@ def test_the_first_training_waits_for_the_seed_set(run):
     assert rows[0]["sim_round_start_s"] > 0  # the clock ran while the seed set was labeled
 
 
+def test_probes_see_clients_as_if_their_granted_labels_were_in(monkeypatch):
+    # a client still owed labels is probed without that many of its most uncertain points, so
+    # selection does not pile grant on grant on it (ClientWorker.probe, "pending")
+    from fedal.client import ClientWorker
+
+    seen = []
+    real = ClientWorker.probe
+
+    def spy(self, *a, pending=0, **kw):
+        seen.append((self.data.client_id, pending))
+        return real(self, *a, pending=pending, **kw)
+
+    monkeypatch.setattr(ClientWorker, "probe", spy)
+    rows, summary, _ = run_async({**ASYNC, "annotator-latency": "constant:seconds=60"})
+    assert any(p > 0 for _, p in seen)
+    assert all(0 <= p <= Config.from_run_config(ASYNC).points_per_client * 10 for _, p in seen)
+
+
 def test_server_never_waits_for_labels():
     # annotators far slower than training: every AL round still takes exactly its modelled time
     import strategies.async_loop as al

@@ -67,6 +67,29 @@ def test_probe_entropy_is_the_mean_over_the_unlabeled_pool_only():
     assert abs(metrics["g"] - float(k.mean())) > 1e-3
 
 
+def test_probe_leaves_a_clients_pending_labels_out_as_if_paid():
+    # asynchronous labeling: a client with `pending` granted-but-unpaid labels is probed as it
+    # will be once they are in (its most uncertain points gone), as the synchronous loop sees it
+    from fedal.client import ClientWorker, MemoryPoolStore, load_client_data
+    from fedal.training import predict
+    from fedal.uncertainty import entropy
+
+    data = load_client_data(SMALL, 0, M)
+    worker = ClientWorker(data, MemoryPoolStore())
+    model = worker.model()
+    k = entropy(predict(model, data.x)[0])
+    n = len(k) // 3
+    rest = np.sort(np.argsort(-k, kind="stable")[n:])
+    metrics, m = worker.probe(model.state_dict(), 1, 1, pseudo_update=True, mix=True, pending=n)
+    assert metrics["g"] == pytest.approx(float(k[rest].mean()), rel=1e-6)
+    assert metrics["g"] < float(k.mean()) - 1e-3
+    probs = predict(model, data.x[rest])[0]
+    assert np.allclose(metrics["mix"], probs.mean(0), atol=1e-6)  # the mix over the same points
+    assert metrics["n-unlabeled"] == len(k)  # |U| is still what the pools hold
+    none, _ = worker.probe(model.state_dict(), 1, 1, pseudo_update=False, mix=False)
+    assert none["g"] == pytest.approx(float(k.mean()), rel=1e-6)  # no pending: all of U
+
+
 # ------------------------------------------------------------------ a retried acquisition
 def test_a_retried_acquire_of_a_paid_round_returns_the_same_points_unpaid_in_memory_too():
     # the server resends query.acquire when a reply is lost; without a durable store the
