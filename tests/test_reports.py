@@ -289,6 +289,15 @@ def test_filter_and_mixed_config_note(tmp_path):
     assert "Filter: `dataset=mnist`" in md and "pools runs" not in md
 
 
+def test_keys_outside_the_experiment_hash_are_not_noted(tmp_path):
+    # a timeout or an async key of a sync run does not make two runs different experiments
+    for seed, extra in ((0, {}), (1, {"send-timeout": 60, "query-pool-low": 3, "resume": True})):
+        write_run(tmp_path, f"r{seed}", "Rand", seed, [0.5, 0.6], config={"dataset": "mnist", **extra})
+    assert R.mixed_config_keys(R.load_runs(tmp_path), "method") == {}
+    write_run(tmp_path, "r2", "Rand", 2, [0.5, 0.6], config={"dataset": "mnist", "learning-rate": 0.5})
+    assert R.mixed_config_keys(R.load_runs(tmp_path), "method") == {"Rand": ["learning-rate"]}
+
+
 def test_cli_subprocess_records_exact_command(toy_root, tmp_path):
     import os
     import subprocess

@@ -390,9 +390,14 @@ def mixed_config_keys(runs: Sequence[Run], group_by: str) -> dict[str, list[str]
     Pooling runs of different datasets or partitions into one group silently mixes experiments;
     the report lists such keys so a reader can add --filter.
     """
+    from fedal.config import experiment_key
+
     out = {}
     for g, rs in group_runs(runs, group_by).items():
-        keys = sorted({k for r in rs for k in r.config})
+        # keys outside every run's experiment hash (timeouts, the async keys of a sync run, ...)
+        # cannot make two runs different experiments: not worth a note
+        decisive = set().union(*(experiment_key(r.config) for r in rs))
+        keys = sorted({k for r in rs for k in r.config} & decisive)
         mixed = [
             k
             for k in keys
