@@ -54,7 +54,9 @@ def test_the_bundle_holds_the_code_and_nothing_else(app, fab):
     assert sorted(n for n in shipped if n.endswith(".py")) == on_disk
     for must in ("pyproject.toml", "fedal/server_app.py", "fedal/client_app.py", "strategies/active_learning.py"):
         assert must in names
-    assert len(fab) < 600_000, f"the FAB is {len(fab):,} bytes; did results or reports slip in?"
+    # Flower stores the files uncompressed: the code and README weighed 0.6 MB in November 2026;
+    # a run's results or reports would add megabytes (Flower's cap is 10 MB)
+    assert len(fab) < 1_500_000, f"the FAB is {len(fab):,} bytes; did results or reports slip in?"
 
 
 def test_the_flwr_build_command_makes_the_same_bundle(app, fab, tmp_path):
