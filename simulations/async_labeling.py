@@ -222,6 +222,18 @@ def acc_at_x(xs: list, ys: list, x: float) -> float:
     return float(np.interp(x, xs, ys))
 
 
+def ci95(diffs: list) -> tuple[float, float]:
+    """The 95% confidence interval of the mean of per-seed differences (Student t, paired by
+    seed); NaN with fewer than two seeds."""
+    from scipy import stats
+
+    d = np.asarray([x for x in diffs if not math.isnan(x)], dtype=float)
+    if len(d) < 2:
+        return (math.nan, math.nan)
+    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+    return (float(d.mean() - half), float(d.mean() + half))
+
+
 SUMMARY_KEYS = ("idle_fraction", "idle_fraction_labels_owed", "idle_fraction_waiting_for_grant",
                 "idle_fraction_whole_run", "mean_query_latency_s", "max_query_latency_s", "labels_per_hour",
                 "labeling_span_s", "paid", "granted", "withdrawn", "wasted_answers")
@@ -273,10 +285,12 @@ def report(out: Path, rep: Path, goals=(0.05, 0.01)) -> dict:
         n = min(len(t) for t in by_labels)
         diffs = [mean([t[j]["diff_points"] for t in by_labels]) for j in range(n)]
         diffs_r = [mean([t[j]["diff_points"] for t in by_rounds]) for j in range(n)]
+        ci = [ci95([t[j]["diff_points"] for t in by_labels]) for j in range(n)]
         worst = float(np.nanmin(diffs)) if diffs else math.nan
         ratio = agg["async"]["idle_fraction"] / agg["sync"]["idle_fraction"] if agg["sync"]["idle_fraction"] else math.nan
         result["arms"][arm] = {
             "seeds": seeds, "per_seed": per_seed, "mean": agg, "accuracy_diff_points_by_row": diffs,
+            "accuracy_diff_ci95_by_row": ci,
             "accuracy_diff_points_at_equal_fl_rounds": diffs_r, "idle_ratio_async_over_sync": ratio,
             "worst_accuracy_diff_points": worst,
             "goals_met": {"idle_async_le_5pct_of_sync": bool(ratio <= goals[0]),
@@ -409,14 +423,18 @@ def _markdown(res: dict, rep: Path) -> None:
         lines += [f"## `{arm}` vs `sync`", "",
                   f"Accuracy at the sync rows' label counts (`{arm}` interpolated between its rows; "
                   "points = 100 × difference):", "",
-                  "| labels | " + " | ".join(f"sync s{x} | {arm} s{x}" for x in seeds) + " | mean diff (points) |",
-                  "|---:|" + "---:|" * (2 * len(seeds) + 1)]
+                  "| labels | " + " | ".join(f"sync s{x} | {arm} s{x}" for x in seeds)
+                  + " | mean diff (points) | 95% CI (paired t) |",
+                  "|---:|" + "---:|" * (2 * len(seeds) + 2)]
         for j, d in enumerate(a["accuracy_diff_points_by_row"]):
             cells = []
             for x in seeds:
                 c = ps(x)["accuracy_at_labels"][j]
                 cells += [f"{c['sync']:.4f}", f4(c["async"])]
-            lines.append(f"| {ps(seeds[0])['accuracy_at_labels'][j]['labels']} | " + " | ".join(cells) + f" | {d:+.2f} |")
+            lo, hi = a["accuracy_diff_ci95_by_row"][j]
+            band = "—" if math.isnan(lo) else f"[{lo:+.1f}, {hi:+.1f}]"
+            lines.append(f"| {ps(seeds[0])['accuracy_at_labels'][j]['labels']} | " + " | ".join(cells)
+                         + f" | {d:+.2f} | {band} |")
         lines += ["", f"Accuracy at equal training: at the sync rows' cumulative FL rounds (labels the `{arm}` "
                   "model had then, mean over seeds, in brackets):", "",
                   "| FL rounds | sync labels | " + " | ".join(f"sync s{x} | {arm} s{x}" for x in seeds)

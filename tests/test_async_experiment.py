@@ -46,3 +46,10 @@ def test_the_async_arm_differs_from_sync_only_in_timing():
     assert len(Config.from_run_config(mix).worker_measures) == 3
     differ = {k for k in set(sync) | set(asy) if sync.get(k) != asy.get(k)}
     assert differ <= {"labeling", "async-workers", *A.TIMING}
+
+
+def test_ci95_of_paired_differences():
+    lo, hi = A.ci95([1.0, 3.0, 2.0, math.nan])
+    assert lo < 2.0 < hi and hi - 2.0 == pytest.approx(2.0 - lo)
+    assert hi - lo == pytest.approx(2 * 4.302653 * 1.0 / math.sqrt(3), rel=1e-5)  # t(0.975, 2) s/√n
+    assert all(math.isnan(v) for v in A.ci95([1.0]))
