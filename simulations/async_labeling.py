@@ -403,7 +403,9 @@ def _markdown(res: dict, rep: Path) -> None:
     cols = ["sync", *arms]
     means = {"sync": first["mean"]["sync"], **{a: res["arms"][a]["mean"]["async"] for a in arms}}
     f4 = lambda v: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"  # noqa: E731
-    lines += ["| measure (mean over seeds) | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    n_seeds = {"sync": len(first["seeds"]), **{a: len(res["arms"][a]["seeds"]) for a in arms}}
+    lines += ["| measure (mean over seeds) | " + " | ".join(f"{c} ({n_seeds[c]} seeds)" for c in cols) + " |",
+              "|---|" + "---:|" * len(cols)]
     for key, name, fmt in (("idle_fraction", "annotator idle fraction", f4),
                            ("idle_fraction_labels_owed", "… of which the pool was empty while labels were owed", f4),
                            ("idle_fraction_waiting_for_grant", "… of which the site's budget was spent, waiting for its next grant", f4),
