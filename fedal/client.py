@@ -404,10 +404,11 @@ class ClientWorker:
         model = self.model(state)
         x_u = self.data.x[pools.unlabeled]
         probs, _ = predict(model, x_u)
+        ent = entropy(probs)
         if pending > 0 and len(probs):
-            keep = np.sort(np.argsort(-entropy(probs), kind="stable")[min(int(pending), len(probs)):])
-            x_u, probs = x_u[keep], probs[keep]
-        g = float(entropy(probs).mean()) if len(probs) else 0.0  # |U|=0 → g=0
+            keep = np.sort(np.argsort(-ent, kind="stable")[min(int(pending), len(probs)):])
+            x_u, probs, ent = x_u[keep], probs[keep], ent[keep]
+        g = float(ent.mean()) if len(probs) else 0.0  # |U|=0 → g=0
         metrics = {"partition-id": self.data.partition_id, "g": g, "n-unlabeled": pools.n_unlabeled,
                    "n-labeled": pools.n_labeled}
         if mix:

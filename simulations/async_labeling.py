@@ -421,7 +421,7 @@ def _markdown(res: dict, rep: Path) -> None:
     for arm in arms:
         a = res["arms"][arm]
         seeds = a["seeds"]
-        ps = lambda s: a["per_seed"].get(s, a["per_seed"].get(str(s)))  # noqa: E731
+        ps = a["per_seed"].__getitem__  # by seed (ints: the result is written to JSON after)
         lines += [f"## `{arm}` vs `sync`", "",
                   f"Accuracy at the sync rows' label counts (`{arm}` interpolated between its rows; "
                   "points = 100 × difference):", "",
