@@ -310,6 +310,15 @@ def site_for(run_token: str, worker) -> SimulatedSite:
     return site
 
 
+def grant_key(token: str, al_round: int, conf) -> str:
+    """The key a message's grant is recorded under in the site's store: one grant per run token
+    and AL round (client selection's), and one per ``grant-tag`` within a round (the standing
+    share's top-ups, tagged by the server's model version, i.e. per FL round). A resent message
+    carries the same key and grants nothing twice."""
+    tag = str(conf.get("grant-tag", "") or "")
+    return f"{token}:{al_round}" + (f":{tag}" if tag else "")
+
+
 def handle(worker, conf, state_dict) -> dict:
     """One ``query.labeling`` message: take the model (when sent), grant budget, refill the
     query pool; simulated annotators first label up to the server's clock and their paid labels
@@ -322,7 +331,7 @@ def handle(worker, conf, state_dict) -> dict:
         site.set_model(state_dict, int(conf["model-version"]))
     now, al_round = float(conf["now"]), int(conf["al-round"])
     site.advance(now)
-    granted = site.grant_at(f"{token}:{al_round}", int(conf.get("grant", 0)), now)
+    granted = site.grant_at(grant_key(token, al_round, conf), int(conf.get("grant", 0)), now)
     per_class = site.move_labels(al_round)
     out = {"partition-id": worker.data.partition_id, **site.metrics(), "granted-now": granted}
     if worker.cfg.report_label_histogram:  # an aggregate count per class (README: privacy)
@@ -348,7 +357,7 @@ def _handle_people(worker, conf, state_dict) -> dict:
         site.state_dict = state_dict
     granted = 0
     if not finish:
-        granted = site.grant(f"{token}:{al_round}", int(conf.get("grant", 0)))
+        granted = site.grant(grant_key(token, al_round, conf), int(conf.get("grant", 0)))
         if state_dict is not None or int(conf.get("model-version", 0)) == 0:
             site.refill_if_low()  # after a grant, or when people emptied the pool
     out = {}

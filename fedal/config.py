@@ -114,6 +114,12 @@ DEFAULTS: dict[str, Any] = {
     # tail ends when every granted label is paid, or after MAX_TAIL_ROUNDS tail rounds); people
     # need one (> 0)
     "labeling-deadline-s": 0.0,
+    # how budget reaches a site in an async run: "selection" (the paper's rule: a site labels only
+    # what client selection grants it, points-per-client per pick) or "standing" (a site once
+    # granted keeps a standing share: whenever fewer than query-pool-refill of its granted labels
+    # are owed, the server tops it up by query-pool-refill from the run's remaining budget, so its
+    # annotators never wait for selection to pick it again; docs/method.md)
+    "async-budget": "selection",
 }
 
 # keys that name or place a run but do not change what it computes
@@ -127,11 +133,12 @@ WORKER_MEASURES = ("entropy", "least-confidence", "margin")
 # itself) out, so every sync run keeps the hash it had before they existed
 ASYNC_KEYS = ("labeling", "async-workers", "query-pool-low", "query-pool-refill", "annotators-per-site",
               "annotator-latency", "label-noise", "sim-fl-round-s", "sim-select-s", "annotators",
-              "labeling-deadline-s")
+              "labeling-deadline-s", "async-budget")
+ASYNC_BUDGETS = ("selection", "standing")
 ANNOTATORS = ("simulated", "people")
 # async keys added after async runs had been recorded: left out of an async run's hash while they
 # hold their default (which is what those runs did), so every recorded run keeps its hash
-LATER_ASYNC_KEYS = ("annotators", "labeling-deadline-s")
+LATER_ASYNC_KEYS = ("annotators", "labeling-deadline-s", "async-budget")
 
 
 
@@ -263,6 +270,7 @@ class Config:
     sim_select_s: float
     annotators: str
     labeling_deadline_s: float
+    async_budget: str
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -393,6 +401,7 @@ class Config:
         _number("sim-fl-round-s", self.sim_fl_round_s, 0, lo_open=True, note="simulated seconds")
         _number("sim-select-s", self.sim_select_s, 0, note="simulated seconds")
         _choice("annotators", self.annotators, ANNOTATORS)
+        _choice("async-budget", self.async_budget, ASYNC_BUDGETS)
         if self.annotators == "people" and self.labeling != "async":
             raise ConfigError(
                 f"annotators = 'people' needs labeling = 'async' (labeling = {self.labeling!r}): people label "

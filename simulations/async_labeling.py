@@ -42,8 +42,10 @@ BASE = {"dataset": "mnist1d", "partition": "dirichlet", "dirichlet-alpha": 0.1, 
         "training-mode": "warm-start"}
 MODES = {"sync": {"labeling": "sync", "point-strategy": "entropy"},
          "async": {"labeling": "async", "point-strategy": "entropy", "async-workers": "entropy"},
-         "async-mix": {"labeling": "async", "point-strategy": "entropy"}}
-ASYNC_ARMS = ("async", "async-mix")
+         "async-mix": {"labeling": "async", "point-strategy": "entropy"},
+         "async-standing": {"labeling": "async", "point-strategy": "entropy", "async-workers": "entropy",
+                            "async-budget": "standing"}}
+ASYNC_ARMS = ("async", "async-mix", "async-standing")
 TIMING = {"annotators-per-site": 2, "annotator-latency": "lognormal:median=6,sigma=0.5",
           "sim-fl-round-s": 30.0, "sim-select-s": 20.0, "query-pool-low": 10, "query-pool-refill": 30}
 
@@ -307,7 +309,7 @@ def report(out: Path, rep: Path, goals=(0.05, 0.01)) -> dict:
     return result
 
 
-COLORS = {"sync": "black", "async": "tab:blue", "async-mix": "tab:orange"}
+COLORS = {"sync": "black", "async": "tab:blue", "async-mix": "tab:orange", "async-standing": "tab:green"}
 
 
 def _plots(by: dict, arms: list[str], rep: Path) -> None:

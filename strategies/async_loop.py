@@ -29,6 +29,17 @@ queries are withdrawn, unpaid. Budgets are exact:
 each site's store pays a query once and never beyond the site's granted budget, so the
 federation pays exactly what was granted: the run's label budget (``Config.label_budget``),
 unless clients run out of points or the deadline came first.
+
+Who gets budget (``async-budget``): with ``"selection"`` (the default, the paper's rule) only
+client selection grants it, ``points-per-client`` to each chosen client, so a site that has
+labeled its grant waits until selection picks it again. With ``"standing"`` a site once granted
+budget (a seed-set site or a chosen one) keeps a standing share: before every FL round each such
+site with fewer than ``query-pool-refill`` granted labels still owed is topped up by
+``query-pool-refill`` (latest picks first) from the run's budget not granted yet, and client
+selection grants what is left, in its pick order. The total stays the run's label budget; what
+changes is who spends it: selection decides which sites label, their annotators' pace how much
+(the rows' ``standing_granted`` and the summary's ``granted_standing`` say how much went that
+way).
 """
 
 from __future__ import annotations
@@ -84,11 +95,12 @@ def run_async(loop, recorder=None) -> list[dict]:
     last: dict[str, dict] = {}  # each client's last labeling reply
     labeled_per_class = np.zeros(loop.num_classes, dtype=np.int64)
 
-    def labeling(grants: dict[str, int], arrays, al_round: int, finish: bool = False) -> dict:
+    def labeling(grants: dict[str, int], arrays, al_round: int, finish: bool = False, tag: str = "") -> dict:
         nonlocal labeled_per_class
         tick(0.0)
         jobs = [(cid, {"run": token, "now": clock["now"], "al-round": al_round, "model-version": clock["version"],
-                       "grant": int(grants.get(cid, 0)), "finish": finish})
+                       "grant": int(grants.get(cid, 0)), "finish": finish,
+                       **({"grant-tag": tag} if tag and grants.get(cid) else {})})
                 for cid, c in state.clients.items() if c.node_id is not None]
         got = loop._exchange(state, "query.labeling", jobs, arrays, require_any=False)
         # |U| as selection sees it: points not granted yet (granted ones wait for annotators)
@@ -100,6 +112,37 @@ def run_async(loop, recorder=None) -> list[dict]:
             loop.pending_labels[cid] = max(0, int(m["granted"]) - int(m["paid"]))
         return got
 
+    # async-budget = "standing": a site once granted budget keeps a standing share (module
+    # docstring); ``enrolled`` holds the AL round of each such site's latest selection grant
+    standing = cfg.async_budget == "standing"
+    enrolled: dict[str, int] = {}
+    granted_by = {"selection": 0, "standing": 0}
+
+    def remaining() -> int:
+        """The run's label budget not granted yet."""
+        return cfg.label_budget - sum(int(m["granted"]) for m in last.values())
+
+    def top_ups() -> dict[str, int]:
+        """The standing share's grants of this FL round: query-pool-refill labels to each enrolled
+        site with fewer than that owed, latest picks first, while the run's budget lasts."""
+        if not standing:
+            return {}
+        left, ups = remaining(), {}
+        order = {c: i for i, c in enumerate(state.clients)}
+        for cid in sorted(enrolled, key=lambda c: (-enrolled[c], order.get(c, 0))):
+            m = last.get(cid)
+            if left <= 0:
+                break
+            if m is None or int(m["granted"]) - int(m["paid"]) >= cfg.query_pool_refill:
+                continue
+            n = min(cfg.query_pool_refill, left, int(m["n-grantable"]))
+            if n > 0:
+                ups[cid], left = n, left - n
+        return ups
+
+    def can_top_up() -> bool:
+        return standing and remaining() > 0 and any(int(last[c]["n-grantable"]) > 0 for c in enrolled if c in last)
+
     # round 0: init-clients random clients, init-points each, drawn as the synchronous loop draws them
     pids = list(state.clients)
     n_u = np.array([state.clients[p].n_unlabeled for p in pids])
@@ -107,6 +150,10 @@ def run_async(loop, recorder=None) -> list[dict]:
     plan0 = allocate_budget(order_idx, n_u, cfg.init_points, cfg.init_clients)
     tail_start: float | None = None  # the run's clock after the last AL round's grants
     got0 = labeling({pids[z]: n for z, n in plan0}, None, 0)
+    for cid, rep in got0.items():
+        if int(rep.content["metrics"]["granted-now"]) > 0:
+            enrolled[cid] = 0
+            granted_by["selection"] += int(rep.content["metrics"]["granted-now"])
     if people and not got0:
         # e.g. nodes without a state dir: nothing could be labeled, and the run would only spin
         from strategies.active_learning import ClientFailure
@@ -154,12 +201,17 @@ def run_async(loop, recorder=None) -> list[dict]:
         pids = list(state.clients)
         times = {"train": 0.0, "evaluate": 0.0, "probe": 0.0, "select": 0.0, "acquire": 0.0}
         sim_start = clock["now"]
+        standing_now = [0]  # the standing share's grants during this AL round
 
         def before(fl_round, current, r=r):
             # the latest global model goes to every client (its workers refill with it); the
             # annotators label up to now; then this FL round's training takes sim-fl-round-s
             clock["version"] += 1
-            labeling({}, current, r)
+            ups = top_ups()
+            got = labeling(ups, current, r, tag=f"standing-{clock['version']}")
+            n = sum(int(got[c].content["metrics"]["granted-now"]) for c in ups if c in got)
+            granted_by["standing"] += n
+            standing_now[0] += n
             tick(cfg.sim_fl_round_s)
 
         state.labeled_per_class = labeled_per_class
@@ -174,6 +226,13 @@ def run_async(loop, recorder=None) -> list[dict]:
             t = time.perf_counter()
             plan = plan_round(cfg.client_strategy, stats, loop.rng, loop.diffusion,
                               cfg.points_per_client, cfg.clients_per_round, diagnostics)
+            if standing:  # the standing share has spent part of the budget: grant what is left
+                left, capped = remaining(), []
+                for z, n in plan:
+                    if min(n, left) > 0:
+                        capped.append((z, min(n, left)))
+                        left -= min(n, left)
+                plan = capped
             times["select"] = time.perf_counter() - t
             tick(cfg.sim_select_s)
             clock["version"] += 1
@@ -182,10 +241,13 @@ def run_async(loop, recorder=None) -> list[dict]:
             times["acquire"] = time.perf_counter() - t
             chosen = [pids[z] for z, _ in plan if pids[z] in got]
             granted = sum(int(got[c].content["metrics"]["granted-now"]) for c in chosen)
+            granted_by["selection"] += granted
+            enrolled.update({c: r + 1 for c in chosen if int(got[c].content["metrics"]["granted-now"]) > 0})
         tick(0.0)
         if selecting and r + 1 == cfg.al_rounds:
             tail_start = clock["now"]
-        done = all(int(m.get("done", 1)) for m in last.values())
+        # done: every granted label paid (or withdrawn), and (standing) no top-up left to give
+        done = all(int(m.get("done", 1)) for m in last.values()) and not can_top_up()
         row = {"round": r, "labels": n_labels, "accuracy": acc, "loss": loss,
                "chosen_clients": [state.public_id(c) for c in chosen], "acquired": granted,
                "labeled_per_class": labeled_per_class.tolist(),
@@ -195,6 +257,8 @@ def run_async(loop, recorder=None) -> list[dict]:
                "paid": sum(int(m["paid"]) for m in last.values()),
                "granted": sum(int(m["granted"]) for m in last.values()),
                "open_queries": sum(int(m["open"]) for m in last.values()), "tail": not selecting}
+        if standing:
+            row["standing_granted"] = standing_now[0]
         diagnostics.pop("q", None)
         diagnostics.pop("q_clients", None)
         if diagnostics:
@@ -227,7 +291,8 @@ def run_async(loop, recorder=None) -> list[dict]:
     # the end: every open query is withdrawn (never paid); the sites report their annotators
     got = labeling({}, None, r, finish=True)
     summary = summarize([got[c].content["metrics"] for c in got])
-    summary.update({"final_accuracy": rows[-1]["accuracy"], "labels": rows[-1]["labels"],
+    summary.update({"granted_by_selection": granted_by["selection"], "granted_standing": granted_by["standing"],
+                    "final_accuracy": rows[-1]["accuracy"], "labels": rows[-1]["labels"],
                     "wall_time_s": round(time.perf_counter() - t_run, 2), "sim_time_s": clock["now"]})
     loop.async_summary = summary
     if recorder is not None:
