@@ -116,9 +116,10 @@ DEFAULTS: dict[str, Any] = {
     "labeling-deadline-s": 0.0,
     # how budget reaches a site in an async run: "selection" (the paper's rule: a site labels only
     # what client selection grants it, points-per-client per pick) or "standing" (a site once
-    # granted keeps a standing share: whenever fewer than query-pool-refill of its granted labels
-    # are owed, the server tops it up by query-pool-refill from the run's remaining budget, so its
-    # annotators never wait for selection to pick it again; docs/method.md)
+    # granted keeps a standing share: whenever it is owed fewer labels than it labels between two
+    # messages (twice over, at least query-pool-refill), the server tops it up from the run's
+    # remaining budget, so its annotators do not wait for selection to pick it again;
+    # strategies/async_loop.py)
     "async-budget": "selection",
 }
 

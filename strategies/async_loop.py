@@ -34,8 +34,9 @@ Who gets budget (``async-budget``): with ``"selection"`` (the default, the paper
 client selection grants it, ``points-per-client`` to each chosen client, so a site that has
 labeled its grant waits until selection picks it again. With ``"standing"`` a site once granted
 budget (a seed-set site or a chosen one) keeps a standing share: before every FL round each such
-site with fewer than ``query-pool-refill`` granted labels still owed is topped up by
-``query-pool-refill`` (latest picks first) from the run's budget not granted yet, and client
+site owed fewer granted labels than its top-up (``query-pool-refill`` at first, doubled each time
+the site is found to have run dry) is topped up by that many (latest picks first) from the run's
+budget not granted yet, also while the seed set is labeled, and client
 selection grants what is left, in its pick order. The total stays the run's label budget; what
 changes is who spends it: selection decides which sites label, their annotators' pace how much
 (the rows' ``standing_granted`` and the summary's ``granted_standing`` say how much went that
@@ -116,6 +117,7 @@ def run_async(loop, recorder=None) -> list[dict]:
     # docstring); ``enrolled`` holds the AL round of each such site's latest selection grant
     standing = cfg.async_budget == "standing"
     enrolled: dict[str, int] = {}
+    want: dict[str, int] = {}  # the standing share's top-up of each enrolled site (top_ups)
     granted_by = {"selection": 0, "standing": 0}
 
     def remaining() -> int:
@@ -123,8 +125,11 @@ def run_async(loop, recorder=None) -> list[dict]:
         return cfg.label_budget - sum(int(m["granted"]) for m in last.values())
 
     def top_ups() -> dict[str, int]:
-        """The standing share's grants of this FL round: query-pool-refill labels to each enrolled
-        site with fewer than that owed, latest picks first, while the run's budget lasts."""
+        """The standing share's grants at this message, latest picks first, while the run's
+        budget lasts: an enrolled site owed fewer labels than its ``want`` is granted ``want``
+        more. ``want`` starts at query-pool-refill and doubles whenever a site is found with
+        nothing owed (its annotators ran dry since the last message), so it adapts to the pace of
+        each site's annotators, simulated or people, without the server knowing it."""
         if not standing:
             return {}
         left, ups = remaining(), {}
@@ -133,9 +138,13 @@ def run_async(loop, recorder=None) -> list[dict]:
             m = last.get(cid)
             if left <= 0:
                 break
-            if m is None or int(m["granted"]) - int(m["paid"]) >= cfg.query_pool_refill:
+            if m is None:
                 continue
-            n = min(cfg.query_pool_refill, left, int(m["n-grantable"]))
+            owed = int(m["granted"]) - int(m["paid"])
+            if owed == 0 and cid in want:
+                want[cid] *= 2
+            w = want.setdefault(cid, cfg.query_pool_refill)
+            n = min(w, left, int(m["n-grantable"])) if owed < w else 0
             if n > 0:
                 ups[cid], left = n, left - n
         return ups
@@ -175,8 +184,10 @@ def run_async(loop, recorder=None) -> list[dict]:
     # (seeds/000 starts from a labeled L0): there is no model for anyone to wait on yet, and a
     # first model trained on a trickle of labels is a worse start for every later selection
     # (measured: 4.5 points below sync at 1,000 labels when round 0 trained while they came in).
+    # (The standing share's top-ups go on meanwhile: the seed set is the seed grants.)
+    seed = {c: int(r.content["metrics"]["granted-now"]) for c, r in got0.items()}
     steps = 0
-    while any(int(m["paid"]) < int(m["granted"]) for m in last.values()) and steps < MAX_SEED_STEPS:
+    while any(int(last[c]["paid"]) < n for c, n in seed.items() if c in last) and steps < MAX_SEED_STEPS:
         if people:
             if cfg.labeling_deadline_s > 0 and clock["now"] >= cfg.labeling_deadline_s:
                 loop.log(f"fedal: labeling-deadline-s = {cfg.labeling_deadline_s:g} s passed before the seed set "
@@ -184,7 +195,9 @@ def run_async(loop, recorder=None) -> list[dict]:
                 break
             time.sleep(PEOPLE_POLL_S)  # people label in their own time: ask again in a while
         tick(cfg.sim_fl_round_s)
-        labeling({}, None, 0)
+        ups = top_ups()
+        got = labeling(ups, None, 0, tag=f"seed-{steps}")
+        granted_by["standing"] += sum(int(got[c].content["metrics"]["granted-now"]) for c in ups if c in got)
         steps += 1
     if steps:
         loop.log(f"fedal: the seed set ({sum(int(m['paid']) for m in last.values())} labels) was labeled "
@@ -201,7 +214,8 @@ def run_async(loop, recorder=None) -> list[dict]:
         pids = list(state.clients)
         times = {"train": 0.0, "evaluate": 0.0, "probe": 0.0, "select": 0.0, "acquire": 0.0}
         sim_start = clock["now"]
-        standing_now = [0]  # the standing share's grants during this AL round
+        # the standing share's grants during this AL round (round 0's include the seed set's wait)
+        standing_now = [granted_by["standing"] if r == 0 else 0]
 
         def before(fl_round, current, r=r):
             # the latest global model goes to every client (its workers refill with it); the

@@ -171,7 +171,8 @@ def test_async_keys_leave_the_sync_hash_alone():
 @pytest.mark.parametrize("key,value", [("labeling", "maybe"), ("async-workers", "entropy,badge"),
                                        ("async-workers", ""), ("annotator-latency", "gamma:k=2"),
                                        ("label-noise", 1.5), ("annotators-per-site", 0),
-                                       ("query-pool-refill", 2), ("sim-fl-round-s", 0.0)])
+                                       ("query-pool-refill", 2), ("sim-fl-round-s", 0.0),
+                                       ("async-budget", "greedy")])
 def test_async_keys_are_validated(key, value):
     rc = {key: value, "query-pool-low": 5} if key == "query-pool-refill" else {key: value}
     with pytest.raises(ConfigError, match=key):
@@ -203,3 +204,32 @@ def test_a_client_chosen_again_before_its_labels_came_is_granted_in_full():
     chosen = [c for r in rows for c in r["chosen_clients"]]
     assert len(chosen) > len(set(chosen))  # some client was chosen twice
     assert summary["granted"] == summary["paid"] == Config.from_run_config(rc).label_budget
+
+
+# async-budget = "standing": slow AL rounds next to quick grants, so that with the paper's rule a
+# site that has labeled its grant waits for selection to pick it again
+STANDING = {**ASYNC, "al-rounds": 4}
+
+
+def test_a_standing_share_keeps_budgets_exact_and_reaches_only_granted_sites():
+    cfg = Config.from_run_config({**STANDING, "async-budget": "standing"})
+    rows, summary, sites = run_async({**STANDING, "async-budget": "standing"}, keep=True)
+    try:
+        assert summary["paid"] == summary["granted"] == cfg.label_budget
+        assert summary["granted_standing"] > 0 and \
+            summary["granted_by_selection"] + summary["granted_standing"] == cfg.label_budget
+        assert sum(r.get("standing_granted", 0) for r in rows) == summary["granted_standing"]
+        # only seed-set and chosen sites are ever granted budget; a top-up never goes elsewhere
+        chosen = {c for r in rows for c in r["chosen_clients"]}
+        others = [cid for cid, s in sites.items() if s.granted > 0 and s.worker.data.partition_id not in chosen]
+        assert len(others) <= cfg.init_clients
+        for site in sites.values():
+            idx, _ = site.store.labeled_arrays()
+            assert len(set(idx.tolist())) == len(idx) <= site.granted  # nothing paid twice or unpaid-for
+    finally:
+        for s in sites.values():
+            s.close()
+    # the paper's rule on the same run: selection grants it all, and sites wait to be picked again
+    _, plain, _ = run_async(STANDING)
+    assert plain["granted_standing"] == 0 and plain["granted_by_selection"] == cfg.label_budget
+    assert summary["idle_fraction_waiting_for_grant"] < 0.5 * plain["idle_fraction_waiting_for_grant"]

@@ -229,6 +229,8 @@ def test_the_new_keys_keep_every_recorded_hash():
     assert Config.from_run_config({**base, "annotators": "simulated", "labeling-deadline-s": 0.0}).config_hash() == h
     assert Config.from_run_config({**base, "annotators": "people", "labeling-deadline-s": 9.0}).config_hash() != h
     assert Config.from_run_config({"annotators": "simulated"}).config_hash() == Config.from_run_config({}).config_hash()
+    assert Config.from_run_config({**base, "async-budget": "selection"}).config_hash() == h
+    assert Config.from_run_config({**base, "async-budget": "standing"}).config_hash() != h
 
 
 def test_the_persistent_node_worker_serves_labeling_from_the_durable_store(tmp_path):
@@ -246,9 +248,9 @@ def test_the_persistent_node_worker_serves_labeling_from_the_durable_store(tmp_p
           "query-pool-low": 2, "query-pool-refill": 4}
     nc = {"data-path": str(tmp_path / "site" / "d.npz"), "client-id": "clinic-1", "state-dir": str(tmp_path / "st")}
 
-    def send(al_round, grant, arrays=None, version=0, finish=False):
+    def send(al_round, grant, arrays=None, version=0, finish=False, tag=""):
         conf = {"run": "tok", "now": 0.0, "al-round": al_round, "model-version": version, "grant": grant,
-                "finish": finish}
+                "finish": finish, **({"grant-tag": tag} if tag else {})}
         r = node_worker.handle({"kind": "labeling", "run_config": rc, "node_config": nc, "config": conf,
                                 "arrays": arrays})
         assert r["ok"] and r["out"] is None and r["client-id"] == "clinic-1"
@@ -271,8 +273,12 @@ def test_the_persistent_node_worker_serves_labeling_from_the_durable_store(tmp_p
     # the refill used the sent model (uncertainty workers) and tags its queries with the AL round
     assert ("random", 0) in tags and any(s != "random" and v == 1 for s, v in tags)
     assert sum(send(1, 0, arrays, version=4)["acquired-per-class"]) == 0  # reported once
+    # async-budget = standing: top-ups within an AL round, one per tag, each granted once
+    assert send(1, 2, arrays, version=5, tag="standing-5")["granted"] == 7
+    assert send(1, 2, arrays, version=5, tag="standing-5")["granted"] == 7  # resent: not again
+    assert send(1, 2, arrays, version=6, tag="standing-6")["granted-now"] == 2
     m = send(1, 0, finish=True)
-    assert m["open"] == 0 and m["withdrawn-at-end"] > 0 and sum(m["paid-by-strategy"]) == 3
+    assert m["granted"] == 9 and m["open"] == 0 and m["withdrawn-at-end"] > 0 and sum(m["paid-by-strategy"]) == 3
 
 
 def test_the_deadline_holds_for_simulated_annotators_on_the_simulated_clock():
