@@ -344,9 +344,12 @@ class ClientWorker:
         mode = training_mode(self.cfg.training_mode)
         if mode.warm_start:
             loss = self._train_continual(mode, pools, model, al_round, fl_round, epochs, seed)
+            pools = pools.as_of(al_round)
         else:
             from fedal.training import train_local
 
+            # labels of later AL rounds exist here only when a crashed run repeats this round
+            pools = pools.as_of(al_round)
             idx, labels = pools.labeled_arrays()
             loss = train_local(model, self.data.x[idx], labels, epochs=epochs, batch_size=self.cfg.batch_size,
                                lr=self.cfg.learning_rate, seed=seed)
@@ -364,6 +367,8 @@ class ClientWorker:
         x = self.data.x
         idx, labels = pools.labeled_arrays()
         rounds = np.asarray(pools.acquired_round, dtype=np.int64)
+        upto = rounds <= al_round  # later rounds' labels: a crashed run repeating this round
+        idx, labels, rounds = idx[upto], labels[upto], rounds[upto]
         if al_round > 0:
             # z' of DER/SD: the logits of the global model that finished the AL round in which a
             # point was first trained on — the model received now, for last round's labels. In
@@ -400,7 +405,9 @@ class ClientWorker:
         from fedal.uncertainty import entropy
 
         cfg = self.cfg
-        pools = self.pools()
+        # U_z as it was before the acquisition this probe serves (AL round ``al_round``): a crashed
+        # run repeating the round before it may find that acquisition's labels already paid
+        pools = self.pools().as_of(al_round - 1)
         model = self.model(state)
         x_u = self.data.x[pools.unlabeled]
         probs, _ = predict(model, x_u)

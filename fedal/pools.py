@@ -63,6 +63,18 @@ class Pools:
     def labeled_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(self.labeled, dtype=np.int64), np.asarray(self.labels, dtype=np.int64)
 
+    def as_of(self, al_round: int) -> "Pools":
+        """A copy holding only the labels paid in AL rounds up to ``al_round``: the pools as an
+        uninterrupted run saw them then. A run that crashed after an acquisition but before its
+        checkpoint, and repeats that AL round on resume, finds the next round's labels already
+        here (docs/method.md, "Failures and resume"). Read it; save the pools themselves."""
+        keep = [i for i, r in enumerate(self.acquired_round) if r <= al_round]
+        if len(keep) == len(self.labeled):
+            return self
+        idx = [self.labeled[i] for i in keep]
+        return Pools(self.size, idx, [self.labels[i] for i in keep], [self.acquired_round[i] for i in keep],
+                     {i: self.logits[i] for i in idx if i in self.logits})
+
     # ------------------------------------------------------------------ updates
     def add(self, indices, labels, al_round: int) -> None:
         idx = [int(i) for i in np.asarray(indices).ravel()]

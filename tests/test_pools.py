@@ -49,3 +49,15 @@ def test_state_round_trip_through_dict():
     assert Pools.from_dict(p.to_dict()) == p
     with pytest.raises(PoolError, match="missing or malformed"):
         Pools.from_dict({"size": 4})
+
+
+def test_as_of_keeps_the_labels_of_rounds_up_to_it_and_leaves_the_pools_alone():
+    p = Pools(10)
+    p.add([1, 2], [0, 1], 0)
+    p.add([5], [3], 1)
+    p.add([7, 8], [2, 2], 2)
+    p.set_logits([5, 7], [[0.5, 0.5], [1.0, 0.0]])
+    v = p.as_of(1)
+    assert (v.labeled, v.labels, v.acquired_round) == ([1, 2, 5], [0, 1, 3], [0, 0, 1])
+    assert list(v.unlabeled) == [0, 3, 4, 6, 7, 8, 9] and set(v.logits) == {5}
+    assert p.n_labeled == 5 and p.as_of(2) is p and p.as_of(-1).n_labeled == 0

@@ -2,11 +2,11 @@
 round and resumed with resume = true records the rows an uninterrupted run records, and pays no
 label twice.
 
-Where the crash falls: the server checkpoints right after an AL round's acquisition, and these
+Where the crash falls: the server checkpoints right after an AL round's acquisition. Most
 tests crash it after that checkpoint (on the first message of the next round, or with
-stop-after-round). The clients then hold exactly the labels the checkpoint counts, and the
-resumed run asks no client to acquire a round it already acquired; no per-round idempotency of
-the client's store is needed (a crash between an acquisition and its checkpoint would need it)."""
+stop-after-round): the clients then hold exactly the labels the checkpoint counts. One crashes
+it between an acquisition and its checkpoint: the clients then hold labels the checkpoint does
+not count, and the resumed run repeats the round before them without letting them in."""
 
 from __future__ import annotations
 
@@ -90,6 +90,50 @@ def test_an_interrupted_and_resumed_run_records_the_uninterrupted_rows(uninterru
         assert len(files) == M
         assert sum(sqlite3.connect(f).execute("SELECT count(*) FROM labels").fetchone()[0] for f in files) == paid
     assert len(json.loads((run_dir / CONFIG_FILE).read_text())["resumed"]) == 1
+
+
+class LateCrashGrid(InProcessGrid):
+    """The server 'crashes' after the clients paid AL round 3's labels but before it saw their
+    replies: between an acquisition and its checkpoint."""
+
+    armed = True
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = super().send_and_receive(messages, timeout=timeout)
+        m = messages[0]
+        if self.armed and m.metadata.message_type == "query.acquire" and m.content["config"]["al-round"] == 3:
+            raise Crash("injected crash after the acquisition of AL round 3")
+        return replies
+
+
+@pytest.mark.parametrize("clients", ["survive", "state-dir"])
+@pytest.mark.parametrize("strategy", ["random", "diffusion"])
+def test_a_crash_between_an_acquisition_and_its_checkpoint_resumes_to_the_uninterrupted_rows(
+        tmp_path, monkeypatch, clients, strategy):
+    # the clients hold labels of AL round 3 that the last checkpoint (AL round 1's) does not
+    # count; the resumed AL round 2 must train and probe without them (as the uninterrupted run
+    # did), and its acquisition must get back the labels already paid, not new ones
+    if clients == "state-dir":
+        monkeypatch.setenv("FEDAL_STATE_DIR", str(tmp_path / "state"))
+    from fedal.client_app import build_client_app
+
+    rc = {**RC, "client-strategy": strategy, "training-mode": "retrain" if strategy == "random" else "warm-start"}
+    whole, wgrid = run_inprocess({**rc, "run-dir": str(tmp_path / "whole")}, M, record=True)
+    paid = sum(p.n_labeled for p in pools(wgrid).values()) if clients == "survive" else None
+    if clients == "state-dir":
+        monkeypatch.setenv("FEDAL_STATE_DIR", str(tmp_path / "state2"))
+    rc = {**rc, "run-dir": str(tmp_path)}
+    crashing = LateCrashGrid(build_client_app(rc), M)
+    with pytest.raises(Crash):
+        run_inprocess(rc, M, record=True, grid=crashing)
+    assert len(rows_on_file(tmp_path / "r")) == 2  # AL rounds 0 and 1 checkpointed, 2 not
+    crashing.armed = False
+    grid = crashing if clients == "survive" else None
+    rows, grid = run_inprocess({**rc, "resume": True}, M, record=True, grid=grid)
+    assert without_times(rows) == without_times(whole)
+    if clients == "survive":
+        assert sum(p.n_labeled for p in pools(grid).values()) == paid  # nothing paid twice or beyond
 
 
 def test_resume_without_the_clients_pools_names_FEDAL_STATE_DIR(tmp_path):

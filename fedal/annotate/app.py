@@ -174,7 +174,9 @@ def render_query_page(site: LabelingSite, q: Query | None, p, note: str = "") ->
                        f"{escape(name)}{kbd}</button>")
     parts.append(
         f'<div class="card"><div class="meta" id="query-meta" data-query-id="{q.id}" data-index="{q.index}">'
-        f"Query {q.id} · point {q.index} · chosen by <b>{escape(q.strategy)}</b> with model version "
+        # a durable store's queries carry the AL round of the message whose model chose them
+        # (fedal/async_labeling.py, PeopleSite), not the server's model counter
+        f"Query {q.id} · point {q.index} · chosen by <b>{escape(q.strategy)}</b> in AL round "
         f"{q.model_version}</div><div class=\"point\">{shown}</div>{guess}"
         f'<form method="post" action="/label" id="label-form"><input type="hidden" name="query_id" value="{q.id}">'
         f'<div class="classes">{"".join(buttons)}</div></form>'
