@@ -15,6 +15,10 @@ does, in order, what an operator does on several machines (docs/deployment.md):
    config ``data-path``/``client-id``/``state-dir``/``partition-id``;
 5. ``flwr run`` of this checkout against the SuperLink, then waits for the run's status.
 
+With ``annotators='people'`` in ``--run-config`` (and ``labeling='async'``,
+``labeling-deadline-s``) it also starts a labeling page next to every SuperNode (``fedal-annotate``
+on a free loopback port, a token file per site in the workdir) and prints each page's address.
+
 Every process it starts runs in its own process group and is stopped by PID (the group: a
 SuperLink's or SuperNode's ``flower-superexec`` and the app processes it spawned), also on an
 error, Ctrl-C or interpreter exit (``LocalDeployment`` is a context manager and registers an
@@ -391,6 +395,17 @@ def main(argv: list[str] | None = None) -> int:
         dep.up()
         print(f"SuperLink on {HOST}:{dep.port}, {args.supernodes} SuperNodes online ({time.time() - t0:.0f} s); "
               f"logs in {dep.logs}", flush=True)
+        if rc.get("annotators") == "people":
+            # people label: a page next to every SuperNode (docs/labeling.md), one token per site
+            import secrets
+
+            rc.setdefault("experiment-id", time.strftime("local-%Y%m%d-%H%M%S"))
+            for k in range(1, args.supernodes + 1):
+                token = dep.workdir / f"token-site-{k}"
+                token.write_text(secrets.token_urlsafe(18))
+                token.chmod(0o600)
+                _, url = dep.start_annotate(k, rc["experiment-id"], token, wait_s=args.timeout)
+                print(f"site-{k}: labeling page {url}/?token=$(cat {token})", flush=True)
         run_id = dep.run(rc)
         print(f"run {run_id} submitted; waiting", flush=True)
         status = dep.wait_run(run_id, args.timeout)
