@@ -402,8 +402,9 @@ def main(argv: list[str] | None = None) -> int:
             rc.setdefault("experiment-id", time.strftime("local-%Y%m%d-%H%M%S"))
             for k in range(1, args.supernodes + 1):
                 token = dep.workdir / f"token-site-{k}"
-                token.write_text(secrets.token_urlsafe(18))
-                token.chmod(0o600)
+                fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_urlsafe(18))
                 _, url = dep.start_annotate(k, rc["experiment-id"], token, wait_s=args.timeout)
                 print(f"site-{k}: labeling page {url}/?token=$(cat {token})", flush=True)
         run_id = dep.run(rc)
