@@ -283,14 +283,15 @@ class PeopleSite(QuerySite):
         self.store.note("refills", str(n))
         return n
 
-    def new_per_class(self, pools) -> np.ndarray:
+    def new_per_class(self, pools, recount: bool = False) -> np.ndarray:
         """Paid labels per class since this run's last reply: the class counts of the labels
         now minus those reported before (kept as a note in the store: a fresh process per
-        message remembers nothing). A label undone on the page counts −1."""
+        message remembers nothing). A label undone on the page counts −1. ``recount``: all of
+        them (a resumed server lost the replies after its checkpoint, and counts afresh)."""
         c = self.worker.data.num_classes
         now = np.bincount(np.asarray(pools.labels, dtype=np.int64), minlength=c)[:c]
         key = f"reported-per-class:{self.token}"
-        before = self.store.note(key)
+        before = None if recount else self.store.note(key)
         before = np.asarray(json.loads(before), dtype=np.int64) if before else np.zeros(c, dtype=np.int64)
         self.store.note(key, json.dumps(now.astype(int).tolist()))
         return now - before
@@ -365,7 +366,9 @@ def _handle_people(worker, conf, state_dict) -> dict:
         out["withdrawn-at-end"] = site.store.withdraw_open(reason="run-end")
         out.update(site.summary())
     pools = worker.pools()  # the labels paid on the page are in them already: nothing moves
-    out = {"partition-id": worker.data.partition_id, **site.metrics(pools), "granted-now": granted, **out}
+    # granted-run: what this run (its token) granted the site; a resumed server checks it
+    out = {"partition-id": worker.data.partition_id, **site.metrics(pools), "granted-now": granted,
+           "granted-run": site.store.granted_under(f"{token}:"), **out}
     if worker.cfg.report_label_histogram:  # an aggregate count per class (README: privacy)
-        out["acquired-per-class"] = site.new_per_class(pools).astype(int).tolist()
+        out["acquired-per-class"] = site.new_per_class(pools, bool(conf.get("recount", False))).astype(int).tolist()
     return out

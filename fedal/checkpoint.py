@@ -8,6 +8,11 @@ the previous round's client entropies, the labeled set's class counts), the serv
 state (the numpy bit generator's state: the choices after a resume are the ones an uninterrupted
 run makes), the rows so far, and the experiment's identity (config hash, seed) so that a resume
 with another configuration is refused. A SHA-256 over all of it detects a damaged file.
+
+``extra``: an optional JSON dict of loop-specific state, in the meta (so the digest covers it),
+written only when given: the asynchronous loop's (strategies/async_loop.py: run token, run clock,
+standing share, last replies). A checkpoint without it (the synchronous loop's, or one written
+before it existed) loads with ``extra = None``, byte for byte what it was.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class Checkpoint:
     rows: list[dict]
     config_hash: str
     seed: int
+    extra: dict[str, Any] | None = None  # loop-specific state (module docstring)
 
 
 def _digest(meta: bytes, weights: dict[str, np.ndarray]) -> str:
@@ -54,10 +60,13 @@ def _digest(meta: bytes, weights: dict[str, np.ndarray]) -> str:
 
 
 def save(path: str | Path, ck: Checkpoint) -> None:
-    meta = json.dumps({"format": FORMAT, "al_round": ck.al_round, "clients": ck.clients,
-                       "prev_entropy": ck.prev_entropy, "labeled_per_class": ck.labeled_per_class,
-                       "rng_state": ck.rng_state, "rows": ck.rows, "config_hash": ck.config_hash,
-                       "seed": ck.seed, "weight_names": list(ck.weights)}, sort_keys=True).encode()
+    meta = {"format": FORMAT, "al_round": ck.al_round, "clients": ck.clients,
+            "prev_entropy": ck.prev_entropy, "labeled_per_class": ck.labeled_per_class,
+            "rng_state": ck.rng_state, "rows": ck.rows, "config_hash": ck.config_hash,
+            "seed": ck.seed, "weight_names": list(ck.weights)}
+    if ck.extra is not None:  # absent otherwise: a sync checkpoint stays what it was
+        meta["extra"] = ck.extra
+    meta = json.dumps(meta, sort_keys=True).encode()
     arrays = {f"{_W}{i}": v for i, v in enumerate(ck.weights.values())}
     buf = io.BytesIO()
     np.savez(buf, meta=np.frombuffer(meta, dtype=np.uint8),
@@ -97,4 +106,4 @@ def load(path: str | Path, config_hash: str, seed: int) -> Checkpoint:
                       prev_entropy={k: float(v) for k, v in meta["prev_entropy"].items()},
                       labeled_per_class=[int(v) for v in meta["labeled_per_class"]],
                       rng_state=meta["rng_state"], rows=meta["rows"], config_hash=meta["config_hash"],
-                      seed=int(meta["seed"]))
+                      seed=int(meta["seed"]), extra=meta.get("extra"))

@@ -650,6 +650,14 @@ class PoolStore:
             self._withdraw_if_spent(db, self._clock())
             return add
 
+    def granted_under(self, prefix: str) -> int:
+        """The labels granted under keys starting with ``prefix`` (``grant``): with a run token
+        as the prefix, what that run granted this site (a resumed asynchronous run checks it
+        against its checkpoint, strategies/async_loop.py)."""
+        note = f"grant:{prefix}"
+        rows = self._read("SELECT value FROM meta WHERE substr(key, 1, ?) = ?", (len(note), note))
+        return sum(int(v) for (v,) in rows)
+
     def note(self, key: str, value: str | None = None) -> str | None:
         """A small value a client keeps with its pools across processes (``value`` given: set it;
         returns the value stored). Names start with ``note:`` in the meta table, apart from the

@@ -470,13 +470,13 @@ class FederatedActiveLearning:
         state.prev_entropy = dict(ck.prev_entropy)
 
     def _save_checkpoint(self, path, state: ALState, al_round: int, arrays: ArrayRecord,
-                         labeled_per_class: np.ndarray, rows: list[dict]) -> None:
+                         labeled_per_class: np.ndarray, rows: list[dict], extra: dict | None = None) -> None:
         checkpoint.save(path, checkpoint.Checkpoint(
             al_round=al_round, weights={k: v.numpy() for k, v in arrays.items()},
             clients={cid: (c.n_labeled, c.n_unlabeled) for cid, c in state.clients.items()},
             prev_entropy=dict(state.prev_entropy), labeled_per_class=[int(v) for v in labeled_per_class],
             rng_state=self.rng.bit_generator.state, rows=rows, config_hash=self.cfg.config_hash(),
-            seed=self.cfg.seed))
+            seed=self.cfg.seed, extra=extra))
 
     # ------------------------------------------------------------------ the loop
     def run(self, recorder=None) -> list[dict]:

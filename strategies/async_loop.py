@@ -41,6 +41,17 @@ selection grants what is left, in its pick order. The total stays the run's labe
 changes is who spends it: selection decides which sites label, their annotators' pace how much
 (the rows' ``standing_granted`` and the summary's ``granted_standing`` say how much went that
 way).
+
+Resume (people only; docs/method.md, "Asynchronous labeling"): with a run directory the server
+checkpoints after every AL round and tail round (fedal/checkpoint.py, its ``extra``: run token,
+run clock and model-version counter, ``tail_start``, last replies, pending labels, standing
+share). ``resume = true`` restores it, skips round 0 and the seed set, asks every site once
+without a grant what this token granted it (refusing stores of another token or that lost this
+run's grants) and to recount its classes, restarts the clock at the checkpoint's seconds and goes
+on with the next AL round. The token is reused, so a repeated round's grants carry the keys they
+had before the crash and are not granted twice; client selection's grants are capped by the
+budget not granted yet, as the sites report it, so the federation never pays beyond the label
+budget. Simulated annotators live in the clients' memory: their runs refuse ``resume = true``.
 """
 
 from __future__ import annotations
@@ -50,8 +61,10 @@ import uuid
 
 import numpy as np
 
+from fedal import checkpoint
 from fedal.checkpoint import CheckpointError
 from fedal.async_labeling import STRATEGY_TAGS
+from fedal.results import CHECKPOINT_FILE
 from strategies.client_selection import allocate_budget, plan_round
 
 MAX_TAIL_ROUNDS = 100  # a guard: tail rounds after the last grant, waiting for labels to come in
@@ -61,49 +74,77 @@ PEOPLE_TAIL_IDLE_S = 5.0  # people: wall seconds of rest after a tail round in w
 
 
 def run_async(loop, recorder=None) -> list[dict]:
-    from flwr.app import ArrayRecord
+    from flwr.app import Array, ArrayRecord
+
+    from strategies.active_learning import ClientInfo
 
     cfg = loop.cfg
     people = cfg.annotators == "people"
+    ck = None
+    ck_path = None if recorder is None else recorder.dir / CHECKPOINT_FILE
     if cfg.resume:
-        raise CheckpointError(
-            "resume = true is not supported with labeling = async: the server's clock and state are not "
-            "checkpointed, and " + ("the sites' stores keep this run's grants and queries" if people else
-                                    "the sites' simulated annotators and query pools live in memory")
-            + "; rerun from the start" + (" with a new experiment-id" if people else ""))
+        if not people:
+            raise CheckpointError(
+                "resume = true is not supported with labeling = async and annotators = simulated: the sites' "
+                "simulated annotators and query pools live in the clients' memory and are not checkpointed; "
+                "rerun from the start (resume = false)")
+        if ck_path is None:
+            raise CheckpointError("resume = true needs the run directory (a recorder) that holds the checkpoint")
+        ck = checkpoint.load(ck_path, cfg.config_hash(), cfg.seed)
+        if not isinstance(ck.extra, dict) or "token" not in ck.extra:
+            raise CheckpointError(f"the checkpoint {ck_path} holds no asynchronous run's state (no run token): it "
+                                  "was not written by an asynchronous run with people; set resume = false to "
+                                  "start the run afresh")
     t_run = time.perf_counter()
     state = loop.discover()
-    if people:
+    if people and ck is None:
         held = {c: s.n_labeled for c, s in state.clients.items() if s.n_labeled > 0}
         if held:
             raise CheckpointError(
                 f"annotators = people: client(s) {', '.join(f'{c} ({n})' for c, n in sorted(held.items()))} "
-                f"already hold paid labels of experiment {cfg.experiment!r} from an earlier run; an "
-                "asynchronous run cannot continue one: set a new experiment-id (or seed) to start afresh")
-    cfg.check_against_clients({p: (c.n_labeled, c.n_unlabeled) for p, c in state.clients.items()})
+                f"already hold paid labels of experiment {cfg.experiment!r} from an earlier run; a new "
+                "asynchronous run cannot continue one: resume = true (with that run's run directory) "
+                "continues it, or set a new experiment-id (or seed) to start afresh")
+    if ck is None:  # resumed: the clients hold this run's labels already
+        cfg.check_against_clients({p: (c.n_labeled, c.n_unlabeled) for p, c in state.clients.items()})
     who = ("people on each site's labeling page (fedal-annotate), wall clock" if people else
            f"{cfg.annotators_per_site} simulated annotator(s) per site ({cfg.annotator_latency})")
     loop.log(f"fedal: asynchronous labeling, {len(state.clients)} clients, {who}, workers "
              f"{', '.join(cfg.worker_measures)}")
-    token = uuid.uuid4().hex  # names this run's sites on the clients; no effect on what is computed
-    clock = {"now": 0.0, "version": 0}
-    t_clock = time.monotonic()
+    # the run token names this run's sites on the clients and keys its grants in their stores; no
+    # effect on what is computed. A resumed run reuses it: a repeated round's grants are not granted twice
+    ex = ck.extra if ck is not None else {}
+    token = ex["token"] if ck is not None else uuid.uuid4().hex
+    clock = {"now": float(ex.get("now", 0.0)), "version": int(ex.get("version", 0))}
+    t_clock = time.monotonic() - clock["now"]  # resumed: the clock goes on from the checkpoint's time
 
     def tick(simulated_s: float) -> None:
         """Advance the run's clock: by ``simulated_s``, or with people to the wall clock."""
         clock["now"] = time.monotonic() - t_clock if people else clock["now"] + simulated_s
 
-    last: dict[str, dict] = {}  # each client's last labeling reply
+    # each client's last labeling reply (a resumed run starts from the checkpoint's: a client
+    # that does not answer still counts with what it was granted)
+    last: dict[str, dict] = {c: dict(m) for c, m in ex.get("last", {}).items()}
     labeled_per_class = np.zeros(loop.num_classes, dtype=np.int64)
+    # each client's share of labeled_per_class (what its replies reported), for a resume's recount
+    reported = {c: np.asarray(v, dtype=np.int64) for c, v in ex.get("reported", {}).items()}
 
-    def labeling(grants: dict[str, int], arrays, al_round: int, finish: bool = False, tag: str = "") -> dict:
+    def labeling(grants: dict[str, int], arrays, al_round: int, finish: bool = False, tag: str = "",
+                 recount: bool = False) -> dict:
         nonlocal labeled_per_class
         tick(0.0)
         jobs = [(cid, {"run": token, "now": clock["now"], "al-round": al_round, "model-version": clock["version"],
                        "grant": int(grants.get(cid, 0)), "finish": finish,
-                       **({"grant-tag": tag} if tag and grants.get(cid) else {})})
+                       **({"grant-tag": tag} if tag and grants.get(cid) else {}),
+                       **({"recount": True} if recount else {})})
                 for cid, c in state.clients.items() if c.node_id is not None]
         got = loop._exchange(state, "query.labeling", jobs, arrays, require_any=False)
+        for cid, r in got.items():
+            m = r.content["metrics"]
+            if "acquired-per-class" in m:
+                if recount:  # the reply counts all of the client's labels: drop what it reported before
+                    labeled_per_class = labeled_per_class - reported.pop(cid, 0)
+                reported[cid] = reported.get(cid, 0) + np.asarray(m["acquired-per-class"], dtype=np.int64)
         # |U| as selection sees it: points not granted yet (granted ones wait for annotators)
         labeled_per_class = labeled_per_class + loop.take_counts(state, got, "n-grantable")
         for cid, r in got.items():
@@ -116,9 +157,9 @@ def run_async(loop, recorder=None) -> list[dict]:
     # async-budget = "standing": a site once granted budget keeps a standing share (module
     # docstring); ``enrolled`` holds the AL round of each such site's latest selection grant
     standing = cfg.async_budget == "standing"
-    enrolled: dict[str, int] = {}
-    want: dict[str, int] = {}  # the standing share's top-up of each enrolled site (top_ups)
-    granted_by = {"selection": 0, "standing": 0}
+    enrolled: dict[str, int] = {c: int(v) for c, v in ex.get("enrolled", {}).items()}
+    want: dict[str, int] = {c: int(v) for c, v in ex.get("want", {}).items()}  # each enrolled site's top-up
+    granted_by = {k: int(v) for k, v in ex.get("granted_by", {"selection": 0, "standing": 0}).items()}
 
     def remaining() -> int:
         """The run's label budget not granted yet."""
@@ -152,60 +193,78 @@ def run_async(loop, recorder=None) -> list[dict]:
     def can_top_up() -> bool:
         return standing and remaining() > 0 and any(int(last[c]["n-grantable"]) > 0 for c in enrolled if c in last)
 
-    # round 0: init-clients random clients, init-points each, drawn as the synchronous loop draws them
-    pids = list(state.clients)
-    n_u = np.array([state.clients[p].n_unlabeled for p in pids])
-    order_idx = loop.rng.permutation(np.flatnonzero(n_u > 0))
-    plan0 = allocate_budget(order_idx, n_u, cfg.init_points, cfg.init_clients)
-    tail_start: float | None = None  # the run's clock after the last AL round's grants
-    got0 = labeling({pids[z]: n for z, n in plan0}, None, 0)
-    for cid, rep in got0.items():
-        if int(rep.content["metrics"]["granted-now"]) > 0:
-            enrolled[cid] = 0
-            granted_by["selection"] += int(rep.content["metrics"]["granted-now"])
-    if people and not got0:
-        # e.g. nodes without a state dir: nothing could be labeled, and the run would only spin
-        from strategies.active_learning import ClientFailure
+    tail_start: float | None = ex.get("tail_start")  # the run's clock after the last AL round's grants
+    if ck is None:
+        # round 0: init-clients random clients, init-points each, drawn as the synchronous loop draws them
+        pids = list(state.clients)
+        n_u = np.array([state.clients[p].n_unlabeled for p in pids])
+        order_idx = loop.rng.permutation(np.flatnonzero(n_u > 0))
+        plan0 = allocate_budget(order_idx, n_u, cfg.init_points, cfg.init_clients)
+        got0 = labeling({pids[z]: n for z, n in plan0}, None, 0)
+        for cid, rep in got0.items():
+            if int(rep.content["metrics"]["granted-now"]) > 0:
+                enrolled[cid] = 0
+                granted_by["selection"] += int(rep.content["metrics"]["granted-now"])
+        if people and not got0:
+            # e.g. nodes without a state dir: nothing could be labeled, and the run would only spin
+            from strategies.active_learning import ClientFailure
 
-        why = "; ".join(f"client {f['client']}: {f['reason']}" for f in loop.failures[:3])
-        raise ClientFailure(f"annotators = people: no client took its first labeling message ({why})")
-    if people:
-        stale = {c: int(r.content["metrics"]["granted"]) - int(r.content["metrics"]["granted-now"])
-                 for c, r in got0.items()}
-        stale = {c: n for c, n in stale.items() if n > 0}
-        if stale:
-            raise CheckpointError(
-                f"annotators = people: the stores of client(s) {', '.join(sorted(stale))} already held a label "
-                f"budget of experiment {cfg.experiment!r} from an earlier run; an asynchronous run cannot "
-                "continue one: set a new experiment-id (or seed) to start afresh")
-    if cfg.al_rounds == 0:
-        tail_start = clock["now"]  # round 0's grants are the last
-    # The seed set is labeled before the first training, as in the synchronous loop and in AAL
-    # (seeds/000 starts from a labeled L0): there is no model for anyone to wait on yet, and a
-    # first model trained on a trickle of labels is a worse start for every later selection
-    # (measured: 4.5 points below sync at 1,000 labels when round 0 trained while they came in).
-    # (The standing share's top-ups go on meanwhile: the seed set is the seed grants.)
-    seed = {c: int(r.content["metrics"]["granted-now"]) for c, r in got0.items()}
-    steps = 0
-    while any(int(last[c]["paid"]) < n for c, n in seed.items() if c in last) and steps < MAX_SEED_STEPS:
+            why = "; ".join(f"client {f['client']}: {f['reason']}" for f in loop.failures[:3])
+            raise ClientFailure(f"annotators = people: no client took its first labeling message ({why})")
         if people:
-            if cfg.labeling_deadline_s > 0 and clock["now"] >= cfg.labeling_deadline_s:
-                loop.log(f"fedal: labeling-deadline-s = {cfg.labeling_deadline_s:g} s passed before the seed set "
-                         "was labeled; training starts with what is labeled")
-                break
-            time.sleep(PEOPLE_POLL_S)  # people label in their own time: ask again in a while
-        tick(cfg.sim_fl_round_s)
-        ups = top_ups()
-        got = labeling(ups, None, 0, tag=f"seed-{steps}")
-        granted_by["standing"] += sum(int(got[c].content["metrics"]["granted-now"]) for c in ups if c in got)
-        steps += 1
-    if steps:
-        loop.log(f"fedal: the seed set ({sum(int(m['paid']) for m in last.values())} labels) was labeled "
-                 f"after {clock['now']:.0f}s; training starts")
-    initial = ArrayRecord(loop.model_fn().state_dict())
-    arrays = initial
-    rows: list[dict] = []
-    r = 0
+            stale = {c: int(r.content["metrics"]["granted"]) - int(r.content["metrics"]["granted-now"])
+                     for c, r in got0.items()}
+            stale = {c: n for c, n in stale.items() if n > 0}
+            if stale:
+                raise CheckpointError(
+                    f"annotators = people: the stores of client(s) {', '.join(sorted(stale))} already held a label "
+                    f"budget of experiment {cfg.experiment!r} from an earlier run; a new asynchronous run "
+                    "cannot continue one: resume = true (with that run's run directory) continues it, or "
+                    "set a new experiment-id (or seed) to start afresh")
+        if cfg.al_rounds == 0:
+            tail_start = clock["now"]  # round 0's grants are the last
+        # The seed set is labeled before the first training, as in the synchronous loop and in AAL
+        # (seeds/000 starts from a labeled L0): there is no model for anyone to wait on yet, and a
+        # first model trained on a trickle of labels is a worse start for every later selection
+        # (measured: 4.5 points below sync at 1,000 labels when round 0 trained while they came in).
+        # (The standing share's top-ups go on meanwhile: the seed set is the seed grants.)
+        seed = {c: int(r.content["metrics"]["granted-now"]) for c, r in got0.items()}
+        steps = 0
+        while any(int(last[c]["paid"]) < n for c, n in seed.items() if c in last) and steps < MAX_SEED_STEPS:
+            if people:
+                if cfg.labeling_deadline_s > 0 and clock["now"] >= cfg.labeling_deadline_s:
+                    loop.log(f"fedal: labeling-deadline-s = {cfg.labeling_deadline_s:g} s passed before the seed set "
+                             "was labeled; training starts with what is labeled")
+                    break
+                time.sleep(PEOPLE_POLL_S)  # people label in their own time: ask again in a while
+            tick(cfg.sim_fl_round_s)
+            ups = top_ups()
+            got = labeling(ups, None, 0, tag=f"seed-{steps}")
+            granted_by["standing"] += sum(int(got[c].content["metrics"]["granted-now"]) for c in ups if c in got)
+            steps += 1
+        if steps:
+            loop.log(f"fedal: the seed set ({sum(int(m['paid']) for m in last.values())} labels) was labeled "
+                     f"after {clock['now']:.0f}s; training starts")
+        initial = ArrayRecord(loop.model_fn().state_dict())
+        arrays = initial
+        rows: list[dict] = []
+        r = 0
+    else:
+        initial = ArrayRecord(loop.model_fn().state_dict())
+        arrays, rows, r = _resume(loop, state, ck, recorder, ClientInfo, Array, ArrayRecord)
+        labeled_per_class = np.asarray(ck.labeled_per_class, dtype=np.int64)
+        loop.pending_labels.update({c: int(v) for c, v in ex.get("pending", {}).items()})
+        # the first message: no grant, no model; each site recounts its classes (replies after the
+        # checkpoint were lost) and says what this run's token granted it, checked against the checkpoint
+        got = labeling({}, None, r, recount=True)
+        if not got:
+            from strategies.active_learning import ClientFailure
+
+            why = "; ".join(f"client {f['client']}: {f['reason']}" for f in loop.failures[:3])
+            raise ClientFailure(f"resume: no client took its first labeling message ({why})")
+        _check_stores(cfg, ck_path, token, ex.get("last", {}), {c: got[c].content["metrics"] for c in got})
+        loop.log(f"fedal: resuming {recorder.dir} after AL round {ck.al_round} (run token {token[:8]}…, "
+                 f"run clock {clock['now']:.0f}s); {sum(int(m['paid']) for m in last.values())} labels paid so far")
     while True:
         selecting = r < cfg.al_rounds
         loop.failures = []
@@ -240,7 +299,9 @@ def run_async(loop, recorder=None) -> list[dict]:
             t = time.perf_counter()
             plan = plan_round(cfg.client_strategy, stats, loop.rng, loop.diffusion,
                               cfg.points_per_client, cfg.clients_per_round, diagnostics)
-            if standing:  # the standing share has spent part of the budget: grant what is left
+            if standing or people:
+                # the standing share has spent part of the budget, or (people) a resumed run repeats a
+                # round some of whose grants were sent before the crash: grant what is left
                 left, capped = remaining(), []
                 for z, n in plan:
                     if min(n, left) > 0:
@@ -282,6 +343,12 @@ def run_async(loop, recorder=None) -> list[dict]:
         rows.append(row)
         if recorder is not None:
             recorder.add_round(row)
+            if people:  # what a resume needs to continue after this round (fedal/checkpoint.py)
+                loop._save_checkpoint(ck_path, state, r, arrays, labeled_per_class, rows, extra={
+                    "token": token, "now": clock["now"], "version": clock["version"], "tail_start": tail_start,
+                    "last": last, "pending": {c: int(v) for c, v in loop.pending_labels.items()},
+                    "reported": {c: [int(x) for x in v] for c, v in reported.items()},
+                    "enrolled": enrolled, "want": want, "granted_by": granted_by})
         loop.log(f"[AL round {r:2d}/{cfg.al_rounds}{' tail' if not selecting else ''}] t {clock['now']:8.0f}s "
                  f"labels {n_labels:6d}  acc {acc:.4f}  open {row['open_queries']}"
                  + (f"  → clients {row['chosen_clients']}" if chosen else ""))
@@ -319,6 +386,48 @@ def run_async(loop, recorder=None) -> list[dict]:
                  f"{summary['idle_fraction']:.3f}, query latency {summary['mean_query_latency_s']:.1f}s, "
                  f"{summary['labels_per_hour']:.0f} labels/h")
     return rows
+
+
+def _resume(loop, state, ck, recorder, ClientInfo, Array, ArrayRecord):
+    """Restore the server's state from the checkpoint ``ck``; returns (weights, rows, the next AL
+    round). Clients of the checkpoint not connected now are kept (not connected) until they return."""
+    loop.rng.bit_generator.state = ck.rng_state
+    state.prev_entropy = dict(ck.prev_entropy)
+    for cid, (n_l, n_u) in ck.clients.items():
+        if cid not in state.clients:
+            state.add(ClientInfo(None, cid, n_l, n_u))
+    rows = [dict(row) for row in ck.rows]
+    recorder.resume_from(rows)
+    return ArrayRecord({k: Array(v) for k, v in ck.weights.items()}), rows, ck.al_round + 1
+
+
+def _check_stores(cfg, ck_path, token: str, before: dict, now: dict) -> None:
+    """A resumed run continues only on the sites' stores of its own run: refused when a store
+    holds a budget or labels that another run (token) granted, or fewer of this run's grants than
+    the checkpoint counts (the store was lost or replaced)."""
+    old = [c for c, m in now.items() if "granted-run" not in m]
+    if old:
+        raise CheckpointError(f"resume: client(s) {', '.join(sorted(old))} do not report what this run granted "
+                              "them (granted-run): their fedal is older than the server's; update them")
+    foreign = {c: m for c, m in now.items()
+               if int(m["granted"]) > int(m["granted-run"]) or int(m["n-labeled"]) > int(m["granted-run"])}
+    if foreign:
+        raise CheckpointError(
+            f"resume: the stores of client(s) "
+            + ", ".join(f"{c} (budget {int(m['granted'])}, {int(m['n-labeled'])} labels, "
+                        f"{int(m['granted-run'])} granted by this run)" for c, m in sorted(foreign.items()))
+            + f" hold a label budget or labels of experiment {cfg.experiment!r} that another run granted, not "
+            f"the run of the checkpoint {ck_path} (run token {token[:8]}…): they are not this run's stores; "
+            "resume with the state directories this run used, or set resume = false with a new experiment-id")
+    lost = {c: (int(m["granted-run"]), int(before[c]["granted"])) for c, m in now.items()
+            if c in before and int(m["granted-run"]) < int(before[c]["granted"])}
+    if lost:
+        raise CheckpointError(
+            "resume: the stores of client(s) "
+            + ", ".join(f"{c} ({a} labels granted by this run, the checkpoint counts {b})"
+                        for c, (a, b) in sorted(lost.items()))
+            + f" lack grants the checkpoint {ck_path} counts: their stores were lost or replaced; resume with "
+            "the state directories this run used, or set resume = false with a new experiment-id")
 
 
 def summarize(metrics: list) -> dict:
