@@ -128,21 +128,29 @@ def run_async(loop, recorder=None) -> list[dict]:
     labeled_per_class = np.zeros(loop.num_classes, dtype=np.int64)
     # each client's share of labeled_per_class (what its replies reported), for a resume's recount
     reported = {c: np.asarray(v, dtype=np.int64) for c, v in ex.get("reported", {}).items()}
+    # resumed: the clients that replied since; a client's first reply after the resume (the first
+    # message, or its first after it returns) recounts its classes (the replies after the
+    # checkpoint were lost) and shows what this run's token granted it (_check_stores)
+    checked: set[str] = set()
 
-    def labeling(grants: dict[str, int], arrays, al_round: int, finish: bool = False, tag: str = "",
-                 recount: bool = False) -> dict:
+    def labeling(grants: dict[str, int], arrays, al_round: int, finish: bool = False, tag: str = "") -> dict:
         nonlocal labeled_per_class
         tick(0.0)
+        recount = {cid for cid in state.clients if ck is not None and cid not in checked}
         jobs = [(cid, {"run": token, "now": clock["now"], "al-round": al_round, "model-version": clock["version"],
                        "grant": int(grants.get(cid, 0)), "finish": finish,
                        **({"grant-tag": tag} if tag and grants.get(cid) else {}),
-                       **({"recount": True} if recount else {})})
+                       **({"recount": True} if cid in recount else {})})
                 for cid, c in state.clients.items() if c.node_id is not None]
         got = loop._exchange(state, "query.labeling", jobs, arrays, require_any=False)
+        if recount & set(got):
+            _check_stores(cfg, ck_path, token, ex.get("last", {}),
+                          {c: got[c].content["metrics"] for c in got if c in recount})
+            checked.update(got)
         for cid, r in got.items():
             m = r.content["metrics"]
             if "acquired-per-class" in m:
-                if recount:  # the reply counts all of the client's labels: drop what it reported before
+                if cid in recount:  # the reply counts all of the client's labels: drop what it reported before
                     labeled_per_class = labeled_per_class - reported.pop(cid, 0)
                 reported[cid] = reported.get(cid, 0) + np.asarray(m["acquired-per-class"], dtype=np.int64)
         # |U| as selection sees it: points not granted yet (granted ones wait for annotators)
@@ -254,15 +262,14 @@ def run_async(loop, recorder=None) -> list[dict]:
         arrays, rows, r = _resume(loop, state, ck, recorder, ClientInfo, Array, ArrayRecord)
         labeled_per_class = np.asarray(ck.labeled_per_class, dtype=np.int64)
         loop.pending_labels.update({c: int(v) for c, v in ex.get("pending", {}).items()})
-        # the first message: no grant, no model; each site recounts its classes (replies after the
-        # checkpoint were lost) and says what this run's token granted it, checked against the checkpoint
-        got = labeling({}, None, r, recount=True)
+        # the first message: no grant, no model; each site recounts its classes and says what this
+        # run's token granted it, checked against the checkpoint (labeling(), _check_stores)
+        got = labeling({}, None, r)
         if not got:
             from strategies.active_learning import ClientFailure
 
             why = "; ".join(f"client {f['client']}: {f['reason']}" for f in loop.failures[:3])
             raise ClientFailure(f"resume: no client took its first labeling message ({why})")
-        _check_stores(cfg, ck_path, token, ex.get("last", {}), {c: got[c].content["metrics"] for c in got})
         loop.log(f"fedal: resuming {recorder.dir} after AL round {ck.al_round} (run token {token[:8]}…, "
                  f"run clock {clock['now']:.0f}s); {sum(int(m['paid']) for m in last.values())} labels paid so far")
     while True:
