@@ -52,6 +52,32 @@ class CrashingGrid(InProcessGrid):
         return replies
 
 
+class StandingCrashGrid(InProcessGrid):
+    """The server 'crashes' after the sites took the ``n``-th query.labeling message of AL round
+    2 (the first is AL round 1's selection, before its checkpoint; the next are AL round 2's FL
+    rounds, with the standing share's top-ups). ``hide``: a node left out of the next
+    ``get_node_ids`` (a client not connected when the run resumes, back at the next AL round)."""
+
+    def __init__(self, *a, n: int = 3, **kw):
+        super().__init__(*a, **kw)
+        self.n, self.seen, self.armed, self.hide = n, 0, True, None
+
+    def get_node_ids(self):
+        nodes = [n for n in super().get_node_ids() if n != self.hide]
+        self.hide = None
+        return nodes
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = super().send_and_receive(messages, timeout=timeout)
+        if self.armed and any(m.metadata.message_type == "query.labeling" and m.content["config"]["al-round"] == 2
+                              for m in messages):
+            self.seen += 1
+            if self.seen == self.n:
+                raise Crash(f"injected crash after the labeling message {self.n} of AL round 2")
+        return replies
+
+
 def in_thread(fn):
     """Run ``fn`` in a thread (a run that never ends fails the test instead of hanging it);
     returns (its result or exception, wall seconds)."""
@@ -227,3 +253,55 @@ def test_a_corrupt_checkpoint_of_a_people_run_is_refused_naming_the_file(crashed
     checkpoint.save(path, ck)
     with pytest.raises(CheckpointError, match=rf"the checkpoint {re.escape(str(path))} holds no asynchronous run's state"):
         run_inprocess(rc, CLIENTS, record=True, grid=InProcessGrid(crashed["grid"].client_app, CLIENTS))
+
+
+def test_a_standing_people_run_resumes_and_a_client_back_later_is_checked_and_recounted(tmp_path, monkeypatch):
+    # async-budget = standing: the standing share's state (enrolled sites, their top-ups) comes
+    # back from the checkpoint; the client holding most labels is not connected when the run
+    # resumes and comes back at the next AL round: its first reply is checked and recounted
+    from fedal.client_app import build_client_app
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("FEDAL_STATE_DIR", str(state))
+    rc = {**RC, "async-budget": "standing", "run-dir": str(tmp_path / "runs"), "run-name": "standing"}
+    cfg = Config.from_run_config(rc)
+    people = People(rc, state)
+    people.start()
+    try:
+        grid = StandingCrashGrid(build_client_app(rc), CLIENTS)
+        out, _ = in_thread(lambda: run_inprocess(rc, CLIENTS, record=True, grid=grid))
+        assert isinstance(out.get("error"), Crash), out
+        run_dir = tmp_path / "runs" / "standing"
+        before = rows_on_file(run_dir)
+        ck = checkpoint.load(run_dir / CHECKPOINT_FILE, cfg.config_hash(), cfg.seed)
+        assert ck.al_round == 1 and ck.extra["enrolled"] and ck.extra["want"]
+        assert sum(ck.extra["granted_by"].values()) == before[-1]["granted"]
+        time.sleep(DOWN_S)
+        late = max(store_totals(state, rc).items(), key=lambda kv: kv[1][1])[0]
+        grid.armed, grid.hide = False, next(n for n, c in grid.contexts.items()
+                                            if str(c.node_config["partition-id"]) == late)
+        logs: list[str] = []
+        out, _ = in_thread(lambda: run_inprocess({**rc, "resume": True}, CLIENTS, record=True, grid=grid,
+                                                 log=logs.append))
+        if "error" in out:
+            raise out["error"]
+        rows, grid = out["value"]
+    finally:
+        people.close()
+    assert not people.errors, people.errors
+    summary = grid.loop.async_summary
+    on_file = rows_on_file(run_dir)
+    assert on_file[:2] == before and [r["round"] for r in on_file] == list(range(len(on_file)))
+    assert on_file[-1]["tail"] and "standing_granted" in on_file[-1]
+    assert any(f"client {late} is back" in line for line in logs), logs
+    totals = store_totals(state, rc)
+    budget = sum(b for b, _, _ in totals.values())
+    paid = sum(n for _, n, _ in totals.values())
+    assert all(n == d for _, n, d in totals.values()), "a point paid twice"
+    assert summary["granted"] == budget <= cfg.label_budget and summary["paid"] == paid <= budget
+    # what each way granted goes on from the checkpoint's counts
+    assert summary["granted_by_selection"] >= ck.extra["granted_by"]["selection"] > 0
+    assert summary["granted_standing"] >= ck.extra["granted_by"]["standing"]
+    assert on_file[-1]["labels"] == paid and sum(on_file[-1]["labeled_per_class"]) == paid
+    token = ck.extra["token"]
+    assert all(k.startswith(f"grant:{token}:") for ks in grant_keys(state, rc).values() for k in ks)
