@@ -74,9 +74,7 @@ PEOPLE_TAIL_IDLE_S = 5.0  # people: wall seconds of rest after a tail round in w
 
 
 def run_async(loop, recorder=None) -> list[dict]:
-    from flwr.app import Array, ArrayRecord
-
-    from strategies.active_learning import ClientInfo
+    from flwr.app import ArrayRecord
 
     cfg = loop.cfg
     people = cfg.annotators == "people"
@@ -259,7 +257,7 @@ def run_async(loop, recorder=None) -> list[dict]:
         r = 0
     else:
         initial = ArrayRecord(loop.model_fn().state_dict())
-        arrays, rows, r = _resume(loop, state, ck, recorder, ClientInfo, Array, ArrayRecord)
+        arrays, rows, r = _resume(loop, state, ck, recorder)
         labeled_per_class = np.asarray(ck.labeled_per_class, dtype=np.int64)
         loop.pending_labels.update({c: int(v) for c, v in ex.get("pending", {}).items()})
         # the first message: no grant, no model; each site recounts its classes and says what this
@@ -395,9 +393,13 @@ def run_async(loop, recorder=None) -> list[dict]:
     return rows
 
 
-def _resume(loop, state, ck, recorder, ClientInfo, Array, ArrayRecord):
+def _resume(loop, state, ck, recorder):
     """Restore the server's state from the checkpoint ``ck``; returns (weights, rows, the next AL
     round). Clients of the checkpoint not connected now are kept (not connected) until they return."""
+    from flwr.app import Array, ArrayRecord
+
+    from strategies.active_learning import ClientInfo
+
     loop.rng.bit_generator.state = ck.rng_state
     state.prev_entropy = dict(ck.prev_entropy)
     for cid, (n_l, n_u) in ck.clients.items():
