@@ -403,7 +403,10 @@ def _markdown(res: dict, rep: Path) -> None:
         "Label noise 0 in every arm (the sync loop's oracle is exact).", "",
         "Command: `python -m simulations.async_labeling --seeds " + " ".join(map(str, seeds_all))
         + f" --clients {res['num_clients']} --al-rounds {res['al_rounds']}`"
-        " (runs in `results/async-labeling/`, one JSON per arm and seed; a finished run is not rerun).", "",
+        " (runs in `results/async-labeling/`, one JSON per arm and seed; a finished run is not rerun)"
+        + "".join(f"; `{a}`: `python -m simulations.async_labeling --seeds "
+                  + " ".join(map(str, res["arms"][a]["seeds"])) + f" --modes {a}`" for a in arms if a != "async")
+        + ".", "",
         "**Idle fraction**: annotator seconds without a query in hand / annotator seconds, counted per "
         "site from its first grant of budget to its last paid label (an annotator of a site that is never "
         "chosen, or whose labeling is over, is not counted as idle). Query latency: from a label submitted "
