@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import sqlite3
+from contextlib import closing
 import threading
 import time
 
@@ -101,28 +102,28 @@ def rows_on_file(run_dir):
     return [json.loads(line) for line in (run_dir / ROUNDS_FILE).read_text().splitlines()]
 
 
-def grant_keys(state, rc) -> dict[str, list[str]]:
+def site_dbs(state, rc):
+    """(client id, open connection) of every durable store the run's clients wrote."""
     exp = Config.from_run_config(rc).experiment
-    out = {}
     for cid in map(str, range(CLIENTS)):
         path = site_store_path(state, exp, cid)
         if path.exists():
-            with sqlite3.connect(path) as db:
-                out[cid] = [k for (k,) in db.execute("SELECT key FROM meta WHERE key LIKE 'grant:%'")]
-    return out
+            with closing(sqlite3.connect(path)) as db:
+                yield cid, db
+
+
+def grant_keys(state, rc) -> dict[str, list[str]]:
+    return {cid: [k for (k,) in db.execute("SELECT key FROM meta WHERE key LIKE 'grant:%'")]
+            for cid, db in site_dbs(state, rc)}
 
 
 def store_totals(state, rc) -> dict[str, tuple[int, int, int]]:
     """Per client: (budget, labels, distinct labeled points) in its durable store."""
-    exp = Config.from_run_config(rc).experiment
     out = {}
-    for cid in map(str, range(CLIENTS)):
-        path = site_store_path(state, exp, cid)
-        if path.exists():
-            with sqlite3.connect(path) as db:
-                b = db.execute("SELECT value FROM meta WHERE key = 'budget'").fetchone()
-                n, d = db.execute("SELECT count(*), count(DISTINCT idx) FROM labels").fetchone()
-                out[cid] = (int(b[0]) if b else 0, n, d)
+    for cid, db in site_dbs(state, rc):
+        b = db.execute("SELECT value FROM meta WHERE key = 'budget'").fetchone()
+        n, d = db.execute("SELECT count(*), count(DISTINCT idx) FROM labels").fetchone()
+        out[cid] = (int(b[0]) if b else 0, n, d)
     return out
 
 
