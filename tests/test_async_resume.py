@@ -11,9 +11,9 @@ import json
 import re
 import shutil
 import sqlite3
-from contextlib import closing
 import threading
 import time
+from contextlib import closing
 
 import pytest
 
