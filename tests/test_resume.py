@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,6 +53,32 @@ def rows_on_file(run_dir):
     return [json.loads(line) for line in (run_dir / ROUNDS_FILE).read_text().splitlines()]
 
 
+def crash_and_resume(grid_class, rc: dict, clients: str, rows_checkpointed: int):
+    """Run ``rc`` on a ``grid_class`` grid until it crashes, check that ``rows_checkpointed`` rows
+    are on file, then resume: on the same clients ("survive") or on new ones that reload their
+    pools from FEDAL_STATE_DIR ("state-dir"). Returns the resumed run's (rows, grid)."""
+    from fedal.client_app import build_client_app
+
+    crashing = grid_class(build_client_app(rc), M)
+    with pytest.raises(Crash):
+        run_inprocess(rc, M, record=True, grid=crashing)
+    run_dir = Path(rc["run-dir"]) / "r"
+    assert len(rows_on_file(run_dir)) == rows_checkpointed and not (run_dir / SUMMARY_FILE).exists()
+    crashing.armed = False
+    grid = crashing if clients == "survive" else None  # None: new clients, pools from the state dir
+    return run_inprocess({**rc, "resume": True}, M, record=True, grid=grid)
+
+
+def labels_paid(clients: str, grid, state_dir: Path) -> int:
+    """Labels the clients hold: in their in-memory pools, or in their SQLite pool stores
+    (fedal.store) under FEDAL_STATE_DIR."""
+    if clients == "survive":
+        return sum(p.n_labeled for p in pools(grid).values())
+    files = list(state_dir.glob("pools/*/*.sqlite"))
+    assert len(files) == M
+    return sum(sqlite3.connect(f).execute("SELECT count(*) FROM labels").fetchone()[0] for f in files)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     d = tmp_path_factory.mktemp("whole")
@@ -65,30 +93,13 @@ def test_an_interrupted_and_resumed_run_records_the_uninterrupted_rows(uninterru
     # clients restart too and reload their pools from FEDAL_STATE_DIR
     if clients == "state-dir":
         monkeypatch.setenv("FEDAL_STATE_DIR", str(tmp_path / "state"))
-    from fedal.client_app import build_client_app
-
-    rc = {**RC, "run-dir": str(tmp_path)}
-    crashing = CrashingGrid(build_client_app(rc), M)
-    with pytest.raises(Crash):
-        run_inprocess(rc, M, record=True, grid=crashing)
+    rows, grid = crash_and_resume(CrashingGrid, {**RC, "run-dir": str(tmp_path)}, clients, 3)
     run_dir = tmp_path / "r"
-    assert len(rows_on_file(run_dir)) == 3 and not (run_dir / SUMMARY_FILE).exists()
-    crashing.armed = False
-    grid = crashing if clients == "survive" else None  # None: new clients, pools from the state dir
-    rows, grid = run_inprocess({**rc, "resume": True}, M, record=True, grid=grid)
     expected, paid = uninterrupted
     assert without_times(rows) == expected
     assert without_times(rows_on_file(run_dir)) == expected  # appended after the checkpoint's rows
     assert json.loads((run_dir / SUMMARY_FILE).read_text())["labels"] == expected[-1]["labels"]
-    if clients == "survive":
-        assert sum(p.n_labeled for p in pools(grid).values()) == paid  # no label paid twice
-    else:
-        import sqlite3
-
-        # the clients' SQLite pool stores (fedal.store) under FEDAL_STATE_DIR
-        files = list((tmp_path / "state").glob("pools/*/*.sqlite"))
-        assert len(files) == M
-        assert sum(sqlite3.connect(f).execute("SELECT count(*) FROM labels").fetchone()[0] for f in files) == paid
+    assert labels_paid(clients, grid, tmp_path / "state") == paid  # no label paid twice
     assert len(json.loads((run_dir / CONFIG_FILE).read_text())["resumed"]) == 1
 
 
@@ -116,24 +127,15 @@ def test_a_crash_between_an_acquisition_and_its_checkpoint_resumes_to_the_uninte
     # did), and its acquisition must get back the labels already paid, not new ones
     if clients == "state-dir":
         monkeypatch.setenv("FEDAL_STATE_DIR", str(tmp_path / "state"))
-    from fedal.client_app import build_client_app
-
     rc = {**RC, "client-strategy": strategy, "training-mode": "retrain" if strategy == "random" else "warm-start"}
     whole, wgrid = run_inprocess({**rc, "run-dir": str(tmp_path / "whole")}, M, record=True)
-    paid = sum(p.n_labeled for p in pools(wgrid).values()) if clients == "survive" else None
+    paid = labels_paid(clients, wgrid, tmp_path / "state")
     if clients == "state-dir":
         monkeypatch.setenv("FEDAL_STATE_DIR", str(tmp_path / "state2"))
-    rc = {**rc, "run-dir": str(tmp_path)}
-    crashing = LateCrashGrid(build_client_app(rc), M)
-    with pytest.raises(Crash):
-        run_inprocess(rc, M, record=True, grid=crashing)
-    assert len(rows_on_file(tmp_path / "r")) == 2  # AL rounds 0 and 1 checkpointed, 2 not
-    crashing.armed = False
-    grid = crashing if clients == "survive" else None
-    rows, grid = run_inprocess({**rc, "resume": True}, M, record=True, grid=grid)
+    # AL rounds 0 and 1 checkpointed, 2 not
+    rows, grid = crash_and_resume(LateCrashGrid, {**rc, "run-dir": str(tmp_path)}, clients, 2)
     assert without_times(rows) == without_times(whole)
-    if clients == "survive":
-        assert sum(p.n_labeled for p in pools(grid).values()) == paid  # nothing paid twice or beyond
+    assert labels_paid(clients, grid, tmp_path / "state2") == paid  # nothing paid twice or beyond
 
 
 def test_resume_without_the_clients_pools_names_FEDAL_STATE_DIR(tmp_path):
