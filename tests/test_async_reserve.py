@@ -66,15 +66,18 @@ def site(tmp_path):
     fc._OPEN_STORES.clear()
 
 
-def page_client(site):
-    from fedal.annotate.app import LabelingSite, create_app
+def page_client(site, store: PoolStore | None = None, session: str | None = None):
+    """A labeling page on ``store`` (default: the ClientApp's connection) and a browser on it
+    (``session``: its session cookie, one per person)."""
+    from fedal.annotate.app import SESSION_COOKIE, LabelingSite, create_app
 
-    page = LabelingSite(site.db, site.data.x, [str(c) for c in range(10)], TOKEN, annotator="person")
+    page = LabelingSite(store or site.db, site.data.x, [str(c) for c in range(10)], TOKEN, annotator="person")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-        return TestClient(create_app(page), base_url="http://127.0.0.1", headers={"Authorization": f"Bearer {TOKEN}"})
+        return TestClient(create_app(page), base_url="http://127.0.0.1", headers={"Authorization": f"Bearer {TOKEN}"},
+                          cookies={SESSION_COOKIE: session} if session else None)
 
 
 def label_on_the_page(client, y, most: int = 10_000) -> list[int]:
@@ -131,6 +134,43 @@ def test_a_person_who_empties_the_pool_gets_the_reserve_without_another_message(
     assert all(rounds[q.index] == 1 for q in promoted)
     m = site.send(1, 0, site.arrays(), version=4)  # the next message counts them
     assert (m["paid"], m["n-labeled"]) == (24, 24)
+
+
+def test_people_on_several_pages_at_once_never_pay_a_point_twice_nor_past_the_budget(site):
+    """Four people, two on each of two pages (two processes' connections to the store), label at
+    once from the same pool and reserve until the budget is spent: each point is paid once, the
+    budget exactly, and no query is opened that the budget cannot pay (none is withdrawn)."""
+    site.send(0, 15)
+    for _ in range(3):
+        q = site.db.next_query("someone")
+        site.db.submit_label(q.id, int(site.y[q.index]), "someone")
+    site.send(1, 0, site.arrays(), version=3)
+    assert len(site.db.reserve()) == 16 and site.db.progress().open == 5  # 5 + 16 > the 12 still to pay
+    i = site.db.identity
+    other = PoolStore(site.db.path, i["experiment_id"], i["client_id"], int(i["n_points"]), i["data_fingerprint"])
+    clients = [page_client(site, st, f"person-{k}") for k, st in enumerate([site.db, site.db, other, other])]
+    start, paid, errors = threading.Barrier(len(clients)), [[] for _ in clients], []
+
+    def person(k):
+        try:
+            start.wait()
+            paid[k] = label_on_the_page(clients[k], site.y)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=person, args=(k,)) for k in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    other.close()
+    assert not errors, errors
+    everyone = [i for p in paid for i in p]
+    assert len(everyone) == len(set(everyone)) == 12 and sum(1 for p in paid if p) > 1
+    p = site.db.progress()
+    assert (p.labeled, p.remaining, p.open, p.withdrawn) == (15, 0, 0, 0)
+    asked = [q.index for q in site.db.queries()]
+    assert len(asked) == len(set(asked))
 
 
 def test_the_reserve_is_what_the_next_refills_would_add_in_turn(site):
