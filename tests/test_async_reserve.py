@@ -64,6 +64,7 @@ def site(tmp_path):
     s.y = s.data.y
     yield s
     fc._OPEN_STORES.clear()
+    s.db.close()
 
 
 def page_client(site, store: PoolStore | None = None, session: str | None = None):
