@@ -27,7 +27,11 @@ this part, common to both kinds of annotators (``annotators`` in the run config)
   memory between messages: the granted total is the store's budget (``PoolStore.grant``, once
   per run token and AL round, so a resent message grants nothing twice), the refill count and
   the class counts already reported are notes in the store, and the model comes with the
-  message. Refills happen when a message arrives (every FL round), not between messages. Queries
+  message. Refills happen when a message arrives (every FL round); so that a person who empties
+  the pool does not wait for the next one, each message with a model also leaves a *reserve* in
+  the store, the queries the next few refills would add ranked by that model
+  (``PeopleSite.write_reserve``), which the page opens when the pool runs low
+  (``PoolStore.promote_reserve``: no model in the page's process). Queries
   carry the AL round of the message instead of the model version: the label a query pays takes
   its tag as its AL round, and local training (``ClientWorker.train``) trains on the labels of
   AL rounds up to the current one, so a tag from the server's model counter (which grows every
@@ -54,6 +58,12 @@ STRATEGY_TAGS = ("random", "entropy", "least-confidence", "margin")  # order of 
 
 _SITES: dict[tuple[str, str], "SimulatedSite"] = {}
 KEEP_SITES = False  # tests: keep a site (and its store) after the run's last message, to inspect it
+# people: the reserve a message leaves in the store holds this many refills' worth of queries
+# (PeopleSite.write_reserve), fewer when fewer candidates are left. Why four: with the default
+# query-pool-refill (30) that is 120 labels past the open ones, at a few seconds a label many
+# minutes of work, enough to bridge an FL round of minutes; a longer one would be ranked by an ever
+# staler model (it does not see the labels paid since), and the next message replaces it anyway.
+RESERVE_REFILLS = 4
 
 
 class PeopleModeError(RuntimeError):
@@ -101,23 +111,35 @@ class QuerySite:
             rng = np.random.default_rng(self.worker._seed(99, refills))
             return len(self.store.add_queries(rng.choice(cand, n, replace=False), self.version, "random"))
         probs = self._probs_of_model()
-        measures = list(self.cfg.worker_measures)
-        k = refills % len(measures)
-        measures = measures[k:] + measures[:k]
-        share = [n // len(measures) + (i < n % len(measures)) for i in range(len(measures))]
         free = np.ones(len(cand), dtype=bool)
         added = 0
-        for measure, m in zip(measures, share):
-            if m == 0:
-                continue
-            score = MEASURES[measure](probs[cand])
-            score = np.where(free, score, -np.inf)
-            top = np.argsort(-score, kind="stable")[:m]
-            free[top] = False
+        for measure, top in self._choose(probs, cand, free, refills, n, {}):
             p = probs[cand[top]]
             added += len(self.store.add_queries(cand[top], self.version, measure, guesses=p.argmax(1),
                                                 confidences=np.clip(p.max(1), 0.0, 1.0)))
         return added
+
+    def _choose(self, probs: np.ndarray, cand: np.ndarray, free: np.ndarray, refills: int, n: int,
+                scores: dict) -> list[tuple[str, np.ndarray]]:
+        """The ``n`` points of refill number ``refills``, split among the workers (worker
+        ``refills mod k`` goes first), each taking the most uncertain of the ``free`` candidates
+        by its measure: (measure, positions in ``cand``) per worker, in turn order. Marks them
+        taken in ``free``; ``scores`` caches each measure's scores of ``cand``."""
+        measures = list(self.cfg.worker_measures)
+        k = refills % len(measures)
+        measures = measures[k:] + measures[:k]
+        share = [n // len(measures) + (i < n % len(measures)) for i in range(len(measures))]
+        picks = []
+        for measure, m in zip(measures, share):
+            if m == 0:
+                continue
+            if measure not in scores:
+                scores[measure] = MEASURES[measure](probs[cand])
+            score = np.where(free, scores[measure], -np.inf)
+            top = np.argsort(-score, kind="stable")[:m]
+            free[top] = False
+            picks.append((measure, top))
+        return picks
 
     def refill_if_low(self) -> int:
         """Refill when fewer than ``query-pool-low`` queries are open and budget is left."""
@@ -283,6 +305,39 @@ class PeopleSite(QuerySite):
         self.store.note("refills", str(n))
         return n
 
+    def write_reserve(self) -> int:
+        """Rank the site's next queries with the model of this message and keep them in the
+        store's reserve (``PoolStore.set_reserve``), replacing the one an older model ranked.
+
+        The reserve holds what ``RESERVE_REFILLS`` more refills would add after the open queries,
+        in the order they would add them: the same candidates, the same split among the workers,
+        the worker rotation continued from the refills so far. The labeling page promotes them
+        (``PoolStore.promote_reserve``) whenever the pool runs low between messages, so a person
+        who empties the pool does not wait for the next FL round; each promotion counts as a
+        refill (the ``refills`` note), so the rotation goes on where it stopped. A site whose
+        budget is spent keeps an empty reserve. Returns the entries written."""
+        cfg, p = self.cfg, self.store.progress()
+        if self.state_dict is None:
+            return 0
+        cand = self.store.candidates()
+        idx, tags, guess, conf = [], [], [], []
+        if p.budget is not None and not p.spent and len(cand):
+            probs = self._probs_of_model()
+            free, scores = np.ones(len(cand), dtype=bool), {}
+            refills = int(self.store.note("refills") or 0)
+            for j in range(1, RESERVE_REFILLS + 1):
+                n = min(cfg.query_pool_refill, int(free.sum()))
+                if n == 0:
+                    break
+                for measure, top in self._choose(probs, cand, free, refills + j, n, scores):
+                    pr = probs[cand[top]]
+                    idx += cand[top].tolist()
+                    tags += [measure] * len(top)
+                    guess += pr.argmax(1).tolist()
+                    conf += np.clip(pr.max(1), 0.0, 1.0).tolist()
+        return self.store.set_reserve(np.asarray(idx, dtype=np.int64), self.version, tags, guess, conf,
+                                      low=cfg.query_pool_low, refill=cfg.query_pool_refill, count_note="refills")
+
     def new_per_class(self, pools, recount: bool = False) -> np.ndarray:
         """Paid labels per class since this run's last reply: the class counts of the labels
         now minus those reported before (kept as a note in the store: a fresh process per
@@ -361,8 +416,11 @@ def _handle_people(worker, conf, state_dict) -> dict:
         granted = site.grant(grant_key(token, al_round, conf), int(conf.get("grant", 0)))
         if state_dict is not None or int(conf.get("model-version", 0)) == 0:
             site.refill_if_low()  # after a grant, or when people emptied the pool
+        if state_dict is not None:
+            site.write_reserve()  # what the page may open until the next message (PeopleSite.write_reserve)
     out = {}
     if finish:
+        site.store.clear_reserve()  # first: the page must not open queries after the withdrawal
         out["withdrawn-at-end"] = site.store.withdraw_open(reason="run-end")
         out.update(site.summary())
     pools = worker.pools()  # the labels paid on the page are in them already: nothing moves

@@ -43,6 +43,12 @@ return labels while training and selection go on:
   of the budget withdraws every query still open; withdrawn queries are never paid.
 - The training step reads "whatever is labeled now" with ``labeled_arrays``/``pools``: a label
   paid through a query carries the query's model version as its AL round.
+- The *reserve* (schema version 3) lets the pool be refilled between a client's messages without
+  a model in the process that refills: the client writes, with each model it gets, the points
+  its workers would pick next, ranked and tagged (``set_reserve``); the labeling page calls
+  ``promote_reserve``, which opens the next of them when the pool runs low, under the same rules
+  as ``add_queries`` (never a point twice, nothing once the budget is spent) and never more than
+  the budget can still pay.
 
 The store refuses, with an error naming the file and the way out, any database that belongs to
 another experiment, client or data set, and any file that is corrupt. It never silently starts
@@ -67,7 +73,7 @@ import numpy as np
 
 from fedal.pools import PoolError, Pools
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 DEFAULT_LEASE_S = 600.0  # how long a claimed query stays reserved for its annotator
 QUERY_STATES = ("open", "labeled", "withdrawn", "skipped")
@@ -140,6 +146,24 @@ CREATE INDEX IF NOT EXISTS queries_by_state ON queries(state, model_version, id)
 """
 
 
+# Version 3: the reserve. Added to a version-2 file by ``_migrate_v2`` (after ``_migrate_v1`` for a
+# version-1 file); a fresh file runs all three scripts.
+_SCHEMA_V3 = """
+-- the reserve: the next points the site's workers would pick after its open queries, ranked by
+-- the latest model at the ClientApp's last message, in the order later refills would take them
+-- (pos). The labeling page turns them into open queries between messages (promote_reserve). Its
+-- settings (query-pool-low, query-pool-refill) are meta keys 'reserve:*'.
+CREATE TABLE IF NOT EXISTS reserve (
+    pos           INTEGER PRIMARY KEY,
+    idx           INTEGER NOT NULL UNIQUE,
+    model_version INTEGER NOT NULL,
+    strategy      TEXT    NOT NULL,
+    guess         INTEGER,
+    confidence    REAL
+)
+"""
+
+
 def _statements(script: str) -> list[str]:
     # statement by statement: executescript would commit the open transaction first. Comment
     # lines go first, so a ';' in a comment cannot split a statement.
@@ -194,6 +218,18 @@ class Query:
     closed_by: str | None  # who labeled or skipped it ('budget'/'acquisition'/... for withdrawals)
     closed_at: float | None
     label: int | None = None
+
+
+@dataclass(frozen=True)
+class ReserveEntry:
+    """One row of the reserve: a point the site's workers would ask about next (``set_reserve``)."""
+
+    pos: int  # promotion order
+    index: int
+    model_version: int  # the tag its query will carry
+    strategy: str  # the measure that picks it
+    guess: int | None
+    confidence: float | None
 
 
 @dataclass(frozen=True)
@@ -336,7 +372,7 @@ class PoolStore:
                 raise StoreError(f"pool store {self.path} is an SQLite database but not a fedal pool "
                                  "store (no meta table); check the state-dir path")
             if not has_meta:
-                for statement in _statements(_SCHEMA) + _statements(_SCHEMA_V2):
+                for statement in _statements(_SCHEMA) + _statements(_SCHEMA_V2) + _statements(_SCHEMA_V3):
                     db.execute(statement)
                 rows = {"schema_version": str(SCHEMA_VERSION), **self.identity,
                         "created_at": repr(self._clock())}
@@ -345,6 +381,9 @@ class PoolStore:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             if meta.get("schema_version") == "1":
                 self._migrate_v1(db, meta)
+                meta["schema_version"] = "2"
+            if meta.get("schema_version") == "2":
+                self._migrate_v2(db, meta)
         self._verify()
 
     def _migrate_v1(self, db: sqlite3.Connection, meta: dict) -> None:
@@ -358,8 +397,23 @@ class PoolStore:
             raise StoreError(wrong)
         for statement in _statements(_SCHEMA_V2):
             db.execute(statement)
-        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('migrated_from_v1_at', ?)",
+                   (repr(self._clock()),))
+
+    def _migrate_v2(self, db: sqlite3.Connection, meta: dict) -> None:
+        """Version 2 -> 3 inside the opening transaction (after ``_migrate_v1`` for a version-1
+        file): add the reserve's table. Nothing else is touched; a file of another experiment,
+        client or data set is refused before anything is written, and a failure rolls back, so
+        the file stays as it was."""
+        n_labels = db.execute("SELECT count(*) FROM labels").fetchone()[0]
+        wrong = self._identity_mismatch(meta, n_labels)
+        if wrong:
+            raise StoreError(wrong)
+        for statement in _statements(_SCHEMA_V3):
+            db.execute(statement)
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('migrated_from_v2_at', ?)",
                    (repr(self._clock()),))
 
     def _identity_mismatch(self, meta: dict, n_labels: int) -> str | None:
@@ -424,6 +478,10 @@ class PoolStore:
         outside = self._read("SELECT id, idx FROM queries WHERE idx < 0 OR idx >= ? LIMIT 1", (self.n_points,))
         if outside:
             raise StoreError(f"pool store {p} is corrupt: query {outside[0][0]} asks about point {outside[0][1]}, "
+                             f"outside 0..{self.n_points - 1}; {_keep_hint(n_labels)}")
+        astray = self._read("SELECT pos, idx FROM reserve WHERE idx < 0 OR idx >= ? LIMIT 1", (self.n_points,))
+        if astray:
+            raise StoreError(f"pool store {p} is corrupt: reserve entry {astray[0][0]} names point {astray[0][1]}, "
                              f"outside 0..{self.n_points - 1}; {_keep_hint(n_labels)}")
         budget = meta.get("budget")
         if budget is not None and (not budget.isdigit() or int(budget) < n_labels):
@@ -677,6 +735,30 @@ class PoolStore:
         return db.execute("UPDATE queries SET state = 'withdrawn', closed_by = 'budget', closed_at = ?, "
                           "claimed_by = NULL, lease_until = NULL WHERE state = 'open'", (now,)).rowcount
 
+    def _check_points(self, what: str, indices, model_version: int, guesses, confidences):
+        """The points, guesses and confidences of ``add_queries``/``set_reserve``, validated."""
+        idx = np.asarray(indices)
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):
+            raise StoreError(f"{what}: indices must be integers, got {idx.dtype}")
+        idx = idx.astype(np.int64).ravel()
+        if len(np.unique(idx)) != len(idx):
+            raise StoreError(f"{what}: the same point appears twice")
+        bad = idx[(idx < 0) | (idx >= self.n_points)]
+        if len(bad):
+            raise StoreError(f"{what}: indices outside 0..{self.n_points - 1}: {bad[:10].tolist()}")
+        if isinstance(model_version, bool) or int(model_version) != model_version or model_version < 0:
+            raise StoreError(f"{what}: model_version = {model_version!r} must be an integer >= 0")
+        g = [None] * len(idx) if guesses is None else [int(v) for v in np.asarray(guesses).ravel()]
+        c = [None] * len(idx) if confidences is None else [float(v) for v in np.asarray(confidences).ravel()]
+        if len(g) != len(idx) or len(c) != len(idx):
+            raise StoreError(f"{what}: {len(idx)} points need as many guesses and confidences "
+                             f"(got {len(g)} and {len(c)})")
+        if any(v is not None and v < 0 for v in g):
+            raise StoreError(f"{what}: a guess is a class id >= 0")
+        if any(v is not None and not (0.0 <= v <= 1.0) for v in c):  # also refuses NaN
+            raise StoreError(f"{what}: a confidence is a probability in [0, 1]")
+        return idx, g, c
+
     def add_queries(self, indices, model_version: int, strategy: str, guesses=None,
                     confidences=None) -> list[int]:
         """Put points into the query pool, in the order given (the order annotators get them in,
@@ -687,26 +769,7 @@ class PoolStore:
         pending acquisition are left out (a label may have landed since the caller looked), and
         nothing is added once the budget is spent. Returns the ids of the queries added.
         """
-        idx = np.asarray(indices)
-        if idx.size and not np.issubdtype(idx.dtype, np.integer):
-            raise StoreError(f"add_queries: indices must be integers, got {idx.dtype}")
-        idx = idx.astype(np.int64).ravel()
-        if len(np.unique(idx)) != len(idx):
-            raise StoreError("add_queries: the same point appears twice")
-        bad = idx[(idx < 0) | (idx >= self.n_points)]
-        if len(bad):
-            raise StoreError(f"add_queries: indices outside 0..{self.n_points - 1}: {bad[:10].tolist()}")
-        if isinstance(model_version, bool) or int(model_version) != model_version or model_version < 0:
-            raise StoreError(f"add_queries: model_version = {model_version!r} must be an integer >= 0")
-        g = [None] * len(idx) if guesses is None else [int(v) for v in np.asarray(guesses).ravel()]
-        c = [None] * len(idx) if confidences is None else [float(v) for v in np.asarray(confidences).ravel()]
-        if len(g) != len(idx) or len(c) != len(idx):
-            raise StoreError(f"add_queries: {len(idx)} points need as many guesses and confidences "
-                             f"(got {len(g)} and {len(c)})")
-        if any(v is not None and v < 0 for v in g):
-            raise StoreError("add_queries: a guess is a class id >= 0")
-        if any(v is not None and not (0.0 <= v <= 1.0) for v in c):  # also refuses NaN
-            raise StoreError("add_queries: a confidence is a probability in [0, 1]")
+        idx, g, c = self._check_points("add_queries", indices, model_version, guesses, confidences)
         now, added = self._clock(), []
         with self._tx() as db:
             budget = self._budget(db)
@@ -734,6 +797,103 @@ class PoolStore:
         taken = [r[0] for r in self._read(busy)]
         mask[np.asarray(taken, dtype=np.int64)] = False
         return np.flatnonzero(mask)
+
+    # ------------------------------------------------------------------ the reserve (schema version 3)
+    def set_reserve(self, indices, model_version: int, strategies: Sequence[str], guesses=None,
+                    confidences=None, *, low: int, refill: int, count_note: str | None = None) -> int:
+        """Replace the reserve with ``indices``, in the order they are to become queries.
+
+        The ClientApp writes it with every model it gets (fedal/async_labeling.py,
+        ``PeopleSite.write_reserve``): the points its workers would pick next, after the open
+        queries, each with the measure (``strategies``) that picks it and the model's guess and
+        confidence; ``model_version`` is the tag their queries will carry. ``low``/``refill`` are
+        the site's ``query-pool-low``/``query-pool-refill``, which ``promote_reserve`` obeys (kept
+        with the reserve, so the labeling page needs no settings of its own). ``count_note``: the
+        note (``note``) that counts the site's refills; each promotion adds one. The old reserve,
+        ranked by an older model, is dropped in the same transaction. Returns the entries written."""
+        idx, g, c = self._check_points("set_reserve", indices, model_version, guesses, confidences)
+        tags = [str(t) for t in strategies]
+        if len(tags) != len(idx):
+            raise StoreError(f"set_reserve: {len(idx)} points need as many strategies (got {len(tags)})")
+        for name, v in (("low", low), ("refill", refill)):
+            if isinstance(v, bool) or int(v) != v or v < 0:
+                raise StoreError(f"set_reserve: {name} = {v!r} must be a count >= 0")
+        settings = {"reserve:low": str(int(low)), "reserve:refill": str(int(refill)),
+                    "reserve:set_at": repr(self._clock())}
+        with self._tx() as db:
+            db.execute("DELETE FROM reserve")
+            db.executemany("INSERT INTO reserve(pos, idx, model_version, strategy, guess, confidence) "
+                           "VALUES (?, ?, ?, ?, ?, ?)",
+                           [(k, i, int(model_version), t, gi, ci)
+                            for k, (i, t, gi, ci) in enumerate(zip(idx.tolist(), tags, g, c))])
+            db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", sorted(settings.items()))
+            db.execute("DELETE FROM meta WHERE key = 'reserve:count_note'")
+            if count_note:
+                db.execute("INSERT INTO meta(key, value) VALUES ('reserve:count_note', ?)", (str(count_note),))
+        return len(idx)
+
+    def clear_reserve(self) -> int:
+        """Drop the reserve (at the end of a run: nothing may be promoted after it). Returns how
+        many entries it held."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM reserve").rowcount
+
+    def reserve(self) -> list[ReserveEntry]:
+        """The reserve, in promotion order."""
+        return [ReserveEntry(*r) for r in self._read(
+            "SELECT pos, idx, model_version, strategy, guess, confidence FROM reserve ORDER BY pos")]
+
+    def promote_reserve(self) -> list[int]:
+        """Between the ClientApp's messages: when fewer than the reserve's ``low`` queries are
+        open and budget is left, turn up to ``refill`` reserve entries into open queries, in
+        reserve order, in ONE transaction (so concurrent callers, other processes and the
+        ClientApp never add a point twice). Entries whose point is meanwhile labeled, in an open
+        query, skipped or chosen by a pending acquisition are dropped unasked; at most as many
+        are opened as the budget can still pay beyond the open queries. Nothing is promoted once
+        the budget is spent (open queries are withdrawn then, as ``next_query`` does), or when the
+        store has no budget or no reserve. Returns the ids of the queries added."""
+        now = self._clock()
+        with self._tx() as db:
+            conf = dict(db.execute("SELECT key, value FROM meta WHERE key IN "
+                                   "('reserve:low', 'reserve:refill', 'reserve:count_note')").fetchall())
+            if "reserve:low" not in conf or "reserve:refill" not in conf:
+                return []
+            if self._withdraw_if_spent(db, now) or self._spent(db):
+                return []
+            budget = self._budget(db)
+            if budget is None:
+                return []
+            paid = db.execute("SELECT count(*) FROM labels").fetchone()[0]
+            n_open = db.execute("SELECT count(*) FROM queries WHERE state = 'open'").fetchone()[0]
+            if n_open >= int(conf["reserve:low"]):
+                return []
+            n = min(int(conf["reserve:refill"]), budget - paid - n_open)
+            if n <= 0:
+                return []
+            busy = {r[0] for r in db.execute(
+                "SELECT idx FROM labels UNION SELECT idx FROM queries WHERE state IN ('open', 'skipped') "
+                "UNION SELECT idx FROM chosen")}
+            rows = db.execute("SELECT pos, idx, model_version, strategy, guess, confidence FROM reserve "
+                              "ORDER BY pos").fetchall()
+            added, used = [], []
+            for pos, i, version, strategy, gi, ci in rows:
+                if len(added) == n:
+                    break
+                used.append(pos)
+                if i in busy:
+                    continue
+                cur = db.execute("INSERT INTO queries(idx, model_version, strategy, state, created_at, guess, "
+                                 "confidence) VALUES (?, ?, ?, 'open', ?, ?, ?)", (i, version, strategy, now, gi, ci))
+                added.append(int(cur.lastrowid))
+                busy.add(i)
+            db.executemany("DELETE FROM reserve WHERE pos = ?", [(pos,) for pos in used])
+            note = conf.get("reserve:count_note")
+            if added and note:  # a promotion is one of the site's refills (its workers' turn order)
+                k = f"note:{note}"
+                row = db.execute("SELECT value FROM meta WHERE key = ?", (k,)).fetchone()
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                           (k, str(int(row[0] if row and str(row[0]).isdigit() else 0) + 1)))
+            return added
 
     _QUERY_COLS = ("q.id, q.idx, q.model_version, q.strategy, q.state, q.created_at, q.guess, q.confidence, "
                    "q.claimed_by, q.lease_until, q.closed_by, q.closed_at, "

@@ -305,9 +305,11 @@ def _store_with_labels(path):
     (lambda p: _tamper(p, "CREATE TABLE l2 AS SELECT * FROM labels", "DROP TABLE labels",
                        "ALTER TABLE l2 RENAME TO labels",
                        "INSERT INTO labels SELECT 9, 3, 5, 0, 'x', 0.0"), "index 3 is labeled 2 times"),
-    (lambda p: _tamper(p, "UPDATE meta SET value = '3' WHERE key = 'schema_version'"),
-     "schema version '3'; this fedal reads version 2"),
+    (lambda p: _tamper(p, "UPDATE meta SET value = '4' WHERE key = 'schema_version'"),
+     "schema version '4'; this fedal reads version 3"),
     (lambda p: _tamper(p, "DELETE FROM acquisitions"), "labels of AL round 0 have no committed acquisition"),
+    (lambda p: _tamper(p, "INSERT INTO reserve VALUES (0, 99, 1, 'entropy', NULL, NULL)"),
+     "reserve entry 0 names point 99, outside 0..49"),
 ])
 def test_a_corrupt_store_is_refused_with_the_file_and_the_problem(tmp_path, tamper, needle):
     path = tmp_path / "pools.sqlite"

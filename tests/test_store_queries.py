@@ -1,5 +1,6 @@
 """The query pool of the pool store (issue #14): queries paid once, withdrawn ones never, exact
-budgets, undo, leases, concurrent annotators in several processes, and the v1 -> v2 migration."""
+budgets, undo, leases, concurrent annotators in several processes, and the v1 -> v2 -> v3 and
+v2 -> v3 migrations (the reserve itself: tests/test_async_reserve.py)."""
 
 import multiprocessing as mp
 import sqlite3
@@ -335,7 +336,8 @@ def test_a_version_1_store_with_paid_labels_is_migrated_keeping_every_label(tmp_
     path = tmp_path / "p.sqlite"
     make_v1_store(path)
     with open_store(path) as s:
-        assert s._read("SELECT value FROM meta WHERE key = 'schema_version'")[0][0] == "2"
+        assert s._read("SELECT value FROM meta WHERE key = 'schema_version'")[0][0] == "3"  # via 2
+        assert s.reserve() == [] and s._read("SELECT count(*) FROM meta WHERE key = 'migrated_from_v1_at'")[0][0]
         p = s.pools()
         assert p.labeled == [4, 9, 2, 30, 31] and p.labels == [4, 2, 2, 2, 3]
         assert p.acquired_round == [0, 0, 0, 1, 1] and p.logits == {2: [2.0, -2.0], 4: [4.0, -4.0], 9: [9.0, -9.0]}
@@ -344,7 +346,7 @@ def test_a_version_1_store_with_paid_labels_is_migrated_keeping_every_label(tmp_
         assert a.paid_now and a.indices.tolist() == [11, 12]
         (qid,) = s.add_queries([4, 20], 3, "entropy")  # 4 is paid: left out
         assert s.submit_label(qid, 6, "ann").paid_now and s.n_labeled == 8
-    with open_store(path) as s:  # a migrated file opens as version 2 from now on
+    with open_store(path) as s:  # a migrated file opens as version 3 from now on
         assert s.n_labeled == 8 and s.progress().labeled_queries == 1
 
 
@@ -358,6 +360,55 @@ def test_a_version_1_store_of_another_experiment_is_refused_and_left_at_version_
     assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
     assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name = 'queries'").fetchone()[0] == 0
     assert raw.execute("SELECT count(*) FROM labels").fetchone()[0] == 5
+    raw.close()
+
+
+def make_v2_store(path, experiment_id="exp-1"):
+    """A file as fedal's version-2 store wrote it (issue #14): the version-1 file above plus the
+    query pool (``fedal.store._SCHEMA_V2``, unchanged since), with a budget, a paid query, an open
+    one and a note."""
+    from fedal.store import _SCHEMA_V2, _statements
+
+    make_v1_store(path, experiment_id)
+    raw = sqlite3.connect(path)
+    for st in _statements(_SCHEMA_V2):
+        raw.execute(st)
+    raw.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    raw.executemany("INSERT INTO meta VALUES (?, ?)", [("budget", "9"), ("note:refills", "3"),
+                                                       ("migrated_from_v1_at", "1.5")])
+    raw.execute("INSERT INTO queries(idx, model_version, strategy, state, created_at, closed_by, closed_at) "
+                "VALUES (20, 1, 'entropy', 'labeled', 3.0, 'ann', 4.0)")
+    raw.execute("INSERT INTO labels(idx, label, al_round, strategy, acquired_at) VALUES (20, 6, 1, 'entropy', 4.0)")
+    raw.execute("INSERT INTO queries(idx, model_version, strategy, state, created_at, guess, confidence) "
+                "VALUES (21, 1, 'margin', 'open', 3.0, 2, 0.5)")
+    raw.commit()
+    raw.close()
+
+
+def test_a_version_2_store_is_migrated_to_3_keeping_its_queries_and_gets_a_reserve(tmp_path):
+    path = tmp_path / "p.sqlite"
+    make_v2_store(path)
+    with open_store(path) as s:
+        assert s._read("SELECT value FROM meta WHERE key = 'schema_version'")[0][0] == "3"
+        assert s._read("SELECT count(*) FROM meta WHERE key = 'migrated_from_v2_at'")[0][0] == 1
+        assert s.n_labeled == 6 and s.budget == 9 and s.note("refills") == "3" and s.reserve() == []
+        assert [(q.index, q.state, q.label) for q in s.queries()] == [(20, "labeled", 6), (21, "open", None)]
+        assert s.pending(2).tolist() == [11, 12]
+        # the new table works: a reserve is written and promoted (21 is open: left out)
+        s.set_reserve([21, 22, 23], 2, ["entropy"] * 3, low=2, refill=1)
+        assert [s.query(i).index for i in s.promote_reserve()] == [22]  # 1 open + 1 promoted = low
+    with open_store(path) as s:  # opens as version 3 from now on
+        assert [e.index for e in s.reserve()] == [23] and s.progress().open == 2
+
+
+def test_a_version_2_store_of_another_experiment_is_refused_and_left_at_version_2(tmp_path):
+    path = tmp_path / "p.sqlite"
+    make_v2_store(path, experiment_id="exp-0")
+    with pytest.raises(StoreError, match="experiment is 'exp-0' there but 'exp-1' here"):
+        open_store(path)
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name = 'reserve'").fetchone()[0] == 0
     raw.close()
 
 

@@ -269,6 +269,9 @@ def create_app(site: LabelingSite, *, allowed_hosts: list[str] | None = None):
         desk = site.desk(session_of(request))
 
         def work():
+            # between the ClientApp's messages, a pool that runs low is refilled from the reserve its
+            # last model ranked (PoolStore.promote_reserve: plain SQL, no model in this process)
+            site.store.promote_reserve()
             q = desk.next()
             return q, desk.progress()
 

@@ -1,0 +1,324 @@
+"""The reserve of a people site (annotators = "people"; docs/labeling.md, "How it behaves"): each
+message with a model leaves in the site's store the queries the next refills would add, ranked by
+that model (fedal/async_labeling.py, ``PeopleSite.write_reserve``), and the labeling page opens
+them when the pool runs low between messages (``PoolStore.promote_reserve``), so a person who
+empties the pool does not wait for the next FL round. Messages go through the persistent node
+worker (``fedal.deploy.node_worker.handle``), as in tests/test_async_people.py; the person labels
+through the page's routes (``create_app``) or the store."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedal.store import PoolStore
+
+RC = {"dataset": "digits", "labeling": "async", "annotators": "people", "labeling-deadline-s": 60.0,
+      "query-pool-low": 2, "query-pool-refill": 4}  # async-workers: entropy, least-confidence, margin
+TOKEN = "reserve-test-token-0123456789"
+N = 60
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A site with 60 unlabeled points and a way to send it query.labeling messages."""
+    from fedal import client as fc
+    from fedal.deploy import node_worker
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "site").mkdir()
+    np.savez(tmp_path / "site" / "d.npz", x=rng.random((N, 64), dtype=np.float32), y=rng.integers(0, 10, N))
+    nc = {"data-path": str(tmp_path / "site" / "d.npz"), "client-id": "clinic-1", "state-dir": str(tmp_path / "st")}
+
+    class Site:
+        def send(self, al_round, grant, arrays=None, version=0, finish=False):
+            conf = {"run": "tok", "now": 0.0, "al-round": al_round, "model-version": version, "grant": grant,
+                    "finish": finish}
+            r = node_worker.handle({"kind": "labeling", "run_config": RC, "node_config": nc, "config": conf,
+                                    "arrays": arrays})
+            assert r["ok"], r
+            fc._OPEN_STORES.clear()  # as a fresh process would
+            return r["metrics"]
+
+        def arrays(self, seed=None):
+            """A model's arrays; ``seed``: its weights moved at random (a later global model)."""
+            model = fc.ClientWorker(self.data, self.store).model()
+            out = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+            if seed is not None:
+                g = np.random.default_rng(seed)
+                out = {k: (v + g.normal(0, 0.5, v.shape).astype(v.dtype) if v.dtype.kind == "f" else v)
+                       for k, v in out.items()}
+            return out
+
+    s = Site()
+    s.data = fc.load_node_data(RC, nc)
+    s.store = fc.node_pool_store(s.data, Path(nc["state-dir"]))
+    s.db: PoolStore = s.store.db
+    s.y = s.data.y
+    yield s
+    fc._OPEN_STORES.clear()
+    s.db.close()
+
+
+def page_client(site, store: PoolStore | None = None, session: str | None = None):
+    """A labeling page on ``store`` (default: the ClientApp's connection) and a browser on it
+    (``session``: its session cookie, one per person)."""
+    from fedal.annotate.app import SESSION_COOKIE, LabelingSite, create_app
+
+    page = LabelingSite(store or site.db, site.data.x, [str(c) for c in range(10)], TOKEN, annotator="person")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+        return TestClient(create_app(page), base_url="http://127.0.0.1", headers={"Authorization": f"Bearer {TOKEN}"},
+                          cookies={SESSION_COOKIE: session} if session else None)
+
+
+def label_on_the_page(client, y, most: int = 10_000) -> list[int]:
+    """A person labels on the page until it shows no query: the points paid, in order."""
+    paid = []
+    while len(paid) < most:
+        html = client.get("/").text
+        m = re.search(r'data-query-id="(\d+)" data-index="(\d+)"', html)
+        if m is None:
+            assert 'id="empty"' in html
+            break
+        qid, idx = int(m.group(1)), int(m.group(2))
+        r = client.post("/label", data={"query_id": qid, "label": int(y[idx])}, follow_redirects=False)
+        assert r.status_code == 303 and "note=" not in r.headers["location"], r.headers["location"]
+        paid.append(idx)
+    return paid
+
+
+def entries(reserve):
+    return [(e.index, e.strategy, e.model_version, e.guess, e.confidence) for e in reserve]
+
+
+def test_a_person_who_empties_the_pool_gets_the_reserve_without_another_message(site):
+    m = site.send(0, 30)  # round 0: a grant, random queries, no model yet: no reserve
+    assert (m["granted"], m["open"]) == (30, 4) and site.db.reserve() == []
+    for _ in range(3):  # one query stays open, fewer than query-pool-low
+        q = site.db.next_query("someone")
+        site.db.submit_label(q.id, int(site.y[q.index]), "someone")
+    m = site.send(1, 0, site.arrays(), version=3)  # AL round 1, with a model: a refill and a reserve
+    assert m["open"] == 5 and m["paid"] == 3
+    reserve = site.db.reserve()
+    assert len(reserve) == 4 * RC["query-pool-refill"]  # RESERVE_REFILLS refills' worth
+    open_now = {q.index for q in site.db.queries("open")}
+    assert not open_now & {e.index for e in reserve}  # after the open queries
+    assert {e.model_version for e in reserve} == {1}  # the AL round the refill would tag
+    assert {e.strategy for e in reserve} == {"entropy", "least-confidence", "margin"}
+    assert all(e.guess is not None and 0 <= e.confidence <= 1 for e in reserve)
+    last_id = max(q.id for q in site.db.queries())
+    refills = int(site.db.note("refills"))
+
+    # the person labels on the page, with no message from the ClientApp: the 5 open queries,
+    # then the reserve's 16, opened query-pool-refill at a time, in the reserve's order
+    paid = label_on_the_page(page_client(site), site.y)
+    assert len(paid) == 5 + 16 and len(set(paid)) == len(paid)
+    promoted = [q for q in site.db.queries() if q.id > last_id]
+    assert entries(promoted) == entries(reserve)  # measure, AL round, guess and confidence kept
+    assert all(q.state == "labeled" for q in promoted) and site.db.reserve() == []
+    assert int(site.db.note("refills")) == refills + 4  # each promotion is a refill
+    p = site.db.progress()
+    assert (p.labeled, p.open, p.budget) == (3 + 21, 0, 30)
+    # the labels carry the AL round of the message: training (AL rounds up to the current) uses them
+    pools = site.db.pools()
+    rounds = dict(zip(pools.labeled, pools.acquired_round))
+    assert all(rounds[q.index] == 1 for q in promoted)
+    m = site.send(1, 0, site.arrays(), version=4)  # the next message counts them
+    assert (m["paid"], m["n-labeled"]) == (24, 24)
+
+
+def test_people_on_several_pages_at_once_never_pay_a_point_twice_nor_past_the_budget(site):
+    """Four people, two on each of two pages (two processes' connections to the store), label at
+    once from the same pool and reserve until the budget is spent: each point is paid once, the
+    budget exactly, and no query is opened that the budget cannot pay (none is withdrawn)."""
+    site.send(0, 15)
+    for _ in range(3):
+        q = site.db.next_query("someone")
+        site.db.submit_label(q.id, int(site.y[q.index]), "someone")
+    site.send(1, 0, site.arrays(), version=3)
+    assert len(site.db.reserve()) == 16 and site.db.progress().open == 5  # 5 + 16 > the 12 still to pay
+    i = site.db.identity
+    other = PoolStore(site.db.path, i["experiment_id"], i["client_id"], int(i["n_points"]), i["data_fingerprint"])
+    clients = [page_client(site, st, f"person-{k}") for k, st in enumerate([site.db, site.db, other, other])]
+    start, paid, errors = threading.Barrier(len(clients)), [[] for _ in clients], []
+
+    def person(k):
+        try:
+            start.wait()
+            paid[k] = label_on_the_page(clients[k], site.y)
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=person, args=(k,)) for k in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    other.close()
+    assert not errors, errors
+    everyone = [i for p in paid for i in p]
+    assert len(everyone) == len(set(everyone)) == 12 and sum(1 for p in paid if p) > 1
+    p = site.db.progress()
+    assert (p.labeled, p.remaining, p.open, p.withdrawn) == (15, 0, 0, 0)
+    asked = [q.index for q in site.db.queries()]
+    assert len(asked) == len(set(asked))
+
+
+def test_the_reserve_is_what_the_next_refills_would_add_in_turn(site):
+    """Worker rotation: refill r lets worker r mod 3 go first. The reserve, written after refill 1
+    (round 0's, random; at round 1 the pool was not low), is what refills 2, 3, 4 and 5 add with
+    the same model: the same points, measures, guesses and confidences, in the same order."""
+    import torch
+
+    from fedal import client as fc
+    from fedal.async_labeling import PeopleSite
+
+    site.send(0, 50)
+    arrays = site.arrays(seed=1)
+    site.send(1, 0, arrays, version=3)
+    reserve = site.db.reserve()
+    assert site.db.note("refills") == "1" and len(reserve) == 16
+    # each refill of four: two for the worker that goes first, one each for the others, in turn
+    assert [e.strategy for e in reserve] == ["margin", "margin", "entropy", "least-confidence",  # refill 2
+                                             "entropy", "entropy", "least-confidence", "margin",  # 3
+                                             "least-confidence", "least-confidence", "margin", "entropy",  # 4
+                                             "margin", "margin", "entropy", "least-confidence"]  # 5
+    people = PeopleSite(fc.ClientWorker(site.data, site.store), "tok")  # what the next messages would do
+    people.version, people.state_dict = 1, {k: torch.from_numpy(v) for k, v in arrays.items()}
+    last_id = max(q.id for q in site.db.queries())
+    for _ in range(4):
+        assert people.refill() == 4
+    added = [q for q in site.db.queries() if q.id > last_id]
+    assert entries(added) == entries(reserve)
+
+
+def test_promotions_never_pass_the_budget_nor_ask_a_point_twice_under_concurrency(tmp_path):
+    """Threads, each with its own connection (as page requests of several processes) and two
+    sharing one, promote, claim and pay at once: every point is asked at most once, exactly the
+    budget is paid, and no promotion opens more than the budget can still pay (nothing is left
+    to withdraw when it is spent)."""
+    path = tmp_path / "p.sqlite"
+    ident = dict(experiment_id="exp-1", client_id="site-a", n_points=200, data_fingerprint="fp")
+    with PoolStore(path, **ident) as s:
+        s.set_budget(37)
+        s.set_reserve(list(range(150)), 2, ["entropy", "margin", "least-confidence"] * 50,
+                      low=5, refill=8, count_note="refills")
+    stores = [PoolStore(path, **ident) for _ in range(5)]
+    shared = stores[0]
+    who = [stores[k] for k in range(5)] + [shared]  # six threads, two on one connection
+    start = threading.Barrier(len(who))
+    errors, promoted, over = [], [], []
+
+    def person(k, s):
+        try:
+            start.wait()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                got = s.promote_reserve()
+                promoted.extend(got)
+                p = s.progress()
+                if p.open > p.remaining:
+                    over.append((p.open, p.remaining))
+                q = s.next_query(f"ann-{k}")
+                if q is None:
+                    if s.progress().spent:
+                        return
+                    continue
+                try:
+                    s.submit_label(q.id, q.index % 7, f"ann-{k}")
+                except Exception as e:  # noqa: BLE001 - a query withdrawn meanwhile is fine, not a payment
+                    if type(e).__name__ not in ("QueryClosed", "BudgetSpent"):
+                        raise
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=person, args=(k, s)) for k, s in enumerate(who)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    try:
+        s = stores[1]
+        qs = s.queries()
+        idx = [q.index for q in qs]
+        assert len(idx) == len(set(idx)), "a point was asked twice"
+        assert sorted(q.id for q in qs) == sorted(promoted)  # every query came from a promotion
+        p = s.progress()
+        assert (p.labeled, p.remaining, p.open, p.withdrawn) == (37, 0, 0, 0)
+        assert not over, over[:3]
+        # the reserve was taken in order: the queries are its first entries
+        assert sorted(idx) == list(range(len(idx)))
+        assert int(s.note("refills")) >= 37 // 8
+        # the budget is spent: nothing more is promoted
+        assert s.promote_reserve() == [] and s.progress().open == 0
+    finally:
+        for st in stores:
+            st.close()
+
+
+def test_a_spent_budget_promotes_nothing_and_withdraws_what_is_open(tmp_path):
+    path = tmp_path / "p.sqlite"
+    ident = dict(experiment_id="exp-1", client_id="site-a", n_points=50, data_fingerprint="fp")
+    with PoolStore(path, **ident) as s:
+        assert s.promote_reserve() == []  # no reserve (a simulated site's store, a v2 file migrated)
+        s.set_budget(3)
+        s.add_queries([1, 2], 0, "random")
+        s.set_reserve([5, 6, 7, 8], 1, ["entropy"] * 4, low=5, refill=4)
+        assert [s.query(i).index for i in s.promote_reserve()] == [5]  # 2 open + 1: what 3 labels can pay
+        for q in s.queries("open")[:2]:
+            s.submit_label(q.id, 0, "ann")
+        assert s.promote_reserve() == [] and s.progress().open == 1  # 2 paid, 1 open: nothing more to pay
+        raw = sqlite3.connect(path)  # the budget is spent behind the store's back (an operator's script)
+        raw.execute("UPDATE meta SET value = '2' WHERE key = 'budget'")
+        raw.commit()
+        raw.close()
+        assert s.promote_reserve() == []
+        p = s.progress()
+        assert (p.open, p.withdrawn, p.labeled) == (0, 1, 2)
+        assert [e.index for e in s.reserve()] == [6, 7, 8]  # kept, for a budget that grows again
+        s.set_budget(None)  # no budget: the store cannot tell what may be paid, nothing is promoted
+        assert s.promote_reserve() == []
+
+
+def test_a_new_message_replaces_the_reserve_and_the_last_one_clears_it(site):
+    site.send(0, 40)
+    site.send(1, 0, site.arrays(seed=1), version=3)
+    first = site.db.reserve()
+    assert first and {e.model_version for e in first} == {1}
+    assert site.db.promote_reserve() == []  # the pool is not low: nothing opened
+    q = site.db.next_query("someone")  # the page pays a query meanwhile
+    site.db.submit_label(q.id, int(site.y[q.index]), "someone")
+    site.send(2, 0, site.arrays(seed=2), version=5)  # AL round 2, a newer model
+    second = site.db.reserve()
+    assert len(second) == 16 and {e.model_version for e in second} == {2}  # nothing of the old one
+    assert not {q.index for q in site.db.queries("open")} & {e.index for e in second}
+    assert [(e.index, e.guess) for e in second] != [(e.index, e.guess) for e in first]  # the newer ranking
+    # the run's last message: the reserve goes first, so the page opens nothing after the withdrawal
+    m = site.send(2, 0, finish=True)
+    assert m["open"] == 0 and m["withdrawn-at-end"] == 3 and site.db.reserve() == []
+    assert not site.db.progress().spent
+    assert label_on_the_page(page_client(site), site.y) == [] and site.db.progress().open == 0
+
+
+def test_a_message_that_finds_the_budget_spent_leaves_no_reserve(site):
+    site.send(0, 5)
+    for _ in range(3):
+        q = site.db.next_query("someone")
+        site.db.submit_label(q.id, int(site.y[q.index]), "someone")
+    site.send(1, 0, site.arrays(), version=3)
+    assert len(site.db.reserve()) == 16
+    paid = label_on_the_page(page_client(site), site.y)
+    assert len(paid) == 2 and site.db.progress().spent and site.db.progress().open == 0
+    site.send(1, 0, site.arrays(seed=1), version=4)
+    assert site.db.reserve() == []
