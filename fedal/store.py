@@ -118,7 +118,7 @@ CREATE TABLE IF NOT EXISTS chosen (
 """
 
 
-# Version 2 (issue #14): the query pool. Added to a version-1 file by ``_migrate_v1``; a fresh
+# Version 2 (issue #14): the query pool. Added to a version-1 file by ``_migrate`` (from 1); a fresh
 # file runs both scripts, so fresh and migrated files have the same tables.
 _SCHEMA_V2 = """
 -- the query pool: one row per point asked for. state: 'open' (waiting for or being labeled, a
@@ -146,7 +146,7 @@ CREATE INDEX IF NOT EXISTS queries_by_state ON queries(state, model_version, id)
 """
 
 
-# Version 3: the reserve. Added to a version-2 file by ``_migrate_v2`` (after ``_migrate_v1`` for a
+# Version 3: the reserve. Added to a version-2 file by ``_migrate`` (from 2; after the step from 1 for a
 # version-1 file); a fresh file runs all three scripts.
 _SCHEMA_V3 = """
 -- the reserve: the next points the site's workers would pick after its open queries, ranked by
@@ -380,41 +380,26 @@ class PoolStore:
                 return
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             if meta.get("schema_version") == "1":
-                self._migrate_v1(db, meta)
+                self._migrate(db, meta, 1)
                 meta["schema_version"] = "2"
             if meta.get("schema_version") == "2":
-                self._migrate_v2(db, meta)
+                self._migrate(db, meta, 2)
         self._verify()
 
-    def _migrate_v1(self, db: sqlite3.Connection, meta: dict) -> None:
-        """Version 1 -> 2 inside the opening transaction: add the query pool's tables. Labels,
-        logits and acquisitions are not touched. A file of another experiment, client or data
-        set is refused before anything is written, and a failure rolls everything back, so the
-        file stays a valid version-1 store."""
+    def _migrate(self, db: sqlite3.Connection, meta: dict, version: int) -> None:
+        """Version ``version`` -> ``version`` + 1 inside the opening transaction: add that
+        version's tables (2: the query pool's, 3: the reserve's); nothing else is touched. A file
+        of another experiment, client or data set is refused before anything is written, and a
+        failure rolls everything back, so the file stays a valid store of its version."""
         n_labels = db.execute("SELECT count(*) FROM labels").fetchone()[0]
         wrong = self._identity_mismatch(meta, n_labels)
         if wrong:
             raise StoreError(wrong)
-        for statement in _statements(_SCHEMA_V2):
+        for statement in _statements({1: _SCHEMA_V2, 2: _SCHEMA_V3}[version]):
             db.execute(statement)
-        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('migrated_from_v1_at', ?)",
-                   (repr(self._clock()),))
-
-    def _migrate_v2(self, db: sqlite3.Connection, meta: dict) -> None:
-        """Version 2 -> 3 inside the opening transaction (after ``_migrate_v1`` for a version-1
-        file): add the reserve's table. Nothing else is touched; a file of another experiment,
-        client or data set is refused before anything is written, and a failure rolls back, so
-        the file stays as it was."""
-        n_labels = db.execute("SELECT count(*) FROM labels").fetchone()[0]
-        wrong = self._identity_mismatch(meta, n_labels)
-        if wrong:
-            raise StoreError(wrong)
-        for statement in _statements(_SCHEMA_V3):
-            db.execute(statement)
-        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('migrated_from_v2_at', ?)",
-                   (repr(self._clock()),))
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version + 1),))
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                   (f"migrated_from_v{version}_at", repr(self._clock())))
 
     def _identity_mismatch(self, meta: dict, n_labels: int) -> str | None:
         names = {"experiment_id": "experiment", "client_id": "client", "n_points": "number of points",
