@@ -403,6 +403,12 @@ class Config:
         _number("sim-select-s", self.sim_select_s, 0, note="simulated seconds")
         _choice("annotators", self.annotators, ANNOTATORS)
         _choice("async-budget", self.async_budget, ASYNC_BUDGETS)
+        if self.labeling == "async" and self.annotators == "simulated" and self.stop_after_round >= 0:
+            # stopping is for a run that resumes; these sites' annotators live in memory
+            raise ConfigError(
+                f"stop-after-round = {self.stop_after_round} needs a run that can resume; an asynchronous run "
+                "with simulated annotators cannot (their query pools live in the clients' memory): set "
+                "stop-after-round = -1, or annotators = 'people'")
         if self.annotators == "people" and self.labeling != "async":
             raise ConfigError(
                 f"annotators = 'people' needs labeling = 'async' (labeling = {self.labeling!r}): people label "

@@ -359,6 +359,11 @@ def run_async(loop, recorder=None) -> list[dict]:
                  + (f"  → clients {row['chosen_clients']}" if chosen else ""))
         if not selecting and done:
             break
+        if people and recorder is not None and r == cfg.stop_after_round and selecting:
+            # a staged run: the sites keep their grants, queries and reserve (people may go on
+            # labeling); resume = true continues from this round's checkpoint
+            loop.log(f"fedal: stopping after AL round {r} (stop-after-round); resume = true continues")
+            return rows
         if tail_start is not None and cfg.labeling_deadline_s > 0 and \
                 clock["now"] - tail_start >= cfg.labeling_deadline_s:
             loop.log(f"fedal: labeling-deadline-s = {cfg.labeling_deadline_s:g} s after the last grants passed "

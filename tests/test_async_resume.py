@@ -306,3 +306,44 @@ def test_a_standing_people_run_resumes_and_a_client_back_later_is_checked_and_re
     assert on_file[-1]["labels"] == paid and sum(on_file[-1]["labeled_per_class"]) == paid
     token = ck.extra["token"]
     assert all(k.startswith(f"grant:{token}:") for ks in grant_keys(state, rc).values() for k in ks)
+
+
+def test_a_people_run_stops_after_a_round_and_resumes_to_the_end(tmp_path, monkeypatch):
+    # stop-after-round stages a people run: it stops after checkpointing that AL round, the sites
+    # keep what they were granted, and resume = true goes on to the end with the budget paid once
+    from fedal.client_app import build_client_app
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("FEDAL_STATE_DIR", str(state))
+    rc = {**RC, "run-dir": str(tmp_path / "runs"), "stop-after-round": 1}
+    cfg = Config.from_run_config(rc)
+    people = People(rc, state)
+    people.start()
+    try:
+        grid = InProcessGrid(build_client_app(rc), CLIENTS)
+        out, _ = in_thread(lambda: run_inprocess(rc, CLIENTS, record=True, grid=grid))
+        if "error" in out:
+            raise out["error"]
+        run_dir = tmp_path / "runs" / "people"
+        assert [r["round"] for r in rows_on_file(run_dir)] == [0, 1] and not (run_dir / SUMMARY_FILE).exists()
+        out, _ = in_thread(lambda: run_inprocess({**rc, "resume": True}, CLIENTS, record=True, grid=grid))
+        if "error" in out:
+            raise out["error"]
+        rows, grid = out["value"]
+    finally:
+        people.close()
+    assert not people.errors, people.errors
+    on_file = rows_on_file(run_dir)
+    assert [r["round"] for r in on_file] == list(range(len(on_file))) and on_file[-1]["tail"]
+    assert json.loads((run_dir / SUMMARY_FILE).read_text())["completed"]
+    totals = store_totals(state, rc)
+    assert all(n == d for _, n, d in totals.values()), "a point paid twice"
+    assert grid.loop.async_summary["paid"] == sum(n for _, n, _ in totals.values()) == cfg.label_budget
+
+
+def test_stop_after_round_is_refused_for_simulated_annotators():
+    from fedal.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"stop-after-round = 1 needs a run that can resume.*stop-after-round = -1"):
+        Config.from_run_config({"labeling": "async", "stop-after-round": 1})
+    Config.from_run_config({"labeling": "sync", "stop-after-round": 1})
