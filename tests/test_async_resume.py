@@ -13,7 +13,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 
 import pytest
 
@@ -98,6 +98,24 @@ def in_thread(fn):
     return out, time.monotonic() - t0
 
 
+def result(out: dict):
+    """The value of an ``in_thread`` run, or its exception raised here."""
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+@contextmanager
+def people_labeling(rc: dict, state):
+    """The bot of tests/test_async_people.py labeling on the sites' pages while the block runs."""
+    people = People(rc, state)
+    people.start()
+    try:
+        yield people
+    finally:
+        people.close()
+
+
 def rows_on_file(run_dir):
     return [json.loads(line) for line in (run_dir / ROUNDS_FILE).read_text().splitlines()]
 
@@ -179,9 +197,7 @@ def test_a_crashed_people_run_resumes_with_its_token_and_pays_the_budget_once(cr
     logs: list[str] = []
     out, wall = in_thread(lambda: run_inprocess({**rc, "resume": True}, CLIENTS, record=True, grid=crashed["grid"],
                                                 log=logs.append))
-    if "error" in out:
-        raise out["error"]
-    rows, grid = out["value"]
+    rows, grid = result(out)
     assert not crashed["people"].errors, crashed["people"].errors
     summary = grid.loop.async_summary
 
@@ -266,9 +282,7 @@ def test_a_standing_people_run_resumes_and_a_client_back_later_is_checked_and_re
     monkeypatch.setenv("FEDAL_STATE_DIR", str(state))
     rc = {**RC, "async-budget": "standing", "run-dir": str(tmp_path / "runs"), "run-name": "standing"}
     cfg = Config.from_run_config(rc)
-    people = People(rc, state)
-    people.start()
-    try:
+    with people_labeling(rc, state) as people:
         grid = StandingCrashGrid(build_client_app(rc), CLIENTS)
         out, _ = in_thread(lambda: run_inprocess(rc, CLIENTS, record=True, grid=grid))
         assert isinstance(out.get("error"), Crash), out
@@ -282,13 +296,8 @@ def test_a_standing_people_run_resumes_and_a_client_back_later_is_checked_and_re
         grid.armed, grid.hide = False, next(n for n, c in grid.contexts.items()
                                             if str(c.node_config["partition-id"]) == late)
         logs: list[str] = []
-        out, _ = in_thread(lambda: run_inprocess({**rc, "resume": True}, CLIENTS, record=True, grid=grid,
-                                                 log=logs.append))
-        if "error" in out:
-            raise out["error"]
-        rows, grid = out["value"]
-    finally:
-        people.close()
+        rows, grid = result(in_thread(lambda: run_inprocess({**rc, "resume": True}, CLIENTS, record=True, grid=grid,
+                                                            log=logs.append))[0])
     assert not people.errors, people.errors
     summary = grid.loop.async_summary
     on_file = rows_on_file(run_dir)
@@ -317,21 +326,13 @@ def test_a_people_run_stops_after_a_round_and_resumes_to_the_end(tmp_path, monke
     monkeypatch.setenv("FEDAL_STATE_DIR", str(state))
     rc = {**RC, "run-dir": str(tmp_path / "runs"), "stop-after-round": 1}
     cfg = Config.from_run_config(rc)
-    people = People(rc, state)
-    people.start()
-    try:
+    with people_labeling(rc, state) as people:
         grid = InProcessGrid(build_client_app(rc), CLIENTS)
-        out, _ = in_thread(lambda: run_inprocess(rc, CLIENTS, record=True, grid=grid))
-        if "error" in out:
-            raise out["error"]
+        result(in_thread(lambda: run_inprocess(rc, CLIENTS, record=True, grid=grid))[0])
         run_dir = tmp_path / "runs" / "people"
         assert [r["round"] for r in rows_on_file(run_dir)] == [0, 1] and not (run_dir / SUMMARY_FILE).exists()
-        out, _ = in_thread(lambda: run_inprocess({**rc, "resume": True}, CLIENTS, record=True, grid=grid))
-        if "error" in out:
-            raise out["error"]
-        rows, grid = out["value"]
-    finally:
-        people.close()
+        rows, grid = result(in_thread(lambda: run_inprocess({**rc, "resume": True}, CLIENTS, record=True,
+                                                            grid=grid))[0])
     assert not people.errors, people.errors
     on_file = rows_on_file(run_dir)
     assert [r["round"] for r in on_file] == list(range(len(on_file))) and on_file[-1]["tail"]
