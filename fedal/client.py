@@ -338,37 +338,36 @@ class ClientWorker:
         from fedal.continual import training_mode
 
         pools = self.pools()
+        # the labels of AL rounds up to this one: later ones exist here only when a crashed run
+        # repeats this round (Pools.as_of)
+        upto = pools.as_of(al_round)
         model = self.model(state)
         seed = self._seed(al_round, fl_round)
         t0 = time.perf_counter()
         mode = training_mode(self.cfg.training_mode)
         if mode.warm_start:
-            loss = self._train_continual(mode, pools, model, al_round, fl_round, epochs, seed)
-            pools = pools.as_of(al_round)
+            loss = self._train_continual(mode, pools, upto, model, al_round, fl_round, epochs, seed)
         else:
             from fedal.training import train_local
 
-            # labels of later AL rounds exist here only when a crashed run repeats this round
-            pools = pools.as_of(al_round)
-            idx, labels = pools.labeled_arrays()
+            idx, labels = upto.labeled_arrays()
             loss = train_local(model, self.data.x[idx], labels, epochs=epochs, batch_size=self.cfg.batch_size,
                                lr=self.cfg.learning_rate, seed=seed)
         # FedAvg weight: the client's labeled set in every mode, so that the modes differ only in
         # their local update
-        metrics = {"num-examples": pools.n_labeled, "train-loss": float(np.nan_to_num(loss)),
+        metrics = {"num-examples": upto.n_labeled, "train-loss": float(np.nan_to_num(loss)),
                    "train-time": time.perf_counter() - t0}
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics
 
-    def _train_continual(self, mode, pools: Pools, model, al_round: int, fl_round: int, epochs: int,
-                         seed: int) -> float:
-        """Warm start / CAL local update on this client's own labels only."""
+    def _train_continual(self, mode, pools: Pools, upto: Pools, model, al_round: int, fl_round: int,
+                         epochs: int, seed: int) -> float:
+        """Warm start / CAL local update on this client's own labels only: those of ``upto``
+        (``pools`` as of this AL round); logits are recorded in ``pools`` itself, which is saved."""
         from fedal.continual import record_logits, train_continual
 
         x = self.data.x
-        idx, labels = pools.labeled_arrays()
-        rounds = np.asarray(pools.acquired_round, dtype=np.int64)
-        upto = rounds <= al_round  # later rounds' labels: a crashed run repeating this round
-        idx, labels, rounds = idx[upto], labels[upto], rounds[upto]
+        idx, labels = upto.labeled_arrays()
+        rounds = np.asarray(upto.acquired_round, dtype=np.int64)
         if al_round > 0:
             # z' of DER/SD: the logits of the global model that finished the AL round in which a
             # point was first trained on — the model received now, for last round's labels. In

@@ -755,22 +755,42 @@ class PoolStore:
         nothing is added once the budget is spent. Returns the ids of the queries added.
         """
         idx, g, c = self._check_points("add_queries", indices, model_version, guesses, confidences)
-        now, added = self._clock(), []
+        now = self._clock()
         with self._tx() as db:
             budget = self._budget(db)
             if budget is not None and db.execute("SELECT count(*) FROM labels").fetchone()[0] >= budget:
                 return []
-            busy = {r[0] for r in db.execute(
-                "SELECT idx FROM labels UNION SELECT idx FROM queries WHERE state = 'open' "
-                "UNION SELECT idx FROM chosen")}
-            for i, gi, ci in zip(idx.tolist(), g, c):
-                if i in busy:
-                    continue
-                cur = db.execute("INSERT INTO queries(idx, model_version, strategy, state, created_at, guess, "
-                                 "confidence) VALUES (?, ?, ?, 'open', ?, ?, ?)",
-                                 (i, int(model_version), str(strategy), now, gi, ci))
-                added.append(int(cur.lastrowid))
+            added, _ = self._open_queries(db, [(i, int(model_version), str(strategy), gi, ci)
+                                               for i, gi, ci in zip(idx.tolist(), g, c)],
+                                          self._busy(db, skipped=False), now)
         return added
+
+    @staticmethod
+    def _busy(db: sqlite3.Connection, *, skipped: bool) -> set[int]:
+        """Points a new query must not ask about: labeled, in an open query, chosen by a pending
+        acquisition, and (``skipped``) skipped by an annotator."""
+        states = "('open', 'skipped')" if skipped else "('open')"
+        return {r[0] for r in db.execute(f"SELECT idx FROM labels UNION SELECT idx FROM queries WHERE state IN "
+                                         f"{states} UNION SELECT idx FROM chosen")}
+
+    @staticmethod
+    def _open_queries(db: sqlite3.Connection, entries, busy: set[int], now: float,
+                      limit: int | None = None) -> tuple[list[int], int]:
+        """Open a query for each (point, model version, strategy, guess, confidence) of
+        ``entries`` in order, leaving out ``busy`` points, until ``limit`` are open. Returns the
+        new queries' ids and how many entries were gone through."""
+        added, seen = [], 0
+        for i, version, strategy, gi, ci in entries:
+            if limit is not None and len(added) == limit:
+                break
+            seen += 1
+            if i in busy:
+                continue
+            cur = db.execute("INSERT INTO queries(idx, model_version, strategy, state, created_at, guess, "
+                             "confidence) VALUES (?, ?, ?, 'open', ?, ?, ?)", (i, version, strategy, now, gi, ci))
+            added.append(int(cur.lastrowid))
+            busy.add(i)
+        return added, seen
 
     def candidates(self, *, exclude_skipped: bool = True) -> np.ndarray:
         """The points a refill may choose from: unlabeled, not in an open query nor a pending
@@ -855,23 +875,10 @@ class PoolStore:
             n = min(int(conf["reserve:refill"]), budget - paid - n_open)
             if n <= 0:
                 return []
-            busy = {r[0] for r in db.execute(
-                "SELECT idx FROM labels UNION SELECT idx FROM queries WHERE state IN ('open', 'skipped') "
-                "UNION SELECT idx FROM chosen")}
             rows = db.execute("SELECT pos, idx, model_version, strategy, guess, confidence FROM reserve "
                               "ORDER BY pos").fetchall()
-            added, used = [], []
-            for pos, i, version, strategy, gi, ci in rows:
-                if len(added) == n:
-                    break
-                used.append(pos)
-                if i in busy:
-                    continue
-                cur = db.execute("INSERT INTO queries(idx, model_version, strategy, state, created_at, guess, "
-                                 "confidence) VALUES (?, ?, ?, 'open', ?, ?, ?)", (i, version, strategy, now, gi, ci))
-                added.append(int(cur.lastrowid))
-                busy.add(i)
-            db.executemany("DELETE FROM reserve WHERE pos = ?", [(pos,) for pos in used])
+            added, seen = self._open_queries(db, [r[1:] for r in rows], self._busy(db, skipped=True), now, n)
+            db.executemany("DELETE FROM reserve WHERE pos = ?", [(r[0],) for r in rows[:seen]])
             note = conf.get("reserve:count_note")
             if added and note:  # a promotion is one of the site's refills (its workers' turn order)
                 k = f"note:{note}"

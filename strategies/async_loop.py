@@ -213,10 +213,7 @@ def run_async(loop, recorder=None) -> list[dict]:
                 granted_by["selection"] += int(rep.content["metrics"]["granted-now"])
         if people and not got0:
             # e.g. nodes without a state dir: nothing could be labeled, and the run would only spin
-            from strategies.active_learning import ClientFailure
-
-            why = "; ".join(f"client {f['client']}: {f['reason']}" for f in loop.failures[:3])
-            raise ClientFailure(f"annotators = people: no client took its first labeling message ({why})")
+            _nobody_answered(loop, "annotators = people")
         if people:
             stale = {c: int(r.content["metrics"]["granted"]) - int(r.content["metrics"]["granted-now"])
                      for c, r in got0.items()}
@@ -264,10 +261,7 @@ def run_async(loop, recorder=None) -> list[dict]:
         # run's token granted it, checked against the checkpoint (labeling(), _check_stores)
         got = labeling({}, None, r)
         if not got:
-            from strategies.active_learning import ClientFailure
-
-            why = "; ".join(f"client {f['client']}: {f['reason']}" for f in loop.failures[:3])
-            raise ClientFailure(f"resume: no client took its first labeling message ({why})")
+            _nobody_answered(loop, "resume")
         loop.log(f"fedal: resuming {recorder.dir} after AL round {ck.al_round} (run token {token[:8]}…, "
                  f"run clock {clock['now']:.0f}s); {sum(int(m['paid']) for m in last.values())} labels paid so far")
     while True:
@@ -396,6 +390,14 @@ def run_async(loop, recorder=None) -> list[dict]:
                  f"{summary['idle_fraction']:.3f}, query latency {summary['mean_query_latency_s']:.1f}s, "
                  f"{summary['labels_per_hour']:.0f} labels/h")
     return rows
+
+
+def _nobody_answered(loop, what: str) -> None:
+    """Stop the run: no client took its first labeling message (the first failures say why)."""
+    from strategies.active_learning import ClientFailure
+
+    why = "; ".join(f"client {f['client']}: {f['reason']}" for f in loop.failures[:3])
+    raise ClientFailure(f"{what}: no client took its first labeling message ({why})")
 
 
 def _resume(loop, state, ck, recorder):
