@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fedal.client_geometry import isometric_coordinates, q_matrix  # noqa: F401 (public here too)
+
 # The full q matrix goes into a run's diagnostics (q.npz) only up to this many graph nodes:
 # M² floats per round are cheap at the paper's 100 clients and pointless at 10^5.
 Q_RECORD_MAX_NODES = 2000
@@ -106,10 +108,11 @@ def diffusion_params(cfg) -> DiffusionParams:
                            cfg.sigma_scope, cfg.laplacian, cfg.points_per_client)
 
 
-# what the client graph reads: the probe's pseudo-update settings, the graph and the diffusion
-CLIENT_GRAPH_KEYS = ("pseudo-optimizer", "pseudo-epochs", "pseudo-lr", "pseudo-params", "sketch-dim",
-                     "knn-k", "rho", "sigma-scope", "laplacian", "client-impact", "delta",
-                     "diffusion-steps")
+# what the pseudo-updates m_t depend on (every strategy that reads q), the client graph, and
+# Algorithm 1's diffusion
+PROBE_KEYS = ("pseudo-optimizer", "pseudo-epochs", "pseudo-lr", "pseudo-params", "sketch-dim")
+GRAPH_KEYS = ("knn-k", "rho", "sigma-scope", "laplacian", "delta")
+CLIENT_GRAPH_KEYS = PROBE_KEYS + GRAPH_KEYS + ("client-impact", "diffusion-steps")
 _GRAPH = dict(needs_pseudo_updates=True, config_keys=CLIENT_GRAPH_KEYS, params=diffusion_params)
 
 
@@ -126,49 +129,6 @@ def entropy_order(stats: ClientStats, rng: np.random.Generator, params: Diffusio
     """Highest mean entropy first (the paper's Ent client baseline); ties → lower index."""
     elig = np.flatnonzero(stats.eligible)
     return elig[np.lexsort((elig, -stats.entropy[elig]))]
-
-
-def isometric_coordinates(embeddings: np.ndarray) -> np.ndarray:
-    """Coordinates of M points of R^d (d ≫ M) in an orthonormal basis of their span: (M, T, ≤M).
-
-    Pseudo-parameter updates have d ≈ 10^5 coordinates but only M ≈ 100 clients; distances
-    (and norms) among the points depend only on their Gram matrix G_t = X_t X_tᵀ, so with
-    G_t = V Λ Vᵀ the rows of V Λ^{1/2} are points with the same Gram matrix, hence the same
-    distances, and the client graph is built exactly, up to rounding, on vectors of length M.
-    One M×M Gram product and eigendecomposition per recorded round: a BLAS product, ~30× faster
-    than a QR of the d×M matrix at M = 100, d = 1.5·10^5, and as accurate (1e-11 on distances).
-    """
-    x = np.asarray(embeddings, dtype=np.float64)
-    if x.ndim == 2:
-        x = x[:, None, :]
-    m, t, d = x.shape
-    if d <= m:
-        return x
-    out = np.empty((m, t, m))
-    for e in range(t):
-        w, v = np.linalg.eigh(x[:, e, :] @ x[:, e, :].T)
-        # eigenvalues at rounding level belong to directions the points do not span (a zero
-        # update, duplicates): zero them; and a zero row must come back exactly 0, not as a
-        # rounding-level vector that normalisation would blow up to unit length
-        w[w <= 1e-12 * max(float(w.max()), 0.0)] = 0.0
-        out[:, e, :] = v * np.sqrt(w)
-        out[~np.any(x[:, e, :] != 0, axis=1), e, :] = 0.0  # m_t = 0 stays exactly 0
-    return out
-
-
-def q_matrix(coords: np.ndarray) -> np.ndarray:
-    """q(z, y) = mean over recorded rounds t of ‖m_t(z) − m_t(y)‖ (Eq. 5) for all pairs: (M, M).
-
-    ``coords`` (M, T, d) as the graph sees them (rows normalised). For diagnostics only: the
-    graph itself never forms this matrix (fedal.graph screens neighbours blockwise)."""
-    x = np.asarray(coords, dtype=np.float64)
-    q = np.zeros((x.shape[0], x.shape[0]))
-    for t in range(x.shape[1]):
-        sq = np.einsum("ij,ij->i", x[:, t], x[:, t])
-        q += np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * x[:, t] @ x[:, t].T, 0.0))
-    q /= x.shape[1]
-    np.fill_diagonal(q, 0.0)
-    return q
 
 
 def graph_diagnostics(graph, g: np.ndarray, v: np.ndarray, eligible: np.ndarray) -> dict:
@@ -219,27 +179,60 @@ def class_deficit_weights(counts: np.ndarray) -> np.ndarray:
     return w / w.sum() if w.sum() > 0 else np.full(len(counts), 1.0 / len(counts))
 
 
+@dataclass(frozen=True)
+class _Geometry:
+    """One round's client geometry among the graph's clients (``_graph_nodes``): their indices,
+    g, the previous g (δ_g's reference) and the isometric coordinates of their m_t."""
+
+    nodes: np.ndarray
+    g: np.ndarray
+    prev: np.ndarray | None
+    coords: np.ndarray
+
+    @classmethod
+    def of(cls, stats: ClientStats, what: str) -> "_Geometry":
+        if stats.embeddings is None:
+            raise ValueError(f"{what} client selection needs the clients' pseudo-parameter embeddings")
+        nodes = _graph_nodes(stats)
+        g = np.asarray(stats.entropy, dtype=np.float64)[nodes]
+        prev = stats.prev_entropy
+        if prev is not None:
+            # δ_g is undefined for a client without a previous value (docs/method.md, "Pseudo-updates"): treat its δ as 0
+            prev = np.where(np.isnan(prev), stats.entropy, prev)[nodes]
+        coords = isometric_coordinates(np.asarray(stats.embeddings)[nodes]) if len(nodes) else np.zeros((0, 1, 1))
+        return cls(nodes, g, prev, coords)
+
+    def q(self) -> np.ndarray:
+        from fedal.graph import normalize_embeddings
+
+        return q_matrix(normalize_embeddings(self.coords))
+
+    def graph(self, params):
+        from fedal.diffusion import client_graph
+
+        return client_graph(self.coords, self.g, self.prev, k=min(params.k, len(self.nodes) - 1),
+                            rho=params.rho, delta=params.delta, sigma_scope=params.sigma_scope,
+                            laplacian=params.laplacian)[0]
+
+    def record_q(self, diagnostics: dict | None, q: np.ndarray | None = None) -> None:
+        """The q matrix and the graph's client indices (q.npz), for graphs up to Q_RECORD_MAX_NODES."""
+        if diagnostics is not None and len(self.nodes) <= Q_RECORD_MAX_NODES:
+            diagnostics["q"] = (self.q() if q is None else q).astype(np.float32)
+            diagnostics["q_clients"] = self.nodes.copy()
+
+
 def _diffusion(stats: ClientStats, params: DiffusionParams, n: int | None, diagnostics: dict | None,
                balance: bool) -> np.ndarray:
-    from fedal.diffusion import client_graph, greedy_select
+    from fedal.diffusion import greedy_select
 
-    if stats.embeddings is None:
-        raise ValueError("diffusion client selection needs the clients' pseudo-parameter embeddings")
-    nodes = _graph_nodes(stats)
+    geo = _Geometry.of(stats, "diffusion")
+    nodes = geo.nodes
     n = len(nodes) if n is None else min(int(n), len(nodes))
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    g = np.asarray(stats.entropy, dtype=np.float64)[nodes]
-    prev = stats.prev_entropy
-    if prev is not None:
-        # δ_g is undefined for a client without a previous value (docs/method.md, "Pseudo-updates"): treat its δ as 0
-        prev = np.where(np.isnan(prev), stats.entropy, prev)[nodes]
-    k = min(params.k, len(nodes) - 1)
-    if k < 1:  # a single client: nothing to diffuse over
+    if min(params.k, len(nodes) - 1) < 1:  # a single client: nothing to diffuse over
         return nodes[:n]
-    coords = isometric_coordinates(np.asarray(stats.embeddings)[nodes])
-    graph, g = client_graph(coords, g, prev, k=k, rho=params.rho, delta=params.delta,
-                            sigma_scope=params.sigma_scope, laplacian=params.laplacian)
+    graph, g = geo.graph(params), geo.g
     extra = None
     if balance:
         if stats.predicted_mix is None or stats.labeled_per_class is None:
@@ -257,11 +250,7 @@ def _diffusion(stats: ClientStats, params: DiffusionParams, n: int | None, diagn
     sel = greedy_select(graph, g, n, steps=params.steps, extra_term=extra)
     if diagnostics is not None:
         diagnostics.update(graph_diagnostics(graph, g, sel.impacts[0], np.ones(len(nodes), bool)))
-        if len(nodes) <= Q_RECORD_MAX_NODES:
-            from fedal.graph import normalize_embeddings
-
-            diagnostics["q"] = q_matrix(normalize_embeddings(coords)).astype(np.float32)
-            diagnostics["q_clients"] = nodes.copy()
+        geo.record_q(diagnostics)
     return nodes[np.asarray(sel.order, dtype=np.int64)]
 
 

@@ -1,0 +1,145 @@
+"""Client strategies beyond the paper (docs/method.md, "Client selection beyond the paper"):
+fedal's diffusion coverage and four selectors of the federated-learning literature, registered
+in the client-strategy registry of ``strategies.client_selection`` on the signals its probe
+already sends (q between pseudo-updates, g, |U|). The maths is in ``fedal.coverage`` and
+``fedal.client_baselines``; each entry here adapts one round's ``ClientStats`` to it, declares
+what the strategy reads and owns its parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedal import client_baselines as fl
+from strategies.client_selection import (
+    GRAPH_KEYS,
+    PROBE_KEYS,
+    ClientStats,
+    _Geometry,
+    graph_diagnostics,
+    register,
+)
+
+
+@dataclass(frozen=True)
+class CoverageParams:
+    """The client graph's settings (shared with ``diffusion``) and the coverage horizon H."""
+
+    k: int = 7
+    rho: float = 0.2
+    delta: float = 0.1
+    steps: int = 20
+    sigma_scope: str = "edges"
+    laplacian: str = "unnormalized"
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """For a strategy that reads nothing beyond the probe."""
+
+
+@dataclass(frozen=True)
+class ClusteredParams:
+    groups: int = 5  # V: one group per client of a batch
+
+
+@dataclass(frozen=True)
+class PowDParams:
+    candidates: int = 10  # d (pow-d-candidates; 0 in the run config means 2V)
+
+
+def _empty() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
+def _count(n: int | None, nodes: np.ndarray) -> int:
+    return len(nodes) if n is None else min(int(n), len(nodes))
+
+
+@register("diffusion-coverage", needs_pseudo_updates=True, config_keys=PROBE_KEYS + GRAPH_KEYS + ("coverage-steps",),
+          params=lambda cfg: CoverageParams(cfg.knn_k, cfg.rho, cfg.delta, cfg.coverage_steps,
+                                            cfg.sigma_scope, cfg.laplacian))
+def coverage_order(stats: ClientStats, rng: np.random.Generator, params: CoverageParams,
+                   n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
+    """fedal's coverage greedy on the paper's client graph (``fedal.coverage``): each pick covers
+    the residual uncertainty around it, so the next pick goes where uncertainty is left."""
+    from fedal.coverage import CoverageKernel, coverage_greedy
+
+    geo = _Geometry.of(stats, "diffusion-coverage")
+    n = _count(n, geo.nodes)
+    if n == 0:
+        return _empty()
+    if min(params.k, len(geo.nodes) - 1) < 1:
+        return geo.nodes[:n]
+    graph = geo.graph(params)
+    sel = coverage_greedy(CoverageKernel.of(graph.P, params.steps), geo.g, n)
+    if diagnostics is not None:
+        diagnostics.update(graph_diagnostics(graph, geo.g, np.zeros(len(geo.g)), np.ones(len(geo.g), bool)))
+        diagnostics.pop("std_v")
+        diagnostics["gains"] = [round(float(v), 6) for v in sel.gains]
+        geo.record_q(diagnostics)
+    return geo.nodes[sel.order]
+
+
+@register("divfl", needs_pseudo_updates=True, config_keys=PROBE_KEYS, params=lambda cfg: NoParams())
+def divfl_order(stats: ClientStats, rng: np.random.Generator, params: NoParams,
+                n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
+    """DivFL: the greedy facility-location batch on sim = exp(−q²/σ²)."""
+    geo = _Geometry.of(stats, "divfl")
+    n = _count(n, geo.nodes)
+    if n == 0:
+        return _empty()
+    q = geo.q()
+    order, gains = fl.facility_location_greedy(fl.similarity(q), n)
+    if diagnostics is not None:
+        diagnostics["gains"] = [round(float(v), 6) for v in gains]
+        geo.record_q(diagnostics, q)
+    return geo.nodes[order]
+
+
+@register("clustered", needs_pseudo_updates=True, config_keys=PROBE_KEYS,
+          params=lambda cfg: ClusteredParams(cfg.clients_per_round))
+def clustered_order(stats: ClientStats, rng: np.random.Generator, params: ClusteredParams,
+                    n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
+    """Clustered sampling: V groups of clients by q, one client per group drawn ∝ |U_z|."""
+    geo = _Geometry.of(stats, "clustered")
+    if len(geo.nodes) == 0:
+        return _empty()
+    q = geo.q()
+    labels = fl.cluster_labels(q, params.groups)
+    order = fl.cluster_draw(labels, stats.n_unlabeled[geo.nodes], rng)
+    if diagnostics is not None:
+        diagnostics["groups"] = int(len(np.unique(labels)))
+        geo.record_q(diagnostics, q)
+    return geo.nodes[order]
+
+
+@register("pow-d", config_keys=("pow-d-candidates",),
+          params=lambda cfg: PowDParams(cfg.pow_d_candidates or 2 * cfg.clients_per_round))
+def pow_d_order(stats: ClientStats, rng: np.random.Generator, params: PowDParams,
+                n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
+    """Power-of-choice: d candidates ∝ |U_z|, highest g first; the other clients after them, for
+    top-ups only."""
+    cand, rest = fl.power_of_choice(stats.entropy, stats.n_unlabeled, params.candidates, rng,
+                                    eligible=stats.eligible)
+    if diagnostics is not None:
+        diagnostics["candidates"] = int(len(cand))
+    return np.concatenate([cand, rest])
+
+
+@register("kcenter", needs_pseudo_updates=True, config_keys=PROBE_KEYS, params=lambda cfg: NoParams())
+def kcenter_order(stats: ClientStats, rng: np.random.Generator, params: NoParams,
+                  n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
+    """k-center greedy on q, starting from the client with the highest g (ties → lower index)."""
+    geo = _Geometry.of(stats, "kcenter")
+    n = _count(n, geo.nodes)
+    if n == 0:
+        return _empty()
+    q = geo.q()
+    first = int(np.flatnonzero(geo.g == geo.g.max())[0])
+    order = fl.kcenter_greedy(q, first, n)
+    if diagnostics is not None:
+        geo.record_q(diagnostics, q)
+    return geo.nodes[order]
