@@ -336,6 +336,7 @@ class ClientWorker:
         """Local training on L_z from the global weights ``state``; returns the new weights (on
         the CPU) and the metrics of the reply."""
         from fedal.continual import training_mode
+        from fedal.training import scheduled_lr
 
         pools = self.pools()
         # the labels of AL rounds up to this one: later ones exist here only when a crashed run
@@ -345,14 +346,15 @@ class ClientWorker:
         seed = self._seed(al_round, fl_round)
         t0 = time.perf_counter()
         mode = training_mode(self.cfg.training_mode)
+        lr = scheduled_lr(self.cfg.learning_rate, self.cfg.lr_schedule, self.cfg.lr_step_rounds, fl_round)
         if mode.warm_start:
-            loss = self._train_continual(mode, pools, upto, model, al_round, fl_round, epochs, seed)
+            loss = self._train_continual(mode, pools, upto, model, al_round, fl_round, epochs, seed, lr)
         else:
             from fedal.training import train_local
 
             idx, labels = upto.labeled_arrays()
             loss = train_local(model, self.data.x[idx], labels, epochs=epochs, batch_size=self.cfg.batch_size,
-                               lr=self.cfg.learning_rate, seed=seed)
+                               lr=lr, seed=seed)
         # FedAvg weight: the client's labeled set in every mode, so that the modes differ only in
         # their local update
         metrics = {"num-examples": upto.n_labeled, "train-loss": float(np.nan_to_num(loss)),
@@ -360,7 +362,7 @@ class ClientWorker:
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics
 
     def _train_continual(self, mode, pools: Pools, upto: Pools, model, al_round: int, fl_round: int,
-                         epochs: int, seed: int) -> float:
+                         epochs: int, seed: int, lr: float) -> float:
         """Warm start / CAL local update on this client's own labels only: those of ``upto``
         (``pools`` as of this AL round); logits are recorded in ``pools`` itself, which is saved."""
         from fedal.continual import record_logits, train_continual
@@ -384,7 +386,7 @@ class ClientWorker:
             old_logits = np.array([pools.logits[int(i)] for i in old_idx], dtype=np.float32)
         stats = train_continual(model, x[idx[new]], labels[new], x[old_idx], labels[old], old_logits,
                                 mode=mode.name, epochs=epochs, batch_size=self.cfg.batch_size,
-                                lr=self.cfg.learning_rate, generator=torch.Generator().manual_seed(seed))
+                                lr=lr, generator=torch.Generator().manual_seed(seed))
         losses = stats.get("loss_per_epoch") or [float("nan")]
         return float(losses[-1])
 

@@ -21,7 +21,8 @@ from fedal.validation import check_choice, check_number, invalid
 
 # Choices are tuples so that error messages can list them.
 DATASETS = ("mnist1d", "digits", "cifar10", "cifar100", "fashion-mnist", "emnist-letters", "cinic10")
-PARTITIONS = ("dirichlet", "shard", "iid")
+PARTITIONS = ("dirichlet", "dirichlet-equal", "shard", "iid")
+LR_SCHEDULES = ("constant", "step")
 LAPLACIANS = ("unnormalized", "rw", "sym")
 SIGMA_SCOPES = ("edges", "all")
 PSEUDO_PARAMS = ("head", "all")
@@ -53,6 +54,10 @@ DEFAULTS: dict[str, Any] = {
     "local-epochs": 2,
     "batch-size": 32,
     "learning-rate": 0.003,
+    # "step": the paper's decay, learning-rate × 0.1 after every lr-step-rounds FL rounds of an AL
+    # round's training (docs/method.md, "The paper's training regime"); "constant": no decay
+    "lr-schedule": "constant",
+    "lr-step-rounds": 10,
     # probing: pseudo-updates after each of the last ceil(T/4) FL rounds (docs/method.md)
     "pseudo-optimizer": "gd",
     "pseudo-epochs": 1,
@@ -67,6 +72,9 @@ DEFAULTS: dict[str, Any] = {
     "sigma-scope": "edges",
     "laplacian": "unnormalized",
     "client-impact": True,  # ablation: false drops the impact term v (score = g / std(g))
+    # client strategies beyond the paper (docs/method.md, "Client selection beyond the paper")
+    "coverage-steps": 20,  # diffusion-coverage's horizon H (even)
+    "pow-d-candidates": 0,  # pow-d's d; 0 means 2 × clients-per-round
     # local batch (docs/method.md, "Local batch")
     "local-k": 7,
     "local-space": "embedding",
@@ -140,6 +148,9 @@ ANNOTATORS = ("simulated", "people")
 # async keys added after async runs had been recorded: left out of an async run's hash while they
 # hold their default (which is what those runs did), so every recorded run keeps its hash
 LATER_ASYNC_KEYS = ("annotators", "labeling-deadline-s", "async-budget")
+# training keys added after runs had been recorded: out of the hash while the schedule is the
+# constant one every recorded run used (lr-step-rounds is read only by the step schedule)
+LR_KEYS = ("lr-schedule", "lr-step-rounds")
 
 
 
@@ -197,6 +208,8 @@ def experiment_key(run_config: Mapping[str, Any]) -> dict[str, Any]:
     if run_config.get("labeling", "sync") == "sync":
         drop |= set(ASYNC_KEYS)
     drop |= {k for k in LATER_ASYNC_KEYS if k in run_config and run_config[k] == DEFAULTS[k]}
+    if run_config.get("lr-schedule", DEFAULTS["lr-schedule"]) == DEFAULTS["lr-schedule"]:
+        drop |= set(LR_KEYS)
     return {k: v for k, v in run_config.items() if k not in drop}
 
 
@@ -228,6 +241,8 @@ class Config:
     local_epochs: int
     batch_size: int
     learning_rate: float
+    lr_schedule: str
+    lr_step_rounds: int
     pseudo_optimizer: str
     pseudo_epochs: int
     pseudo_lr: float
@@ -240,6 +255,8 @@ class Config:
     sigma_scope: str
     laplacian: str
     client_impact: bool
+    coverage_steps: int
+    pow_d_candidates: int
     local_k: int
     local_space: str
     backbone: str
@@ -349,6 +366,9 @@ class Config:
         _number("al-rounds", self.al_rounds, 0, integer=True)
         _number("sketch-dim", self.sketch_dim, 0, integer=True, note="0: off")
         _number("learning-rate", self.learning_rate, 0, lo_open=True)
+        _choice("lr-schedule", self.lr_schedule, LR_SCHEDULES)
+        _number("lr-step-rounds", self.lr_step_rounds, 1, integer=True, note="FL rounds between two decays")
+        self._validate_client_rules()
         _number("pseudo-lr", self.pseudo_lr, 0, lo_open=True)
         _number("min-clients", self.min_clients, 1, integer=True)
         for key in ("wait-timeout", "send-timeout"):
@@ -380,6 +400,19 @@ class Config:
                     f"freeze-backbone = true needs a pretrained backbone; backbone = {self.backbone!r} "
                     f"(dataset {self.dataset!r}); valid: resnet18, resnet50, resnet101 (or auto on an "
                     "image dataset), or cnn1d (auto on mnist1d) with backbone-weights")
+
+    def _validate_client_rules(self) -> None:
+        if self.coverage_steps < 2 or self.coverage_steps % 2:
+            raise invalid("coverage-steps", self.coverage_steps, "an even integer >= 2 (diffusion-coverage's "
+                          "kernel is a cosine of heat profiles P^(H/2) e_z)", ConfigError)
+        if self.client_strategy == "diffusion-coverage" and self.laplacian == "rw":
+            raise ConfigError("client-strategy = 'diffusion-coverage' needs a symmetric diffusion operator: "
+                              "laplacian = 'rw' is not valid with it; valid: unnormalized, sym")
+        _number("pow-d-candidates", self.pow_d_candidates, 0, integer=True, note="0: 2 × clients-per-round")
+        if 0 < self.pow_d_candidates < self.clients_per_round:
+            raise invalid("pow-d-candidates", self.pow_d_candidates,
+                          f"0 (2 × clients-per-round) or at least clients-per-round = {self.clients_per_round}",
+                          ConfigError)
 
     @property
     def worker_measures(self) -> tuple[str, ...]:

@@ -196,6 +196,24 @@ def local_sgd(model: nn.Module, x, y, *, epochs: int, batch_size: int, generator
     return stats
 
 
+def scheduled_lr(lr: float, schedule: str, step_rounds: int, fl_round: int) -> float:
+    """The learning rate of FL round ``fl_round`` (1-based, counted within one AL round's
+    training) under ``lr-schedule`` (docs/method.md, "The paper's training regime").
+
+    ``step`` is the paper's "0.001, decayed by 0.1 at every 10th epoch", with one epoch read as
+    one FL round: a round is one pass of the federation's labeled data into the global model
+    (each client runs ``local-epochs`` local passes inside it). So lr × 0.1^⌊(t − 1)/step_rounds⌋;
+    with retrain's 15 FL rounds: lr for rounds 1–10, lr/10 for 11–15. The schedule restarts with
+    every AL round's training, as the paper retrains per AL round."""
+    if schedule == "constant":
+        return lr
+    if schedule != "step":
+        raise ValueError(f"lr-schedule = {schedule!r} is not valid; valid values: constant, step")
+    if fl_round < 1 or step_rounds < 1:
+        raise ValueError(f"fl_round ({fl_round}) and step_rounds ({step_rounds}) must be >= 1")
+    return lr * 0.1 ** ((fl_round - 1) // step_rounds)
+
+
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int,
                 lr: float, seed: int, params=None) -> float:
     """Cross-entropy training on the client's labeled pool (``local_sgd`` with a generator seeded

@@ -30,7 +30,7 @@ def test_defaults_are_the_papers_protocol():
     ("dirichlet-alpha", 0.0, "valid: (0, ∞)"),
     ("dirichlet-alpha", -1, "valid: (0, ∞)"),
     ("dataset", "imagenet-22k", "mnist1d"),
-    ("partition", "zipf", "dirichlet, shard, iid"),
+    ("partition", "zipf", "dirichlet, dirichlet-equal, shard, iid"),
     ("points-per-client", 0, "a whole number in [1, ∞)"),
     ("delta", 1.5, "(0, 1)"),
     ("al-rounds", "many", "'many' is invalid; valid: an integer"),

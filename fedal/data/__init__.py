@@ -133,6 +133,10 @@ def partition_indices(
         # min_partition_size keeps every client able to hold a labeled batch and an unlabeled pool
         p = DirichletPartitioner(num_partitions, "label", alpha=alpha, min_partition_size=10,
                                  self_balancing=False, seed=seed)
+    elif partition == "dirichlet-equal":
+        from fedal.data.partitioners import EqualSizeDirichletPartitioner
+
+        p = EqualSizeDirichletPartitioner(num_partitions, "label", alpha=alpha, seed=seed)
     elif partition == "shard":
         n_cls = len(np.unique(y))
         per_client = max(1, int(round(class_fraction * n_cls)))
@@ -141,7 +145,7 @@ def partition_indices(
     elif partition == "iid":
         p = IidPartitioner(num_partitions)
     else:
-        raise ConfigError(f"partition = {partition!r} is not valid; valid values: dirichlet, shard, iid")
+        raise ConfigError(f"partition = {partition!r} is not valid; valid values: dirichlet, dirichlet-equal, shard, iid")
     p.dataset = table
     with warnings.catch_warnings():
         # the Dirichlet partitioner warns on each resampling to meet min_partition_size; the
