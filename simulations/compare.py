@@ -123,6 +123,29 @@ GEOMETRY_METHODS = (
     Method("Ours+Bal adam-probe", {"client-strategy": "balanced-diffusion", "point-strategy": "diffusion",
                                    **ADAM_PROBE}),
 )
+# Issue #23: client selection beyond the paper. fedal's diffusion coverage with each of the point
+# strategies that did best behind random clients (BASE, LoGo) and the paper's local diffusion, and
+# the literature's client selectors with the point strategy that measured best behind coverage
+# (a pilot on the paper's regime, seeds 0-1: docs/method.md, "Client selection beyond the paper").
+RULE_POINTS = "base"
+CLIENT_RULE_METHODS = (
+    Method("Cov+Diff", {"client-strategy": "diffusion-coverage", "point-strategy": "diffusion"}),
+    Method("Cov+BASE", {"client-strategy": "diffusion-coverage", "point-strategy": "base"}),
+    Method("Cov+LoGo", {"client-strategy": "diffusion-coverage", "point-strategy": "logo"}),
+    Method("DivFL", {"client-strategy": "divfl", "point-strategy": RULE_POINTS}),
+    Method("Clustered", {"client-strategy": "clustered", "point-strategy": RULE_POINTS}),
+    Method("Pow-d", {"client-strategy": "pow-d", "point-strategy": RULE_POINTS}),
+    Method("KCenter", {"client-strategy": "kcenter", "point-strategy": RULE_POINTS}),
+)
+GEOMETRY_METHODS = GEOMETRY_METHODS + CLIENT_RULE_METHODS
+# The decisive test of #23: the paper's own training regime (seeds/001 §5) — a frozen pretrained
+# backbone with the head retrained from f^0 every AL round, η = 0.001 decayed ×0.1 every 10 FL
+# rounds — on equal-size clients, 10 seeds (the paper's count).
+PAPER_REGIME = {"dataset": "mnist1d", **PRETRAINED, "freeze-backbone": True, "training-mode": "retrain",
+                "lr-schedule": "step", "learning-rate": 0.001}
+PAPER_REGIME_METHODS = tuple(m for m in GEOMETRY_METHODS if m.name in (
+    "Rand", "Rand+BASE", "Rand+Ent", "Ent+Ent", "Ours", "Ours+Bal")) + CLIENT_RULE_METHODS
+
 # The probe's optimiser, measured by the alignment of q with the clients' true class mixes
 PROBE_METHODS = (
     Method("Ours", {"client-strategy": "diffusion", "point-strategy": "diffusion"}),  # gd × 1
@@ -142,6 +165,13 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
           {**MNIST1D_SHARD, **COMPARISON_TRAINING}, GEOMETRY_METHODS),
     Suite("mnist1d-shard-pretrained", "revised client geometry, MNIST-1D Shard (20% of classes), self-supervised backbone",
           {**MNIST1D_SHARD, **COMPARISON_TRAINING, **PRETRAINED}, GEOMETRY_METHODS),
+    Suite("mnist1d-paper-regime-dirichlet", "the paper's regime (frozen SSL backbone, head retrained each AL round, "
+          "step lr), MNIST-1D equal-size clients with Dirichlet α=0.1 class mixes",
+          {**PAPER_REGIME, "partition": "dirichlet-equal", "dirichlet-alpha": 0.1}, PAPER_REGIME_METHODS,
+          seeds=tuple(range(10))),
+    Suite("mnist1d-paper-regime-shard", "the paper's regime (frozen SSL backbone, head retrained each AL round, "
+          "step lr), MNIST-1D Shard (20% of the classes per client)",
+          {**PAPER_REGIME, "partition": "shard"}, PAPER_REGIME_METHODS, seeds=tuple(range(10))),
     Suite("mnist1d-probe", "the probe's optimiser (gd vs adam): alignment of q with true class mixes, Dirichlet α=0.1",
           {**MNIST1D_DIRICHLET, **COMPARISON_TRAINING}, PROBE_METHODS, seeds=(0, 1)),
     Suite("mnist1d-probe-pretrained", "as mnist1d-probe with the self-supervised backbone",

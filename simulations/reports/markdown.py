@@ -90,6 +90,28 @@ def _alignment_section(runs: Sequence[Run], group_by: str, groups: Sequence[str]
     return A.report_markdown(table, groups, group_by)
 
 
+def _diagnostics_section(runs: Sequence[Run], group_by: str, groups: Sequence[str], out: Path,
+                         data: dict) -> list[str]:
+    """The "Selection diagnostics" section and client_graph.png when the runs are simulations
+    whose partitions the simulator can rebuild (their config names dataset and partition) and
+    some run chose clients; else nothing (simulations/selection_diagnostics.py)."""
+    from simulations import selection_diagnostics as D
+
+    sims = [r for r in runs if "dataset" in r.config and "partition" in r.config
+            and any(x.chosen_clients for x in r.rounds)]
+    if not sims:
+        return []
+    cache: dict = {}
+    try:
+        per = D.collect(sims, group_by, cache)
+        D.write_graph_figure(sims, group_by, groups, out, cache=cache)
+    except (ValueError, OSError) as e:
+        raise ReportError(f"selection diagnostics: {e}") from e
+    data["selection_diagnostics"] = D.table_json(per)
+    return D.report_markdown(per, [g for g in groups if g in per]) + [
+        "![Client graph of the first selection, per method](client_graph.png)", ""]
+
+
 def write_report(
     root: str | Path,
     out: str | Path,
@@ -337,6 +359,7 @@ def write_report(
             data["speedup"] = sp
         data["phase_totals"] = totals
 
+    md += _diagnostics_section(runs, group_by, groups, out, data)
     md += _alignment_section(runs, group_by, groups, baseline, out, data)
 
     data["runs"] = {g: [str(r.path) for r in rs] for g, rs in by_group.items()}

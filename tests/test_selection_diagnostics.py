@@ -1,0 +1,100 @@
+"""Per-round selection diagnostics (simulations/selection_diagnostics.py) on known answers and on
+tiny fake suites over sklearn's digits."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from simulations import reports as R
+from simulations import selection_diagnostics as D
+from tests.test_alignment import write_q
+from tests.test_reports import write_run
+
+
+def test_same_class_pairs_and_label_entropy_known_values():
+    dom = np.array([0, 0, 1, 2, 0])
+    assert D.same_class_pair_rate(dom, [0, 1, 4]) == 1.0
+    assert D.same_class_pair_rate(dom, [0, 2, 3]) == 0.0
+    assert D.same_class_pair_rate(dom, [0, 1, 2, 3]) == pytest.approx(1 / 6)
+    assert math.isnan(D.same_class_pair_rate(dom, [0]))
+    assert D.label_entropy([5, 5, 5, 5]) == pytest.approx(1.0)
+    assert D.label_entropy([10, 0, 0, 0]) == 0.0
+    assert D.label_entropy([1, 1, 0, 0]) == pytest.approx(0.5)
+    assert math.isnan(D.label_entropy([0, 0]))
+
+
+CLIENTS = 12  # digits in 12 Dirichlet-0.3 clients: some share a dominant class, some do not
+
+
+def data_config(seed):
+    return {"dataset": "digits", "partition": "dirichlet", "dirichlet-alpha": 0.3, "seed": seed}
+
+
+def fake_suite(root):
+    """Two methods on digits (12 clients): 'Same' always picks two clients of one dominant class,
+    'Spread' two of different classes; 'Same' drops at its first selection."""
+    from simulations.picked_clients import client_histograms
+
+    hist = client_histograms(data_config(0), CLIENTS)
+    dom = D.dominant_classes(hist)
+    same = next((a, b) for a in range(CLIENTS) for b in range(a + 1, CLIENTS) if dom[a] == dom[b])
+    spread = next((a, b) for a in range(CLIENTS) for b in range(a + 1, CLIENTS) if dom[a] != dom[b])
+    for name, pair, accs, apc in (("Same", same, [0.5, 0.4, 0.6], [0, 0, 0, 9, 0, 0, 0, 0, 0, 1]),
+                                  ("Spread", spread, [0.5, 0.6, 0.7], [1] * 10)):
+        d = write_run(root, f"{name}/s0", name, 0, accs, config=data_config(0))
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["argv"] = ["engine", "--clients", str(CLIENTS)]
+        (d / "config.json").write_text(json.dumps(cfg))
+        rows = [json.loads(line) for line in (d / "rounds.jsonl").read_text().splitlines()]
+        for row in rows[:-1]:
+            row["chosen_clients"] = list(pair)
+            row["acquired_per_class"] = apc
+        rows[-1]["chosen_clients"] = []
+        (d / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        if name == "Spread":
+            write_q(d, {1: (1.0 - np.eye(CLIENTS), np.arange(CLIENTS))})
+    return hist
+
+
+def test_diagnostics_per_method_and_the_first_selection(tmp_path):
+    fake_suite(tmp_path)
+    per = D.collect(R.load_runs(tmp_path))
+    table = D.diagnostics_table(per)
+    assert table["Same"]["same_class_pairs"][0] == 1.0 and table["Spread"]["same_class_pairs"][0] == 0.0
+    assert table["Same"]["distinct_dominant"][0] == 1.0 and table["Spread"]["distinct_dominant"][0] == 2.0
+    assert table["Spread"]["label_entropy"][0] == pytest.approx(1.0)
+    assert table["Same"]["label_entropy"][0] < 0.25
+    assert table["Same"]["first_selection_change"][0] == pytest.approx(-0.1)
+    assert table["Spread"]["first_selection_change"][0] == pytest.approx(0.1)
+
+
+def test_report_carries_the_section_and_the_client_graph_picture(tmp_path):
+    fake_suite(tmp_path / "res")
+    md = R.write_report(tmp_path / "res", tmp_path / "out", baseline=None, command="CMD").read_text()
+    section = md[md.index("## Selection diagnostics"):]
+    assert "| Same | 1 | 1.00 | 1.0 | " in section and "| Spread | 1 | 0.00 | 2.0 | 1.00 |" in section
+    png = tmp_path / "out" / "client_graph.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["selection_diagnostics"]["Same"]["same_class_pairs"]["mean"] == 1.0
+
+
+def test_graph_edges_are_the_mutual_nearest_neighbours_of_q():
+    # two tight pairs far apart: with K = 1 each node's nearest is its partner
+    q = np.array([[0, 1, 9, 9], [1, 0, 9, 9], [9, 9, 0, 1], [9, 9, 1, 0]], dtype=float)
+    assert sorted(D.graph_edges(q, k=1)) == [(0, 1), (2, 3)]
+    assert len(D.graph_edges(q, k=3)) == 6
+
+
+def test_graph_panels_use_the_recorded_graph_of_the_drawn_selection(tmp_path):
+    fake_suite(tmp_path)
+    runs = R.load_runs(tmp_path)
+    panels, _ = D.graph_panels(runs, "method", ["Same", "Spread"], seed=0, row=0)
+    by = {name: (edges, picks) for name, edges, picks in panels}
+    assert by["Same"][0] == []  # no q.npz: no client graph
+    want = D.graph_edges(1.0 - np.eye(CLIENTS))  # recorded for all clients in id order
+    assert by["Spread"][0] == want and len(want) > 0
+    panels2, _ = D.graph_panels(runs, "method", ["Spread"], seed=0, row=1)
+    assert panels2[0][1] == []  # q_r2 was not recorded
