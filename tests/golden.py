@@ -47,6 +47,16 @@ INPROCESS_CASES = {
                                        "seed": 3},
 }
 
+# asynchronous labeling (simulated annotators on the simulated clock) under both budget rules:
+# rows and the run's summary (labels paid, granted, withdrawn, idle fractions, latencies)
+ASYNC_BASE = {**INPROCESS_BASE, "labeling": "async", "client-strategy": "diffusion", "point-strategy": "entropy",
+              "annotator-latency": "lognormal:median=5,sigma=0.5", "annotators-per-site": 2,
+              "query-pool-low": 4, "query-pool-refill": 9, "sim-fl-round-s": 20.0, "sim-select-s": 10.0}
+ASYNC_CASES = {
+    "async-selection": {},
+    "async-standing": {"async-budget": "standing"},
+}
+
 # one run through Flower's simulation engine (Ray actors) with the defaults' strategies
 # (diffusion / diffusion, warm start), on digits to keep it fast
 SIMULATION_CONFIG = {**INPROCESS_BASE, "seed": 1}
@@ -58,6 +68,15 @@ def inprocess_rows(name: str) -> list[dict]:
 
     rows, _ = run_inprocess({**INPROCESS_BASE, **INPROCESS_CASES[name]}, INPROCESS_CLIENTS)
     return normalised(rows)
+
+
+def async_result(name: str) -> dict:
+    """{"rows": …, "summary": …} of an asynchronous run (the summary without its wall time)."""
+    from tests.inprocess import run_inprocess
+
+    rows, grid = run_inprocess({**ASYNC_BASE, **ASYNC_CASES[name]}, INPROCESS_CLIENTS)
+    summary = {k: v for k, v in grid.loop.async_summary.items() if k != "wall_time_s"}
+    return json.loads(json.dumps({"rows": without_times(rows), "summary": summary}, sort_keys=True))
 
 
 def simulation_rows(run_dir_root: Path) -> list[dict]:
@@ -99,11 +118,11 @@ def mismatches(actual, expected, path: str = "rows") -> list[str]:
     return [] if actual == expected and type(actual) is type(expected) else [f"{path}: {actual!r}, golden {expected!r}"]
 
 
-def load(name: str) -> list[dict]:
+def load(name: str):
     return json.loads((DATA / f"golden_{name}.json").read_text())
 
 
-def write(name: str, rows: list[dict]) -> None:
+def write(name: str, rows) -> None:
     DATA.mkdir(exist_ok=True)
     (DATA / f"golden_{name}.json").write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
 
@@ -113,6 +132,9 @@ def main(argv: list[str]) -> int:
 
     for name in INPROCESS_CASES:
         write(f"inprocess_{name}", inprocess_rows(name))
+        print("wrote", name)
+    for name in ASYNC_CASES:
+        write(name, async_result(name))
         print("wrote", name)
     if "--no-simulation" not in argv:
         with tempfile.TemporaryDirectory() as d:

@@ -47,3 +47,10 @@ def test_golden_comparison_forgives_last_bit_float_noise_only(monkeypatch):
         else:
             bad[2]["extra"] = 1
         assert len(golden.mismatches(bad, rows)) == 1, change
+
+
+@pytest.mark.parametrize("name", list(golden.ASYNC_CASES))
+def test_async_run_matches_golden(name):
+    # asynchronous labeling with simulated annotators: rows and summary (paid, granted, withdrawn,
+    # idle fractions, latencies) under the selection and the standing budget rules
+    assert golden.mismatches(golden.async_result(name), golden.load(name)) == []
