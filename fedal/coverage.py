@@ -60,16 +60,25 @@ class CoverageSelection:
         return len(self.order)
 
 
+KERNELS = ("cosine", "column")
+
+
 @dataclass(frozen=True)
 class CoverageKernel:
-    """κ = D^{-1/2} P^H D^{-1/2}, never formed: ``gain(r)`` = κ r and ``column(o)`` = κ_{·o}."""
+    """κ = D^{-1/2} P^H D^{-1/2}, never formed: ``gain(r)`` = κ r and ``column(o)`` = κ_{·o}.
+
+    ``kind = "column"`` is the first sketch, κ = P^H D^{-1} clipped to [0, 1], kept only to
+    compare the two (``simulations/coverage_variants.py``): its gains are not F's marginal gains."""
 
     P: sp.csr_matrix
     steps: int
     inv_sqrt_diag: np.ndarray
+    kind: str = "cosine"
 
     @classmethod
-    def of(cls, P: sp.spmatrix, steps: int) -> "CoverageKernel":
+    def of(cls, P: sp.spmatrix, steps: int, kind: str = "cosine") -> "CoverageKernel":
+        if kind not in KERNELS:
+            raise ValueError(f"kind = {kind!r} is not valid; valid values: {', '.join(KERNELS)}")
         if steps < 2 or steps % 2:
             raise ValueError(f"coverage-steps = {steps} is invalid; valid: an even integer >= 2 (κ is a "
                              "cosine of heat profiles P^(H/2) e_z only for even H)")
@@ -83,7 +92,7 @@ class CoverageKernel:
             # P^H = (P^{H/2})ᵀ P^{H/2}: its diagonal holds squared norms of columns of an
             # invertible-or-not but never zero-column P^{H/2} (P_zz > 0 in the stable δ range)
             raise ValueError("diag(P^H) must be positive; is δ in the stable range?")
-        return cls(P, steps, 1.0 / np.sqrt(diag))
+        return cls(P, steps, 1.0 / np.sqrt(diag), kind)
 
     @property
     def n(self) -> int:
@@ -91,13 +100,17 @@ class CoverageKernel:
 
     def gain(self, r: np.ndarray) -> np.ndarray:
         """Σ_y κ_yz r_y for every z."""
+        if self.kind == "column":  # Σ_y [P^H]_yz r_y / [P^H]_zz (P symmetric), unclipped
+            return self.inv_sqrt_diag**2 * apply_power(self.P, r, self.steps)
         return self.inv_sqrt_diag * apply_power(self.P, self.inv_sqrt_diag * r, self.steps)
 
     def column(self, o: int) -> np.ndarray:
-        """κ_{·o}, in [0, 1] (clipped against rounding only; κ_oo = 1 exactly)."""
+        """κ_{·o}, in [0, 1] (for "cosine" clipped against rounding only; κ_oo = 1 exactly)."""
         e = np.zeros(self.n)
-        e[o] = self.inv_sqrt_diag[o]
-        col = np.clip(self.inv_sqrt_diag * apply_power(self.P, e, self.steps), 0.0, 1.0)
+        e[o] = 1.0
+        heat = apply_power(self.P, e, self.steps)
+        scale = self.inv_sqrt_diag * self.inv_sqrt_diag[o] if self.kind == "cosine" else self.inv_sqrt_diag[o] ** 2
+        col = np.clip(heat * scale, 0.0, 1.0)
         col[o] = 1.0
         return col
 

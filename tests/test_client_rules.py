@@ -190,3 +190,29 @@ def test_kcenter_covers_every_cluster():
     x, cluster = clusters()
     q = np.linalg.norm(x[:, None] - x[None], axis=2)
     assert sorted(cluster[fl.kcenter_greedy(q, 0, 4)].tolist()) == [0, 1, 2, 3]
+
+
+def test_the_sketch_column_kernel_is_kept_for_comparison_only():
+    # κ = P^H D^{-1} (columns divided by their diagonal), clipped: asymmetric, κ_oo = 1
+    x, cluster = clusters(n_clusters=3, size=4, spread=0.6, seed=3)
+    P = build_graph(x[:, None, :], k=3, delta=0.1).P
+    col = CoverageKernel.of(P, 20, "column")
+    dense = P.toarray()
+    heat = np.linalg.matrix_power(dense, 20)
+    want = np.clip(heat / np.diag(heat)[None, :], 0, 1)
+    assert np.allclose(col.dense(), want, atol=1e-12)
+    with pytest.raises(ValueError, match="kind"):
+        CoverageKernel.of(P, 20, "rows")
+
+
+def test_coverage_variants_report_every_rule_on_recorded_graphs(tmp_path):
+    from simulations import coverage_variants as V
+    from tests.test_alignment import aligned, fake_run
+
+    for seed in range(2):
+        fake_run(tmp_path, f"Ours/s{seed}", "Ours", seed, aligned)
+    result = V.evaluate(tmp_path, v=2)
+    assert set(result) == {"g = 1", "g ~ U(0, 1)"}
+    for rules in result.values():
+        assert set(rules) == set(V.RULES) and all(len(v) == 4 for v in rules.values())  # 2 runs × 2 rounds
+    assert "| g = 1 | coverage-cosine | 4 |" in V.markdown(result, 2)
