@@ -16,8 +16,8 @@ from fedal import client_baselines as fl
 from strategies.client_selection import (
     GRAPH_KEYS,
     PROBE_KEYS,
+    ClientGeometry,
     ClientStats,
-    _Geometry,
     graph_diagnostics,
     register,
 )
@@ -67,7 +67,7 @@ def coverage_order(stats: ClientStats, rng: np.random.Generator, params: Coverag
     the residual uncertainty around it, so the next pick goes where uncertainty is left."""
     from fedal.coverage import CoverageKernel, coverage_greedy
 
-    geo = _Geometry.of(stats, "diffusion-coverage")
+    geo = ClientGeometry.of(stats, "diffusion-coverage")
     n = _count(n, geo.nodes)
     if n == 0:
         return _empty()
@@ -76,8 +76,7 @@ def coverage_order(stats: ClientStats, rng: np.random.Generator, params: Coverag
     graph = geo.graph(params)
     sel = coverage_greedy(CoverageKernel.of(graph.P, params.steps), geo.g, n)
     if diagnostics is not None:
-        diagnostics.update(graph_diagnostics(graph, geo.g, np.zeros(len(geo.g)), np.ones(len(geo.g), bool)))
-        diagnostics.pop("std_v")
+        diagnostics.update(graph_diagnostics(graph, geo.g, None, np.ones(len(geo.g), bool)))
         diagnostics["gains"] = [round(float(v), 6) for v in sel.gains]
         geo.record_q(diagnostics)
     return geo.nodes[sel.order]
@@ -87,7 +86,7 @@ def coverage_order(stats: ClientStats, rng: np.random.Generator, params: Coverag
 def divfl_order(stats: ClientStats, rng: np.random.Generator, params: NoParams,
                 n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     """DivFL: the greedy facility-location batch on sim = exp(−q²/σ²)."""
-    geo = _Geometry.of(stats, "divfl")
+    geo = ClientGeometry.of(stats, "divfl")
     n = _count(n, geo.nodes)
     if n == 0:
         return _empty()
@@ -104,7 +103,7 @@ def divfl_order(stats: ClientStats, rng: np.random.Generator, params: NoParams,
 def clustered_order(stats: ClientStats, rng: np.random.Generator, params: ClusteredParams,
                     n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     """Clustered sampling: V groups of clients by q, one client per group drawn ∝ |U_z|."""
-    geo = _Geometry.of(stats, "clustered")
+    geo = ClientGeometry.of(stats, "clustered")
     if len(geo.nodes) == 0:
         return _empty()
     q = geo.q()
@@ -133,7 +132,7 @@ def pow_d_order(stats: ClientStats, rng: np.random.Generator, params: PowDParams
 def kcenter_order(stats: ClientStats, rng: np.random.Generator, params: NoParams,
                   n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     """k-center greedy on q, starting from the client with the highest g (ties → lower index)."""
-    geo = _Geometry.of(stats, "kcenter")
+    geo = ClientGeometry.of(stats, "kcenter")
     n = _count(n, geo.nodes)
     if n == 0:
         return _empty()

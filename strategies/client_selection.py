@@ -131,14 +131,17 @@ def entropy_order(stats: ClientStats, rng: np.random.Generator, params: Diffusio
     return elig[np.lexsort((elig, -stats.entropy[elig]))]
 
 
-def graph_diagnostics(graph, g: np.ndarray, v: np.ndarray, eligible: np.ndarray) -> dict:
+def graph_diagnostics(graph, g: np.ndarray, v: np.ndarray | None, eligible: np.ndarray) -> dict:
     """Scalars that say whether the client graph carried information this round: with many
-    isolated clients v ≡ 0 and the score is entropy alone (docs/method.md, "Diagnostics")."""
+    isolated clients v ≡ 0 and the score is entropy alone (docs/method.md, "Diagnostics").
+    ``v`` None: a rule without Algorithm 1's impact (no ``std_v``)."""
     deg = np.bincount(np.concatenate([graph.edges.i, graph.edges.j]), minlength=len(g))
-    return {"nodes": int(len(g)), "edges": int(len(graph.edges)),
-            "isolated": int(np.sum((deg == 0) & eligible)),
-            "std_g": float(np.std(g)), "std_v": float(np.std(v)),
-            "sigma_w2": float(graph.sigma_w2)}
+    out = {"nodes": int(len(g)), "edges": int(len(graph.edges)),
+           "isolated": int(np.sum((deg == 0) & eligible)), "std_g": float(np.std(g))}
+    if v is not None:
+        out["std_v"] = float(np.std(v))
+    out["sigma_w2"] = float(graph.sigma_w2)
+    return out
 
 
 def _graph_nodes(stats: ClientStats) -> np.ndarray:
@@ -180,7 +183,7 @@ def class_deficit_weights(counts: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _Geometry:
+class ClientGeometry:
     """One round's client geometry among the graph's clients (``_graph_nodes``): their indices,
     g, the previous g (δ_g's reference) and the isometric coordinates of their m_t."""
 
@@ -190,7 +193,7 @@ class _Geometry:
     coords: np.ndarray
 
     @classmethod
-    def of(cls, stats: ClientStats, what: str) -> "_Geometry":
+    def of(cls, stats: ClientStats, what: str) -> "ClientGeometry":
         if stats.embeddings is None:
             raise ValueError(f"{what} client selection needs the clients' pseudo-parameter embeddings")
         nodes = _graph_nodes(stats)
@@ -225,7 +228,7 @@ def _diffusion(stats: ClientStats, params: DiffusionParams, n: int | None, diagn
                balance: bool) -> np.ndarray:
     from fedal.diffusion import greedy_select
 
-    geo = _Geometry.of(stats, "diffusion")
+    geo = ClientGeometry.of(stats, "diffusion")
     nodes = geo.nodes
     n = len(nodes) if n is None else min(int(n), len(nodes))
     if n == 0:
