@@ -3,6 +3,9 @@ before a refactoring, so that a change which should not alter behaviour can prov
 
 ``python -m tests.golden`` rewrites tests/data/golden_*.json from the current code: do it only for
 a deliberate behaviour change, in a commit of its own that says which rows changed and why.
+To check a refactoring bit for bit on one machine: ``FEDAL_GOLDEN_DIR=/tmp/g python -m tests.golden``
+before it, ``FEDAL_GOLDEN_DIR=/tmp/g FEDAL_GOLDEN_EXACT=1 python -m pytest tests/test_behaviour_preserved.py``
+after it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from pathlib import Path
 
 from tests.helpers import without_times
 
-DATA = Path(__file__).resolve().parent / "data"
+# FEDAL_GOLDEN_DIR: record and compare elsewhere, e.g. this machine's rows before a refactoring,
+# compared bit for bit after it (with FEDAL_GOLDEN_EXACT=1), the committed goldens untouched
+DATA = Path(os.environ.get("FEDAL_GOLDEN_DIR") or Path(__file__).resolve().parent / "data")
 
 # in-process runs (the real ServerApp loop and ClientApp handlers, no Ray): small digits
 # federations covering every client strategy, the point strategies with their own machinery
