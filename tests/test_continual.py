@@ -464,7 +464,8 @@ def test_record_logits_restores_mode_and_matches_forward():
     z = C.record_logits(model, x, batch_size=4)
     assert model.training and z.shape == (9, NUM_CLASSES)
     with torch.no_grad():
-        assert torch.allclose(z, model(x))
+        # batches of 4 and of 9 take different matrix kernels (MKL): equal up to float32 rounding
+        assert torch.allclose(z, model(x), rtol=1e-5, atol=1e-5)
     assert C.record_logits(model, x[:0]).shape == (0, NUM_CLASSES)
 
 
