@@ -125,6 +125,25 @@ def test_each_empty_state_says_what_comes_next_in_plain_words(page):
     assert c.get("/api/progress").json()["run_finished"] is True
 
 
+def test_a_site_whose_points_are_all_labeled_or_skipped_does_not_promise_more(tmp_path):
+    x = np.zeros((3, 40), "float32")
+    with PoolStore(tmp_path / "p.sqlite", "exp", "site-a", 3, "fp") as store:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from fastapi.testclient import TestClient
+
+            c = TestClient(appmod.create_app(appmod.LabelingSite(store, x, NAMES, TOKEN)),
+                           base_url="http://127.0.0.1", headers={"Authorization": f"Bearer {TOKEN}"})
+        store.set_budget(3)
+        store.add_queries([0, 1, 2], 1, "entropy")
+        c.post("/label", data={"query_id": shown_query(c.get("/").text), "label": 0})
+        for _ in range(2):
+            c.post("/skip", data={"query_id": shown_query(c.get("/").text)})
+        html = c.get("/").text  # 2 labels still wanted, but no point is left to ask about
+        assert 'data-state="nothing-left"' in html and "labeled or skipped" in main_text(html)
+        assert "being prepared" not in main_text(html)
+
+
 def test_a_query_page_keeps_the_details_out_of_the_main_text(page):
     store, c = page
     store.set_budget(5)

@@ -127,10 +127,14 @@ def create_app(site: LabelingSite, *, allowed_hosts: list[str] | None = None):
                 # last model ranked (PoolStore.promote_reserve: plain SQL, no model in this process)
                 site.store.promote_reserve()
                 q = desk.next()
-            return q, desk.progress(), run, site.store.last_paid(desk.annotator)
+            p = desk.progress()
+            empty = None if q is not None else pages.empty_state(p, run.finished)
+            if empty == "preparing" and not len(site.store.candidates()):  # none will come: say so
+                empty = "nothing-left"
+            return q, p, empty, site.store.last_paid(desk.annotator)
 
-        q, p, run, last = await run_in_threadpool(work)
-        return HTMLResponse(site.render(q, p, run, last, request.query_params.get("note", "")[:300]))
+        q, p, empty, last = await run_in_threadpool(work)
+        return HTMLResponse(site.render(q, p, empty, last, request.query_params.get("note", "")[:300]))
 
     @app.post("/login")
     async def login(request: Request):

@@ -11,6 +11,7 @@ run's state that the ClientApp records in it (fedal/annotate/annotators.py, ``ma
 - ``not-asked``: no grant yet (the store has no budget): nothing asked of this site so far.
 - ``between-grants``: everything granted so far is labeled; the next grant may come later.
 - ``preparing``: labels are still wanted but no point is ready (the pool is being refilled).
+- ``nothing-left``: labels are still wanted but every point of the site is labeled or skipped.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def login_page(status: int) -> str:
 
 
 def empty_state(p: Progress, finished: bool) -> str:
-    """Why there is nothing to label (module docstring)."""
+    """Why there is nothing to label (module docstring); the caller tells ``preparing`` from
+    ``nothing-left`` (``PoolStore.candidates``: a point may still be asked about)."""
     if finished:
         return "finished"
     if p.budget is None:
@@ -122,6 +124,9 @@ _EMPTY = {
     "preparing": ("The next points are being prepared",
                   "{left} more labels are wanted. The computer is choosing which points to show you next; this "
                   "page checks every {refresh} seconds."),
+    "nothing-left": ("Nothing left to label here. Thank you!",
+                     "Every point at this site has been labeled or skipped. Leave this page open if you like; it "
+                     "checks every {refresh} seconds."),
     "between-grants": ("All done for now. Thank you!",
                        "You have labeled everything asked for so far. More points may come later, once the model "
                        "has learned from these labels: leave this page open; it checks every {refresh} seconds."),

@@ -60,7 +60,7 @@ class LabelingSite:
             resolve, self._resolve = self._resolve, None
             try:
                 self.display = resolve(state.dataset)
-            except ValueError as e:  # the ClientApp accepted the data, so this is unexpected: say it, go on
+            except Exception as e:  # the ClientApp accepted the data, so this is unexpected: say it, go on
                 print(f"fedal-annotate: warning: cannot draw the points as dataset {state.dataset!r} does ({e}); "
                       "drawing them as stored", file=sys.stderr, flush=True)
         return state
@@ -80,13 +80,13 @@ class LabelingSite:
     def point(self, index: int) -> np.ndarray:
         return self.display.point(self.x, index)
 
-    def render(self, q: Query | None, p: Progress, run: RunState, last: Query | None, note: str = "") -> str:
-        """The page for query ``q`` (None: the page that says why there is nothing to label);
-        ``last``: this person's last label, confirmed with its Undo."""
+    def render(self, q: Query | None, p: Progress, empty: str | None, last: Query | None, note: str = "") -> str:
+        """The page for query ``q``, or with none the page for the ``empty`` state
+        (``pages.empty_state``); ``last``: this person's last label, confirmed with its Undo."""
         done = "" if last is None else pages.last_label(last, self.class_label(last.label),
                                                         self.picture(last, thumb=True))
         if q is None:
-            return pages.empty_page(self.site_name, p, pages.empty_state(p, run.finished), note=note, last=done)
+            return pages.empty_page(self.site_name, p, empty, note=note, last=done)
         return pages.query_page(self.site_name, p, q, shown=self.picture(q), kind=self.kind,
                                 class_names=self.class_names, keys=self.keys, note=note, last=done,
                                 guess_name=None if q.guess is None else self.class_label(q.guess))
