@@ -392,11 +392,11 @@ def main(argv=None) -> int:
     import uvicorn
 
     shown = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
-    d = site.display
-    drawn = f"{d.kind}s of shape {'x'.join(map(str, d.shape))}"
-    print(f"fedal-annotate: site {site.site_name}, {len(site.x)} points drawn as {drawn}, {len(site.class_names)} "
-          f"classes ({', '.join(site.class_names[:5])}{', ...' if len(site.class_names) > 5 else ''}), store {db}\nfedal-annotate: open http://{shown}:{port}/ in a browser on this machine and enter the "
-          "token", flush=True)
+    d, names = site.display, site.class_names
+    print(f"fedal-annotate: site {site.site_name}, {len(site.x)} points drawn as {d.kind}s of shape "
+          f"{'x'.join(map(str, d.shape))}, {len(names)} classes ({', '.join(names[:5])}"
+          f"{', ...' if len(names) > 5 else ''}), store {db}\n"
+          f"fedal-annotate: open http://{shown}:{port}/ in a browser on this machine and enter the token", flush=True)
     extra = [] if is_loopback(host) else [host.strip("[]"), shown]
     # no access log: request lines may carry ?token=
     uvicorn.run(create_app(site, allowed_hosts=extra), host=host.strip("[]"), port=port, log_level="warning",
