@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from fedal import uncertainty
-from fedal.annotate.annotators import Latency, SimulatedAnnotators, SimulatedClock
+from fedal.annotate.annotators import Latency, SimulatedAnnotators, SimulatedClock, mark_run
 from fedal.store import PoolStore
 
 MEASURES = {"entropy": uncertainty.entropy, "least-confidence": uncertainty.least_confidence,
@@ -413,6 +413,7 @@ def _handle_people(worker, conf, state_dict) -> dict:
         site.state_dict = state_dict
     granted = 0
     if not finish:
+        mark_run(site.store, dataset=worker.cfg.dataset, finished=False)  # for the labeling page
         granted = site.grant(grant_key(token, al_round, conf), int(conf.get("grant", 0)))
         if state_dict is not None or int(conf.get("model-version", 0)) == 0:
             site.refill_if_low()  # after a grant, or when people emptied the pool
@@ -422,6 +423,7 @@ def _handle_people(worker, conf, state_dict) -> dict:
     if finish:
         site.store.clear_reserve()  # first: the page must not open queries after the withdrawal
         out["withdrawn-at-end"] = site.store.withdraw_open(reason="run-end")
+        mark_run(site.store, dataset=worker.cfg.dataset, finished=True)  # the page: "this run has finished"
         out.update(site.summary())
     pools = worker.pools()  # the labels paid on the page are in them already: nothing moves
     # granted-run: what this run (its token) granted the site; a resumed server checks it

@@ -998,6 +998,16 @@ class PoolStore:
                 raise QueryClosed(f"query {query_id} (point {row[0]}) is {row[1]}; only an open query can be skipped")
         return self.query(query_id)
 
+    # the last label an annotator paid through a query: what undo_last un-pays
+    _LAST_PAID = ("SELECT q.id, q.idx FROM queries q JOIN labels l ON l.idx = q.idx "
+                  "WHERE q.state = 'labeled' AND q.closed_by = ? ORDER BY l.pos DESC LIMIT 1")
+
+    def last_paid(self, annotator: str) -> Query | None:
+        """The query whose label ``undo_last(annotator)`` would un-pay now (None: nothing to undo);
+        a labeling page names it on its Undo button."""
+        rows = self._read(self._LAST_PAID, (self._annotator(annotator),))
+        return self.query(rows[0][0]) if rows else None
+
     def undo_last(self, annotator: str, *, lease_s: float = DEFAULT_LEASE_S) -> Query | None:
         """Un-pay the last label ``annotator`` paid through a query (None if there is none).
 
@@ -1009,9 +1019,7 @@ class PoolStore:
         annotator = self._annotator(annotator)
         now = self._clock()
         with self._tx() as db:
-            row = db.execute("SELECT q.id, q.idx FROM queries q JOIN labels l ON l.idx = q.idx "
-                             "WHERE q.state = 'labeled' AND q.closed_by = ? ORDER BY l.pos DESC LIMIT 1",
-                             (annotator,)).fetchone()
+            row = db.execute(self._LAST_PAID, (annotator,)).fetchone()
             if row is None:
                 return None
             qid, idx = row

@@ -153,6 +153,7 @@ def test_people_label_a_deployed_async_federation_on_their_sites_pages(tmp_path)
                 return r.geturl(), r.read().decode()
 
         paid_by_bot = {1: [], 2: []}
+        drawn = set()  # how the pages drew the points (digits: 8x8 images, from the run's dataset)
         deadline = time.time() + 400
         while not (run_dir / "summary.json").exists() and time.time() < deadline:
             busy = False
@@ -164,6 +165,7 @@ def test_people_label_a_deployed_async_federation_on_their_sites_pages(tmp_path)
                 m = re.search(r'data-query-id="(\d+)" data-index="(\d+)"', html)
                 if m is None:
                     continue
+                drawn.add("image" if 'id="point-image"' in html else "other")
                 qid, idx = int(m.group(1)), int(m.group(2))
                 final, _ = call(url + "/label", {"query_id": qid, "label": int(ys[k][idx])})
                 if "note=" not in final:
@@ -185,4 +187,7 @@ def test_people_label_a_deployed_async_federation_on_their_sites_pages(tmp_path)
             total += len(rows)
         budget = 2 * 4 + 1 * 2 * 4
         assert summary["paid"] == summary["granted"] == total == budget
+        assert drawn == {"image"}
+        for url in pages.values():  # after the run the pages stay up and say that it has finished
+            assert 'data-state="finished"' in call(url + "/")[1]
     print(f"people deployment test: {time.time() - t0:.0f} s")

@@ -97,7 +97,7 @@ def test_tokens_hosts_and_actions_over_http(tmp_path):
     assert c.get("/", headers={"Host": "attacker.example"}).status_code == 400  # DNS rebinding
     auth = {"Authorization": f"Bearer {TOKEN}"}
     r = c.get("/", headers=auth)
-    assert r.status_code == 200 and "<svg" in r.text and "confidence 55%" in r.text
+    assert r.status_code == 200 and "<svg" in r.text and "(55% sure)" in r.text
     assert r.headers["cache-control"] == "no-store" and "frame-ancestors 'none'" in r.headers["content-security-policy"]
     qid = int(re.search(r'data-query-id="(\d+)"', r.text).group(1))
     r = c.post("/label", data={"query_id": str(qid), "label": "2"}, headers=auth, follow_redirects=False)
@@ -106,7 +106,7 @@ def test_tokens_hosts_and_actions_over_http(tmp_path):
     r = c.post("/label", data={"query_id": str(qid), "label": "1"}, headers=auth, follow_redirects=True)
     assert store.labeled_arrays()[1].tolist() == [1]
     r = c.post("/label", data={"query_id": str(qid), "label": "1"}, headers=auth, follow_redirects=True)
-    assert "was already labeled yes" in r.text and store.n_labeled == 1  # a double submit pays once
+    assert "already labeled \u2018yes\u2019" in r.text and store.n_labeled == 1  # a double submit pays once
     assert c.post("/label", data={"query_id": "x"}, headers=auth).status_code == 400
     store.close()
 

@@ -161,6 +161,33 @@ class AnnotationDesk:
         return self.store.progress(self.annotator)
 
 
+# ---------------------------------------------------------------------------------- the run, for the page
+# A people run tells its sites' labeling pages, through notes in each site's store, whether it is
+# still labeling and which data set it runs: fedal/async_labeling.py marks every query.labeling
+# message ("finished" with the run's last one, after the open queries are withdrawn), and the page
+# (fedal/annotate/app.py) says "more may come later" or "this labeling run has finished", and draws
+# the points as the data set's shape (fedal/data/info.py).
+RUN_NOTE, DATASET_NOTE = "run", "dataset"
+RUN_LABELING, RUN_FINISHED = "labeling", "finished"
+
+
+@dataclass(frozen=True)
+class RunState:
+    finished: bool  # the run sent its last message: nothing more will be asked in it
+    dataset: str | None  # the run's dataset (None: no people run has marked this store)
+
+
+def mark_run(store: PoolStore, *, dataset: str, finished: bool) -> None:
+    """Record the run's state and data set in the site's store (written only when they change)."""
+    for key, value in ((DATASET_NOTE, str(dataset)), (RUN_NOTE, RUN_FINISHED if finished else RUN_LABELING)):
+        if store.note(key) != value:
+            store.note(key, value)
+
+
+def run_state(store: PoolStore) -> RunState:
+    return RunState(store.note(RUN_NOTE) == RUN_FINISHED, store.note(DATASET_NOTE))
+
+
 # ---------------------------------------------------------------------------------- simulation
 @dataclass
 class AnnotatorStats:

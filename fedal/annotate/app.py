@@ -1,4 +1,4 @@
-"""The labeling page of one site (issue #14): ``fedal-annotate``.
+"""The labeling page of one site (issue #14): ``fedal-annotate``, its routes and command line.
 
 A person at the site labels the queries of the site's query pool in a browser on the same
 machine. The page runs next to the site's SuperNode, opens the same pool store (SQLite, shared
@@ -12,6 +12,7 @@ and every route but ``/healthz`` needs the site's token (a ``Authorization: Bear
 the HttpOnly, SameSite=Strict cookie set by ``/?token=…`` or the login form). A missing token
 gets 401 and a wrong one 403, with no data.
 
+What it serves is a ``LabelingSite`` (fedal/annotate/site.py); its HTML is fedal/annotate/pages.py.
 FastAPI + uvicorn: see docs/labeling.md for why.
 """
 
@@ -24,168 +25,19 @@ import secrets
 import socket
 import sys
 import time
-from html import escape
 from pathlib import Path
 from urllib.parse import parse_qs, quote
 
-import numpy as np
-
-from fedal.annotate.annotators import AnnotationDesk
-from fedal.annotate.render import image_png, point_kind, signal_svg
-from fedal.store import DEFAULT_LEASE_S, PoolStore, Query, QueryClosed, StoreError, site_store_path
+from fedal.annotate import pages
+from fedal.annotate.annotators import run_state
+from fedal.annotate.render import image_png
+from fedal.annotate.site import MIN_TOKEN_CHARS, LabelingSite
+from fedal.data.info import DATASETS, SiteDisplay, dataset_info, site_display
+from fedal.store import DEFAULT_LEASE_S, BudgetSpent, PoolStore, QueryClosed, StoreError, site_store_path
 
 TOKEN_ENV = "FEDAL_ANNOTATE_TOKEN"
-MIN_TOKEN_CHARS = 16
 TOKEN_COOKIE, SESSION_COOKIE = "fedal_token", "fedal_session"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
-REFRESH_S = 5  # an empty query pool: look again this often
-
-
-def shortcut_keys(num_classes: int) -> list[str | None]:
-    """The key of each class: digits 0-9 for the first ten, then the letters a-z; none beyond 36."""
-    keys = [str(k) for k in range(10)] + [chr(ord("a") + k) for k in range(26)]
-    return [keys[c] if c < len(keys) else None for c in range(num_classes)]
-
-
-class LabelingSite:
-    """What the page serves: one site's data, its pool store, the class names, the token."""
-
-    def __init__(self, store: PoolStore, x: np.ndarray, class_names: list[str], token: str, *,
-                 site_name: str = "", annotator: str = "page", lease_s: float = DEFAULT_LEASE_S) -> None:
-        if len(token) < MIN_TOKEN_CHARS:
-            raise ValueError(f"the token must have at least {MIN_TOKEN_CHARS} characters")
-        self.store, self.x, self.class_names, self.token = store, x, list(class_names), token
-        self.kind = point_kind(x)
-        self.site_name, self.annotator, self.lease_s = site_name or store.identity["client_id"], annotator, lease_s
-        self.keys = shortcut_keys(len(self.class_names))
-
-    def desk(self, session: str) -> AnnotationDesk:
-        return AnnotationDesk(self.store, f"{self.annotator}/{session[:12]}", num_classes=len(self.class_names),
-                              lease_s=self.lease_s)
-
-    def class_label(self, c: int | None) -> str:
-        if c is None:
-            return "-"
-        return self.class_names[c] if 0 <= c < len(self.class_names) else f"class {c}"
-
-
-# ---------------------------------------------------------------------------------- HTML
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#222}
-header{background:#24324a;color:#fff;padding:10px 20px;display:flex;gap:24px;align-items:center;flex-wrap:wrap}
-header h1{font-size:18px;margin:0}
-.bar{background:#3b4d6b;border-radius:4px;width:260px;height:14px;overflow:hidden;display:inline-block;vertical-align:middle}
-.bar span{display:block;height:100%;background:#6fcf97}
-main{padding:16px 20px;max-width:1000px}
-.card{background:#fff;border:1px solid #dde1e7;border-radius:8px;padding:14px 16px;margin-bottom:14px}
-.meta{color:#555;font-size:14px;margin:6px 0 10px}
-.guess{font-size:16px;margin:8px 0}
-.guess b{font-size:18px}
-.classes{display:flex;flex-wrap:wrap;gap:8px;margin:10px 0}
-.classes button{font-size:16px;padding:10px 14px;border:1px solid #8fa3c0;background:#eef3fb;border-radius:6px;cursor:pointer;min-width:64px}
-.classes button.guessed{border-color:#24324a;border-width:2px}
-.classes button:hover{background:#dbe7f8}
-kbd{font-family:ui-monospace,monospace;background:#fff;border:1px solid #aaa;border-bottom-width:2px;border-radius:3px;padding:0 4px;font-size:12px;color:#333}
-.actions{display:flex;gap:10px;margin-top:6px}
-.actions button{padding:8px 14px;border-radius:6px;border:1px solid #aaa;background:#fafafa;cursor:pointer}
-.note{padding:8px 12px;border-radius:6px;background:#fff6d6;border:1px solid #e6d38a;margin-bottom:12px}
-.point img{image-rendering:pixelated;border:1px solid #ccc;max-width:100%}
-.help{color:#555;font-size:13px}
-"""
-
-_SCRIPT = """
-(function(){
-  var sent = false;
-  function press(el){ if(!el || sent) return; sent = true; el.click(); }
-  document.addEventListener('keydown', function(e){
-    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
-    var el = null;
-    if (e.key === ' ') el = document.getElementById('skip');
-    else if (e.key === 'Backspace') el = document.getElementById('undo');
-    else if (e.key.length === 1) el = document.querySelector('button[data-key="' + e.key.toLowerCase() + '"]');
-    if (el) { e.preventDefault(); press(el); }
-  });
-  document.querySelectorAll('form').forEach(function(f){
-    f.addEventListener('submit', function(){ sent = true; });
-  });
-})();
-"""
-
-
-def _page(title: str, body: str, *, refresh: int | None = None) -> str:
-    head = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>{head}'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_STYLE}</style></head>'
-            f"<body>{body}<script>{_SCRIPT}</script></body></html>")
-
-
-def _header(site: LabelingSite, p) -> str:
-    if p.budget:
-        frac = min(1.0, p.labeled / p.budget)
-        bar = (f'<span class="bar" title="{p.labeled} of {p.budget}"><span style="width:{100 * frac:.1f}%"></span>'
-               f"</span> <span id=\"progress\">{p.labeled} / {p.budget} labels paid</span>")
-    else:
-        bar = f'<span id="progress">{p.labeled} labels paid (no budget set)</span>'
-    return (f"<header><h1>fedal labeling · site {escape(site.site_name)}</h1><div>{bar}</div>"
-            f"<div>{p.open} open queries · {p.skipped} skipped · you: {p.by_annotator or 0}</div></header>")
-
-
-def _login_page(status: int) -> str:
-    why = "This page needs the site's token." if status == 401 else "That token is not valid for this site."
-    return _page("fedal labeling: token needed",
-                 f'<main><div class="card"><h2>{escape(why)}</h2>'
-                 '<form method="post" action="/login"><label>Token <input type="password" name="token" '
-                 'autocomplete="current-password" autofocus></label> <button>Open</button></form>'
-                 '<p class="help">The site operator has it (the file given to <code>fedal-annotate '
-                 '--token-file</code>).</p></div></main>')
-
-
-def render_query_page(site: LabelingSite, q: Query | None, p, note: str = "") -> str:
-    parts = [_header(site, p), "<main>"]
-    if note:
-        parts.append(f'<div class="note" id="note">{escape(note)}</div>')
-    undo = ('<form method="post" action="/undo"><button id="undo" type="submit" title="Backspace">'
-            "Undo my last label <kbd>Backspace</kbd></button></form>")
-    if q is None:
-        if p.spent:
-            msg = f"The label budget of this site is spent ({p.labeled} of {p.budget}). Thank you!"
-        else:
-            msg = (f"No open queries right now. The site's client refills the pool with its latest model; "
-                   f"this page looks again every {REFRESH_S} s.")
-        parts.append(f'<div class="card" id="empty"><h2>{escape(msg)}</h2><div class="actions">{undo}</div></div>')
-        parts.append("</main>")
-        return _page("fedal labeling", "".join(parts), refresh=REFRESH_S)
-    if site.kind == "signal":
-        shown = signal_svg(site.x[q.index])
-    else:
-        shown = f'<img id="point-image" src="/point/{q.id}.png" alt="point {q.index}">'
-    guess = ""
-    if q.guess is not None:
-        conf = "" if q.confidence is None else f" (confidence {100 * q.confidence:.0f}%)"
-        guess = (f'<div class="guess" id="guess">Model\'s guess: <b>{escape(site.class_label(q.guess))}</b>'
-                 f"{escape(conf)}</div>")
-    buttons = []
-    for c, name in enumerate(site.class_names):
-        key = site.keys[c]
-        attrs = f' data-key="{key}" title="key {key}"' if key else ""
-        cls = ' class="guessed"' if q.guess == c else ""
-        kbd = f" <kbd>{escape(key)}</kbd>" if key else ""
-        buttons.append(f'<button type="submit" name="label" value="{c}" id="class-{c}"{cls}{attrs}>'
-                       f"{escape(name)}{kbd}</button>")
-    parts.append(
-        f'<div class="card"><div class="meta" id="query-meta" data-query-id="{q.id}" data-index="{q.index}">'
-        # a durable store's queries carry the AL round of the message whose model chose them
-        # (fedal/async_labeling.py, PeopleSite), not the server's model counter
-        f"Query {q.id} · point {q.index} · chosen by <b>{escape(q.strategy)}</b> in AL round "
-        f"{q.model_version}</div><div class=\"point\">{shown}</div>{guess}"
-        f'<form method="post" action="/label" id="label-form"><input type="hidden" name="query_id" value="{q.id}">'
-        f'<div class="classes">{"".join(buttons)}</div></form>'
-        f'<div class="actions"><form method="post" action="/skip"><input type="hidden" name="query_id" '
-        f'value="{q.id}"><button id="skip" type="submit" title="Space">Skip (can\'t tell) <kbd>Space</kbd>'
-        f"</button></form>{undo}</div></div>"
-        '<p class="help">Keys: the key shown on each class button labels the point; <kbd>Space</kbd> skips it; '
-        "<kbd>Backspace</kbd> undoes your last label (the point comes back).</p></main>")
-    return _page(f"fedal labeling · query {q.id}", "".join(parts))
 
 
 # ---------------------------------------------------------------------------------- the app
@@ -224,7 +76,7 @@ def create_app(site: LabelingSite, *, allowed_hosts: list[str] | None = None):
 
     def refuse(request: Request, status: int) -> Response:
         if "text/html" in request.headers.get("accept", ""):
-            return HTMLResponse(_login_page(status), status_code=status)
+            return HTMLResponse(pages.login_page(status), status_code=status)
         return PlainTextResponse("token required" if status == 401 else "wrong token", status_code=status)
 
     def login_response(token: str, request: Request) -> Response:
@@ -269,14 +121,20 @@ def create_app(site: LabelingSite, *, allowed_hosts: list[str] | None = None):
         desk = site.desk(session_of(request))
 
         def work():
-            # between the ClientApp's messages, a pool that runs low is refilled from the reserve its
-            # last model ranked (PoolStore.promote_reserve: plain SQL, no model in this process)
-            site.store.promote_reserve()
-            q = desk.next()
-            return q, desk.progress()
+            run, q = site.run(), None
+            if not run.finished:  # a finished run's page claims nothing
+                # between the ClientApp's messages, a pool that runs low is refilled from the reserve its
+                # last model ranked (PoolStore.promote_reserve: plain SQL, no model in this process)
+                site.store.promote_reserve()
+                q = desk.next()
+            p = desk.progress()
+            empty = None if q is not None else pages.empty_state(p, run.finished)
+            if empty == "preparing" and not len(site.store.candidates()):  # none will come: say so
+                empty = "nothing-left"
+            return q, p, empty, site.store.last_paid(desk.annotator)
 
-        q, p = await run_in_threadpool(work)
-        return HTMLResponse(render_query_page(site, q, p, request.query_params.get("note", "")[:300]))
+        q, p, empty, last = await run_in_threadpool(work)
+        return HTMLResponse(site.render(q, p, empty, last, request.query_params.get("note", "")[:300]))
 
     @app.post("/login")
     async def login(request: Request):
@@ -293,9 +151,17 @@ def create_app(site: LabelingSite, *, allowed_hosts: list[str] | None = None):
         desk = site.desk(session_of(request))
         try:
             r = await run_in_threadpool(desk.submit, v["query_id"], v["label"])
+        except BudgetSpent:
+            return back("That point is no longer needed: everything asked for so far is labeled. Nothing was "
+                        "counted.")
+        except QueryClosed:
+            return back("That point is no longer needed (it was labeled, skipped or withdrawn meanwhile). "
+                        "Nothing was counted.")
         except StoreError as e:
             return back(str(e))
-        return back("" if r.paid_now else f"point {r.index} was already labeled {site.class_label(r.label)}")
+        # paid now: the page confirms it from the store (PoolStore.last_paid), with its Undo
+        return back("" if r.paid_now else f"That point was already labeled \u2018{site.class_label(r.label)}\u2019; "
+                    "nothing changed.")
 
     @app.post("/skip")
     async def skip(request: Request):
@@ -316,9 +182,28 @@ def create_app(site: LabelingSite, *, allowed_hosts: list[str] | None = None):
         status = check(given_token(request))
         if status is not None:
             return refuse(request, status)
-        q = await run_in_threadpool(site.desk(session_of(request)).undo)
-        return back("nothing of yours to undo" if q is None else
-                    f"undone: point {q.index} is back for you to label again")
+        f = await form(request)
+        try:
+            expected = int(f["query_id"]) if f.get("query_id") else None  # the page's button names its label
+        except ValueError:
+            return PlainTextResponse("query_id: an integer required", status_code=400)
+        desk = site.desk(session_of(request))
+
+        def work():
+            if site.run().finished:
+                return "This labeling run has finished; its labels can no longer be changed."
+            last = site.store.last_paid(desk.annotator)
+            if last is None:
+                return "You have no label to undo."
+            if expected is not None and last.id != expected:
+                return ("Nothing was undone: the label that button named is no longer your last one (another "
+                        "tab?). The page now shows your last label.")
+            if desk.undo() is None:
+                return "You have no label to undo."
+            return (f"Undone: your label \u2018{site.class_label(last.label)}\u2019 was removed. The point is back; "
+                    "label it again.")
+
+        return back(await run_in_threadpool(work))
 
     @app.get("/point/{query_id}.png")
     async def point_png(query_id: int, request: Request):
@@ -328,16 +213,19 @@ def create_app(site: LabelingSite, *, allowed_hosts: list[str] | None = None):
         q = await run_in_threadpool(site.store.query, query_id)
         if q is None or site.kind != "image":  # only points that were asked about
             return PlainTextResponse("no such query image", status_code=404)
-        return Response(await run_in_threadpool(image_png, site.x[q.index]), media_type="image/png")
+        png = await run_in_threadpool(image_png, site.point(q.index), dark_ink=site.display.dark_ink)
+        return Response(png, media_type="image/png")
 
     @app.get("/api/progress")
     async def api_progress(request: Request):
         status = check(given_token(request))
         if status is not None:
             return refuse(request, status)
-        p = await run_in_threadpool(site.store.progress, f"{site.annotator}/{session_of(request)[:12]}")
-        return JSONResponse({k: getattr(p, k) for k in ("budget", "labeled", "remaining", "open", "claimed",
-                                                          "labeled_queries", "withdrawn", "skipped", "by_annotator")})
+        p = await run_in_threadpool(site.store.progress, site.session_annotator(session_of(request)))
+        run = await run_in_threadpool(site.run)
+        return JSONResponse({**{k: getattr(p, k) for k in ("budget", "labeled", "remaining", "open", "claimed",
+                                                            "labeled_queries", "withdrawn", "skipped",
+                                                            "by_annotator")}, "run_finished": run.finished})
 
     return app
 
@@ -415,19 +303,36 @@ def build_site(args) -> tuple[LabelingSite, Path]:
         store = PoolStore(db, args.experiment_id, data.client_id, data.n_points, data.fingerprint)
     except StoreError as e:
         raise StartupError(str(e)) from None
-    n_classes = args.num_classes or data.num_classes
-    if data.class_names is not None:
-        names = list(data.class_names)
-        if args.num_classes and args.num_classes != len(names):
-            raise StartupError(f"--num-classes {args.num_classes} but the data names {len(names)} classes")
-    elif n_classes:
-        names = [str(c) for c in range(n_classes)]
-    else:
+    recorded = run_state(store).dataset  # the run's dataset, as the site's ClientApp recorded it
+    given = getattr(args, "dataset", None)
+    if given and recorded and given != recorded:
         store.close()
-        raise StartupError(f"the data at {data.path} names no classes and holds no labels: give --num-classes")
+        raise StartupError(f"--dataset {given} but the site's ClientApp runs dataset {recorded} (recorded in {db}); "
+                           "leave --dataset out")
+
+    def display_for(dataset: str | None) -> SiteDisplay:
+        """How the points are drawn and the classes named: the site's data first, then the dataset's."""
+        info = dataset_info(dataset, getattr(args, "data_root", None) or "") if dataset else None
+        return site_display(data.x.shape[1:], site_names=data.class_names, site_shape=data.shape, info=info,
+                            num_classes=args.num_classes, labeled_classes=data.num_classes,
+                            where=f"the data at {data.path}")
+
+    dataset = given or recorded
     try:
-        site = LabelingSite(store, data.x, names, token, site_name=data.client_id, annotator=args.annotator,
-                            lease_s=args.lease_s)
+        try:
+            display = display_for(dataset)
+        except ValueError:
+            if dataset is not None:
+                raise
+            # nothing names the classes yet: the ClientApp records the dataset at the run's first
+            # message, just after it creates the store; wait for it while --wait-s allows
+            while dataset is None and time.monotonic() < deadline:
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                dataset = run_state(store).dataset
+            display = display_for(dataset)
+        site = LabelingSite(store, data.x, list(display.class_names), token, site_name=data.client_id,
+                            annotator=args.annotator, lease_s=args.lease_s, display=display,
+                            resolve=display_for if dataset is None else None)
     except ValueError as e:
         store.close()
         raise StartupError(str(e)) from None
@@ -451,7 +356,12 @@ def parse_args(argv=None):
                     "machine only; anything else serves site data to the network)")
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--annotator", default="page", help="a name for who labels here (recorded with each label)")
-    ap.add_argument("--num-classes", type=int, default=None, help="when the data names no classes and has no y")
+    ap.add_argument("--num-classes", type=int, default=None, help="when neither the data nor its dataset names "
+                    "the classes and the data has no y")
+    ap.add_argument("--dataset", default=None, choices=DATASETS, help="the run's dataset, for how points are "
+                    "drawn and classes named (default: as the site's ClientApp recorded it in the store)")
+    ap.add_argument("--data-root", default=None, help="the dataset's files, where its class names come from "
+                    "them (cifar100)")
     ap.add_argument("--lease-s", type=float, default=DEFAULT_LEASE_S,
                     help="how long a shown query stays reserved for its browser")
     ap.add_argument("--wait-s", type=float, default=0.0,
@@ -482,9 +392,11 @@ def main(argv=None) -> int:
     import uvicorn
 
     shown = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
-    print(f"fedal-annotate: site {site.site_name}, {len(site.x)} points, {len(site.class_names)} classes, "
-          f"store {db}\nfedal-annotate: open http://{shown}:{port}/ in a browser on this machine and enter the "
-          "token", flush=True)
+    d, names = site.display, site.class_names
+    print(f"fedal-annotate: site {site.site_name}, {len(site.x)} points drawn as {d.kind}s of shape "
+          f"{'x'.join(map(str, d.shape))}, {len(names)} classes ({', '.join(names[:5])}"
+          f"{', ...' if len(names) > 5 else ''}), store {db}\n"
+          f"fedal-annotate: open http://{shown}:{port}/ in a browser on this machine and enter the token", flush=True)
     extra = [] if is_loopback(host) else [host.strip("[]"), shown]
     # no access log: request lines may carry ?token=
     uvicorn.run(create_app(site, allowed_hosts=extra), host=host.strip("[]"), port=port, log_level="warning",

@@ -25,8 +25,9 @@ def point_kind(x: np.ndarray) -> str:
                      "(H, W) / (H, W, C) / (C, H, W)")
 
 
-def signal_svg(v: np.ndarray, width: int = 720, height: int = 260, pad: int = 24) -> str:
-    """A line plot of a (L,) or (C, L) signal as an SVG element (one polyline per channel)."""
+def signal_svg(v: np.ndarray, width: int = 720, height: int = 260, pad: int = 24, axes: bool = True) -> str:
+    """A line plot of a (L,) or (C, L) signal as an SVG element (one polyline per channel);
+    ``axes=False``: the lines alone (a thumbnail)."""
     a = np.asarray(v, dtype=np.float64)
     a = a[None, :] if a.ndim == 1 else a.reshape(a.shape[0], -1)
     n = a.shape[1]
@@ -50,18 +51,20 @@ def signal_svg(v: np.ndarray, width: int = 720, height: int = 260, pad: int = 24
         pts = " ".join(f"{x:.1f},{y_of(val):.1f}" for x, val in zip(xs, row))
         color = COLORS[c % len(COLORS)]
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/>')
-        if n <= 80:
+        if n <= 80 and axes:
             parts += [f'<circle cx="{x:.1f}" cy="{y_of(val):.1f}" r="2.5" fill="{color}"/>' for x, val in zip(xs, row)]
-    parts.append(f'<text x="{pad}" y="{pad - 8}" font-size="12" fill="#555">{escape(f"{hi:.3g}")}</text>')
-    parts.append(f'<text x="{pad}" y="{height - 6}" font-size="12" fill="#555">{escape(f"{lo:.3g}")}'
-                 f' · {n} samples{f" · {a.shape[0]} channels" if a.shape[0] > 1 else ""}</text>')
+    if axes:
+        parts.append(f'<text x="{pad}" y="{pad - 8}" font-size="12" fill="#555">{escape(f"{hi:.3g}")}</text>')
+        parts.append(f'<text x="{pad}" y="{height - 6}" font-size="12" fill="#555">{escape(f"{lo:.3g}")}'
+                     f' · {n} samples{f" · {a.shape[0]} channels" if a.shape[0] > 1 else ""}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
-def image_png(v: np.ndarray, min_side: int = 280) -> bytes:
+def image_png(v: np.ndarray, min_side: int = 280, dark_ink: bool = False) -> bytes:
     """A (H, W), (H, W, C) or (C, H, W) image as PNG bytes, enlarged (nearest neighbour) so that
-    its shorter side is at least ``min_side`` pixels."""
+    its shorter side is at least ``min_side`` pixels. ``dark_ink``: high values drawn dark (ink on
+    paper, as scikit-learn's digits count ink)."""
     from PIL import Image
 
     a = np.asarray(v)
@@ -79,6 +82,8 @@ def image_png(v: np.ndarray, min_side: int = 280) -> bytes:
         else:
             a = np.zeros_like(a)
         a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    if dark_ink:
+        a = 255 - a
     img = Image.fromarray(a)
     h, w = a.shape[:2]
     scale = max(1, -(-min_side // max(1, min(h, w))))

@@ -95,11 +95,13 @@ def cached_site_data(data_path: str | Path, client_id: str, cache_dir: Path):
         x, y, meta = hit
         names = tuple(meta["class_names"]) if meta.get("class_names") is not None else None
         files = tuple(meta["files"]) if meta.get("files") is not None else None
-        return SiteData(path, x, y, names, meta["fingerprint"], client_id, files)
+        shape = tuple(meta["shape"]) if meta.get("shape") is not None else None
+        return SiteData(path, x, y, names, meta["fingerprint"], client_id, files, shape)
     site = load_site_data(path, client_id)
     _write(entry, site.x, site.y, {"fingerprint": site.fingerprint, "path": str(path.resolve()),
                                    "class_names": list(site.class_names) if site.class_names else None,
-                                   "files": list(site.files) if site.files else None})
+                                   "files": list(site.files) if site.files else None,
+                                   "shape": list(site.shape) if site.shape else None})
     return site
 
 

@@ -4,7 +4,9 @@
 the site has them, from one of:
 
 (a) an ``.npz`` file with ``x`` (inputs: float or uint8, shape (N, ...)) and optionally ``y``
-    (integer class ids, shape (N,)) and ``class_names`` (strings, shape (C,));
+    (integer class ids, shape (N,)), ``class_names`` (strings, shape (C,)) and ``shape`` (integers:
+    how one point is drawn for a person when ``x`` holds it flattened, e.g. ``[8, 8]`` for 64
+    values; fedal/data/info.py);
 (b) an image folder ``<root>/<class name>/*.png|*.jpg|*.jpeg``: labels from the folder names,
     class ids in sorted name order;
 (c) a flat image folder ``<root>/*.png|*.jpg|*.jpeg``: unlabeled, or with ``<root>/labels.csv``
@@ -34,7 +36,7 @@ import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LABELS_CSV = "labels.csv"
-NPZ_ARRAYS = ("x", "y", "class_names")
+NPZ_ARRAYS = ("x", "y", "class_names", "shape")
 CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -51,6 +53,9 @@ class SiteData:
     fingerprint: str  # stable hash of the inputs and their order (the pool store's data_fingerprint)
     client_id: str
     files: tuple[str, ...] | None = None  # image folders: point i's file, relative to path
+    # how one point is drawn for a person, when the file declares it (.npz 'shape'); not part of
+    # the fingerprint: it changes no input
+    shape: tuple[int, ...] | None = None
 
     @property
     def n_points(self) -> int:
@@ -71,10 +76,11 @@ def load_site_data(data_path: str | Path, client_id: str | None = None) -> SiteD
     path = Path(data_path).expanduser()
     if not path.exists():
         raise SiteDataError(f"data-path {path} does not exist; give an .npz file or an image folder")
+    shape = None
     if path.is_dir():
         x, y, names, fingerprint, files = _load_folder(path)
     elif path.suffix.lower() == ".npz":
-        x, y, names, fingerprint = _load_npz(path)
+        x, y, names, fingerprint, shape = _load_npz(path)
         files = None
     else:
         raise SiteDataError(f"data-path {path} is neither an .npz file nor a folder; valid forms: "
@@ -87,7 +93,7 @@ def load_site_data(data_path: str | Path, client_id: str | None = None) -> SiteD
         # the id names the site's state files, so keep it to characters safe in a file name
         raise SiteDataError(f"client-id {client_id!r} is not valid: use 1-64 letters, digits, '.', '_' "
                             "or '-', starting with a letter or digit")
-    return SiteData(path, x, y, names, fingerprint, str(client_id), files)
+    return SiteData(path, x, y, names, fingerprint, str(client_id), files, shape)
 
 
 def expected_inputs(dataset: str) -> tuple[tuple[int, ...], str, int]:
@@ -175,6 +181,16 @@ def _load_npz(path: Path):
         names = tuple(str(v) for v in cn.astype(str))
         if len(set(names)) != len(names):
             raise SiteDataError(f"{path}: array 'class_names' repeats a name: {list(names)}")
+    shape = None
+    if "shape" in arrays:
+        sh = arrays["shape"]
+        if sh.ndim != 1 or not 1 <= len(sh) <= 3 or not np.issubdtype(sh.dtype, np.integer) or (sh < 1).any():
+            raise SiteDataError(f"{path}: array 'shape' must hold 1 to 3 positive integers (how one point is "
+                                f"drawn, e.g. [8, 8]); got {sh.tolist()} ({sh.dtype})")
+        shape = tuple(int(v) for v in sh)
+        if int(np.prod(shape)) != int(np.prod(x.shape[1:])):
+            raise SiteDataError(f"{path}: array 'shape' {list(shape)} holds {int(np.prod(shape))} values, but "
+                                f"each point of 'x' holds {int(np.prod(x.shape[1:]))} {tuple(x.shape[1:])}")
     y = None
     if "y" in arrays:
         y = arrays["y"]
@@ -193,7 +209,7 @@ def _load_npz(path: Path):
     h = hashlib.sha256(b"fedal-site-npz-v1\n")
     h.update(f"{x.dtype.str} {x.shape}\n".encode())
     h.update(np.ascontiguousarray(x).tobytes())
-    return x, y, names, "sha256:" + h.hexdigest()[:32]
+    return x, y, names, "sha256:" + h.hexdigest()[:32], shape
 
 
 # ---------------------------------------------------------------------------------- image folders
