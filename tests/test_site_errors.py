@@ -107,6 +107,16 @@ def test_a_worker_started_from_the_checkout_answers_with_the_bundles_code(tmp_pa
     assert code_digest.__wrapped__(str(bundle)) != code_digest(str(ROOT))
 
 
+def test_a_worker_answers_under_a_state_dir_too_deep_for_a_unix_socket_path(tmp_path):
+    """A Unix socket's path is limited to ~107 bytes; a deep state-dir must still work."""
+    bundle = _bundle(tmp_path)
+    state = tmp_path / ("deep-folder-" * 8) / "state"
+    assert len(str(state / "worker" / "worker.sock")) > 110
+    nc = {"data-path": str(digits_site(tmp_path / "site.npz")), "client-id": "clinic-1", "state-dir": str(state),
+          "persistent-worker": True}
+    assert _call_from_checkout(bundle, state, nc) == {"ok": True, "client-id": "clinic-1", "n-unlabeled": 60}
+
+
 def test_a_data_error_in_the_worker_is_final_names_the_site_and_is_logged(tmp_path):
     bundle = _bundle(tmp_path)
     state = tmp_path / "state"

@@ -31,6 +31,7 @@ requests may be pickled.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -134,7 +135,8 @@ def serve(sock_path: Path, parent_pid: int | None, idle_timeout: float) -> None:
 
     sock_path.unlink(missing_ok=True)
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(str(sock_path))
+    with _address(sock_path) as addr:
+        srv.bind(addr)
     os.chmod(sock_path, 0o600)
     mine = os.stat(sock_path).st_ino
     sock_path.with_name("worker.pid").write_text(f"{os.getpid()}\n")
@@ -279,9 +281,26 @@ def stop(state_dir: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _address(sock_path: Path):
+    """The address to bind or connect ``sock_path`` by. A Unix socket's path is limited to about
+    107 bytes (``OSError: AF_UNIX path too long``), less than a deep state-dir needs; a longer
+    one is reached through an open descriptor of its folder, ``/proc/self/fd/<fd>/worker.sock``
+    (Linux), which is short whatever the folder."""
+    path = str(sock_path)
+    if len(os.fsencode(path)) < 100:
+        yield path
+        return
+    fd = os.open(sock_path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{sock_path.name}"
+    finally:
+        os.close(fd)
+
+
 def _exchange(sock_path: Path, req: dict) -> dict:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(str(sock_path))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, _address(sock_path) as addr:
+        s.connect(addr)
         _send(s, req)
         return _recv(s)
 
@@ -329,8 +348,8 @@ def _last_line(path: Path) -> str:
 
 
 def _exchange_probe(sock_path: Path) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(str(sock_path))  # connecting is enough: the worker drops an empty request
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, _address(sock_path) as addr:
+        s.connect(addr)  # connecting is enough: the worker drops an empty request
 
 
 def main(argv: list[str] | None = None) -> int:
