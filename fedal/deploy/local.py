@@ -432,6 +432,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m fedal.deploy.loca
     except (tomllib.TOMLDecodeError, ConfigError, DeploymentError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # SIGTERM (kill, a service manager) stops what was started, as Ctrl-C does
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with LocalDeployment(Path(args.workdir), args.supernodes, args.dataset, args.points_per_site,
                          persistent_worker=args.persistent_worker) as dep:
         t0 = time.time()
