@@ -136,3 +136,18 @@ def test_certs_add_gives_a_site_joining_later_its_key_and_touches_nothing_else(t
     assert "refusing to overwrite" in capsys.readouterr().err
     assert main(["certs", "add", "--out", str(tmp_path / "nowhere")]) == 2
     assert "holds no ca.crt" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- fedal rehearse
+def test_rehearse_grants_every_site_budget_and_refuses_a_protocol_small_sites_cannot_serve(tmp_path, capsys):
+    from fedal.deploy.local import rehearsal_config
+
+    rc = rehearsal_config(3, {"al-rounds": 1})
+    assert rc["init-clients"] == rc["clients-per-round"] == rc["min-clients"] == 3 and rc["al-rounds"] == 1
+    assert main(["rehearse", "--workdir", str(tmp_path / "r"), "--supernodes", "2", "--points-per-site", "20",
+                 "--run-config", "al-rounds=5"]) == 2
+    assert "a site of 20 points cannot serve init-points = 10 + al-rounds = 5 x points-per-client = 10 = 60 " \
+           "labels" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before anything started
+    assert main(["rehearse", "--workdir", str(tmp_path / "r"), "--run-config", "al-roundz=5"]) == 2
+    assert "unknown run-config key(s) ['al-roundz']" in capsys.readouterr().err

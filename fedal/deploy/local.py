@@ -67,7 +67,7 @@ def free_port() -> int:
 # the run config of a rehearsal before --run-config: small sites can serve it, and with
 # init-clients = clients-per-round = the number of sites every site gets budget ("{sites}")
 REHEARSAL = {"min-clients": "{sites}", "init-clients": "{sites}", "clients-per-round": "{sites}", "init-points": 10,
-             "points-per-client": 10, "al-rounds": 2, "fl-rounds": 2, "local-epochs": 1}
+             "points-per-client": 10, "al-rounds": 2, "fl-rounds": 1, "local-epochs": 1}
 
 
 def rehearsal_config(n_sites: int, overrides: dict) -> dict:
