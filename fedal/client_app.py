@@ -13,6 +13,10 @@ Message types (server → client; every reply carries parameters or scalar stati
                         the server's clock and a budget grant; simulated annotators label up to
                         that time (people label on the site's page meanwhile) and the site's
                         workers refill the query pool; reply: counts.
+
+A handler that fails raises a ``fedal.site_errors.SiteError``: one line naming the site by its
+client id and saying whether the error is final (a configuration or data error), which Flower
+puts in the error reply's reason and the server parses back.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from pathlib import Path
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+
+from fedal.site_errors import SiteError, node_client_id
 
 # fedal.client (and with it torch) is imported on first use: a node with a persistent worker
 # (fedal.deploy.node_worker) hands its messages over without ever importing torch here
@@ -122,15 +128,19 @@ def _remote(kind: str, msg: Message, context: Context, run_config: dict) -> Mess
 
     nc = dict(context.node_config)
     if not str(nc.get("state-dir", "")).strip():
-        raise ValueError("node config has persistent-worker = true but no state-dir: the persistent worker keeps "
-                         "the pools in the state dir's store; add state-dir=\"<local folder>\" to --node-config")
+        raise SiteError(node_client_id(nc), "node config has persistent-worker = true but no state-dir: the persistent worker keeps "
+                         "the pools in the state dir's store; add state-dir=\"<local folder>\" to --node-config", True)
     arrays = None
     if "arrays" in msg.content.array_records:
         ar = msg.content["arrays"]
         arrays = {k: ar[k].numpy() for k in ar.keys()}
     conf = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
-    r = node_worker.call(Path(str(nc["state-dir"])).expanduser(),
-                         {"kind": kind, "run_config": run_config, "node_config": nc, "config": conf, "arrays": arrays})
+    try:
+        r = node_worker.call(Path(str(nc["state-dir"])).expanduser(),
+                             {"kind": kind, "run_config": run_config, "node_config": nc, "config": conf,
+                              "arrays": arrays})
+    except node_worker.WorkerError as e:
+        raise SiteError(node_client_id(nc), str(e), e.final) from e
     extra = None
     if r["out"] is not None:
         name, d = r["out"]
@@ -179,11 +189,18 @@ def build_client_app(run_config: dict | None = None) -> ClientApp:
             # the Context's run config is read-only: merge instead of updating it
             t0 = time.time()
             rc = {**context.run_config, **bound}
-            if _persistent(context.node_config):
-                reply = _remote(fn.__name__, msg, context, rc)
-            else:
-                _configure_threads_once()
-                reply = fn(msg, context, rc)
+            try:
+                if _persistent(context.node_config):
+                    reply = _remote(fn.__name__, msg, context, rc)
+                else:
+                    _configure_threads_once()
+                    reply = fn(msg, context, rc)
+            except SiteError:
+                raise
+            except Exception as e:  # one line naming the site, for the server (fedal.site_errors)
+                from fedal.site_errors import describe, is_final
+
+                raise SiteError(node_client_id(context.node_config), describe(e), is_final(e)) from e
             if os.environ.get("FEDAL_CLIENT_TIMING"):
                 _record_timing(os.environ["FEDAL_CLIENT_TIMING"], fn.__name__, context, t0)
             return reply

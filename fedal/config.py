@@ -345,6 +345,12 @@ class Config:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         clients, points, modes = _registries()
+        from fedal.data.site import CLIENT_ID_PATTERN
+
+        if self.experiment_id and not CLIENT_ID_PATTERN.match(self.experiment_id):
+            # it names the sites' store folders and the run's directory
+            raise ConfigError(f"experiment-id = {self.experiment_id!r} is not valid: use 1-64 letters, digits, "
+                              "'.', '_' or '-', starting with a letter or digit")
         _choice("dataset", self.dataset, DATASETS)
         _choice("partition", self.partition, PARTITIONS)
         _choice("client-strategy", self.client_strategy, clients.available())

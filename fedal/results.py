@@ -30,18 +30,35 @@ ROUND_REQUIRED = ("round", "labels", "accuracy")
 
 
 class ResultsMismatch(RuntimeError):
-    """A resumed run's rounds.jsonl disagrees with its checkpoint."""
+    """A resumed run's rounds.jsonl disagrees with its checkpoint, or a new run's directory holds
+    another run's results."""
+
+
+def run_identity(config: dict[str, Any]) -> tuple | None:
+    """(experiment, config hash, seed) of a run from its config.json (older files lack
+    ``experiment``: it is their ``experiment-id``, else ``<config hash>-s<seed>``); None when the
+    file does not say."""
+    if "config_hash" not in config or "seed" not in config:
+        return None
+    exp = config.get("experiment") or (config.get("config") or {}).get("experiment-id") \
+        or f"{config['config_hash']}-s{config['seed']}"
+    return exp, config["config_hash"], config["seed"]
 
 
 class RunRecorder:
     """Writes ``config.json``, ``rounds.jsonl`` (appended and flushed per round) and ``summary.json``.
 
-    A new run into a directory starts the rows afresh. ``resume=True`` keeps them: ``config.json``
-    gains a ``"resumed"`` list of start times, and ``resume_from(rows)`` then rewrites the rows to
-    the checkpoint's after checking that the file agrees with it."""
+    A new run into a directory starts the rows afresh when the directory holds nothing or a run of
+    the same experiment, config hash and seed (``run_identity``: the same run made again); a
+    directory holding another run's results is refused before anything is written, so two runs
+    never overwrite each other. ``resume=True`` keeps the rows: ``config.json`` gains a
+    ``"resumed"`` list of start times, and ``resume_from(rows)`` then rewrites the rows to the
+    checkpoint's after checking that the file agrees with it."""
 
     def __init__(self, run_dir: str | Path, config: dict[str, Any], resume: bool = False):
         self.dir = Path(run_dir)
+        if not resume:
+            self._check_free(config)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         self.arrays: dict[str, Any] = {}
@@ -61,6 +78,22 @@ class RunRecorder:
             for name in (ROUNDS_FILE, SUMMARY_FILE, Q_FILE, CHECKPOINT_FILE):
                 (self.dir / name).unlink(missing_ok=True)
         write_atomic(self.dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
+
+    def _check_free(self, config: dict[str, Any]) -> None:
+        try:
+            old = json.loads((self.dir / CONFIG_FILE).read_text())
+        except (OSError, ValueError):
+            return  # nothing there (or no readable config): nothing of another run to keep
+        theirs, ours = run_identity(old), run_identity(config)
+        if theirs is None or ours is None or theirs == ours:
+            return
+        done = "a completed run" if (self.dir / SUMMARY_FILE).exists() else "an unfinished run"
+        raise ResultsMismatch(
+            f"{self.dir} holds {done} of experiment {theirs[0]!r} (config hash {theirs[1]}, seed {theirs[2]}, "
+            f"started {old.get('started', '?')}); this run is experiment {ours[0]!r} (config hash {ours[1]}, seed "
+            f"{ours[2]}) and would overwrite its results. Give this run its own run-name (or leave run-name "
+            "empty: the default name includes the config hash, seed and experiment-id), or move the old "
+            "results away; nothing was written")
 
     def resume_from(self, rows: list[dict[str, Any]]) -> None:
         """Continue after the checkpoint's ``rows``. The rows on file must agree with them: the

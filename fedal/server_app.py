@@ -20,13 +20,20 @@ from strategies.active_learning import ClientFailure, FederatedActiveLearning, F
 
 
 def run_directory(cfg: Config) -> Path:
-    name = cfg.run_name or f"{cfg.client_strategy}+{cfg.point_strategy}-{cfg.config_hash()}-s{cfg.seed}"
+    """``run-dir/<run-name>``; without a run name ``<client>+<point strategy>-<config hash>-s<seed>``,
+    with ``-<experiment-id>`` appended when one is given: experiment-id is no part of the config
+    hash, and two runs differing only in it must not share a directory (``fedal.results``
+    refuses a directory that holds another run's results)."""
+    name = cfg.run_name or (f"{cfg.client_strategy}+{cfg.point_strategy}-{cfg.config_hash()}-s{cfg.seed}"
+                            + (f"-{cfg.experiment_id}" if cfg.experiment_id else ""))
     return Path(cfg.run_dir) / name
 
 
 def run_metadata(cfg: Config) -> dict:
-    """What config.json records about a run (the reports read it)."""
+    """What config.json records about a run (the reports read it; ``experiment`` with the config
+    hash and seed says which run a directory holds)."""
     return {"config": cfg.to_run_config(), "seed": cfg.seed, "config_hash": cfg.config_hash(),
+            "experiment": cfg.experiment,
             "method": cfg.method_name or f"{cfg.client_strategy}+{cfg.point_strategy}",
             "suite": cfg.suite, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv}
 
@@ -53,7 +60,11 @@ def main(grid: Grid, context: Context, run_config: dict | None = None) -> None:
         _report("fedal: configuration error: ", e)
         raise
     run_dir = run_directory(cfg)
-    recorder = RunRecorder(run_dir, run_metadata(cfg), resume=cfg.resume)
+    try:
+        recorder = RunRecorder(run_dir, run_metadata(cfg), resume=cfg.resume)
+    except ResultsMismatch as e:  # another run's results there: refused before any label is paid
+        _report("fedal: error: ", e)
+        raise
     _log(f"fedal: writing results to {run_dir}")
     # the name the sites' pool stores are kept under: a site's labeling page (fedal-annotate
     # --experiment-id) needs it, and it is derived (fedal.config.Config.experiment) unless given

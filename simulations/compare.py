@@ -318,8 +318,8 @@ def run_one(run: PlannedRun, log_file: Path, engine: str = "ray") -> int:
         return subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, prog: str = "python -m simulations.compare") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("suite", nargs="?", help="suite name (see --list)")
     ap.add_argument("--list", action="store_true", help="list the suites and exit")
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the suite's)")

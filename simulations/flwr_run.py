@@ -86,8 +86,8 @@ def flwr_run(run_config: str = "", supernodes: int = 100, home: Path | None = No
         stop_local_superlink(home)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, prog: str = "python -m simulations.flwr_run") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--supernodes", type=int, default=100, help="simulated clients (default: 100, the paper's)")
     ap.add_argument("--run-config", default="", help="run-config overrides, e.g. \"client-strategy='entropy'\"")
     ap.add_argument("--gpus-per-client", type=float, default=0.0, help="GPU fraction per client (device=cuda)")

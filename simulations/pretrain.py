@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m simulations.pretrain") -> argparse.ArgumentParser:
     from fedal.pretrain import DEFAULT_EPOCHS, PRETRAIN_DATA_SEED, PRETRAIN_SAMPLES
 
-    p = argparse.ArgumentParser(prog="python -m simulations.pretrain", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="where to write the backbone state dict (.pt)")
     p.add_argument("--seed", type=int, default=0, help="pretraining seed: init, augmentations, batches, probe labels")
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
@@ -90,8 +90,8 @@ def state_dict_bytes(state: dict) -> bytes:
     return buf.getvalue()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = _parser()
+def main(argv: list[str] | None = None, prog: str = "python -m simulations.pretrain") -> int:
+    p = _parser(prog)
     a = p.parse_args(argv)
     _check_args(p, a)
     target, tmp = _open_output(p, a.out)

@@ -24,6 +24,7 @@ from fedal import checkpoint
 from fedal.checkpoint import CheckpointError
 from fedal.config import Config
 from fedal.results import CHECKPOINT_FILE
+from fedal.site_errors import clean as clean_reason, parse as parse_reason
 from fedal.training import evaluate
 from strategies import client_selection
 from strategies.client_selection import ClientStats, allocate_budget, order_clients, plan_round
@@ -96,7 +97,10 @@ class FederatedActiveLearning:
         self.timeout = cfg.send_timeout if timeout is None else timeout
         self.rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
         self.failures: list[dict] = []  # this AL round's skipped (client, step)s, for its row
-        self.info_errors: dict[int, str] = {}  # node id -> the reason its last query.info failed
+        self.info_errors: dict[int, str] = {}  # node id -> who failed query.info last and why, one line
+        # node id -> (client id or None, message) of a final site error (fedal.site_errors) at its
+        # last query.info: a configuration or data error that asking again does not cure
+        self.final_errors: dict[int, tuple[str | None, str]] = {}
         # async labeling: labels granted to a client and not paid yet, by client id; its probe
         # leaves that many of its most uncertain points out (fedal.client.ClientWorker.probe)
         self.pending_labels: dict[str, int] = {}
@@ -133,6 +137,7 @@ class FederatedActiveLearning:
         pending = dict(jobs)
         got: dict[str, Message] = {}
         reasons: dict[str, str] = {}
+        final: dict[str, str] = {}  # clients with a final site error: skipped at once, not retried
         tries = 1 if cfg.on_client_failure == "stop" else cfg.max_retries + 1
         for attempt in range(tries):
             if attempt:
@@ -155,7 +160,11 @@ class FederatedActiveLearning:
                     continue
                 answered.add(cid)
                 if r.has_error():
-                    reasons[cid] = f"client error: {r.error.reason}"
+                    reasons[cid] = f"client error: {clean_reason(r.error.reason)}"
+                    site = parse_reason(r.error.reason)
+                    if site is not None and site[1]:
+                        final[cid] = reasons[cid]
+                        del pending[cid]
                     continue
                 named = reply_client_id(r)
                 if named is not None and named != cid:
@@ -166,13 +175,14 @@ class FederatedActiveLearning:
             for cid in sent.values():
                 if cid not in answered:
                     reasons[cid] = f"no reply within send-timeout = {self.timeout:g} s"
-            if pending and cfg.on_client_failure == "stop":
-                cid = next(iter(pending))
-                raise ClientFailure(f"{len(pending)} client(s) failed on {kind!r}: client {cid}: {reasons[cid]} "
+            failed = [*final, *pending]
+            if failed and cfg.on_client_failure == "stop":
+                cid = failed[0]
+                raise ClientFailure(f"{len(failed)} client(s) failed on {kind!r}: client {cid}: {reasons[cid]} "
                                     "(on-client-failure = stop)")
             if not pending:
                 break
-        for cid in pending:
+        for cid in [*final, *pending]:
             entry = {"client": state.public_id(cid), "step": kind}
             if fl_round is not None:
                 entry["fl_round"] = fl_round
@@ -180,9 +190,10 @@ class FederatedActiveLearning:
             self.failures.append(entry)
             self.log(f"fedal: client {cid} skipped for {kind!r}"
                      + (f" (FL round {fl_round})" if fl_round is not None else "")
-                     + f" after {tries} tries: {entry['reason']}")
+                     + (" at once (a configuration or data error at the site; not retried)" if cid in final
+                        else f" after {tries} tries") + f": {entry['reason']}")
         if require_any and jobs and not got:
-            cid = next(iter(pending))
+            cid = next(iter([*final, *pending]))
             raise ClientFailure(f"every client ({len(jobs)}) failed on {kind!r} after {tries} tries; "
                                 f"client {cid}: {reasons.get(cid)}")
         return got
@@ -198,20 +209,32 @@ class FederatedActiveLearning:
                 self.log(f"fedal: client {c.client_id} (node {c.node_id}) is not connected")
                 c.node_id = None
         known = {c.node_id for c in state.clients.values() if c.node_id is not None}
-        unknown = sorted(live - known)
+        self.final_errors = {n: e for n, e in self.final_errors.items() if n in live}
+        # discovery polls every second: a node whose site answered with a final error is not
+        # asked again until discovery is over (each message starts a ClientApp process there)
+        unknown = sorted(live - known - (set(self.final_errors) if initial else set()))
         if not unknown:
             return
         msgs = [self._message("query.info", n, {}) for n in unknown]
         claims: dict[str, list[tuple[int, Message]]] = {}
         for r in self.grid.send_and_receive(msgs, timeout=self.timeout):
             if r.has_error():
-                node, reason = r.metadata.src_node_id, r.error.reason
+                node, site = r.metadata.src_node_id, parse_reason(r.error.reason)
+                cid, is_final = (site[0], site[1]) if site is not None else (None, False)
+                who = f"site {cid} (node {node})" if cid is not None else f"node {node}"
+                line = f"{who}: {clean_reason(r.error.reason)}"
                 if self.cfg.on_client_failure == "stop":
-                    raise ClientFailure(f"node {node} failed on 'query.info': {reason} (on-client-failure = stop)")
-                if self.info_errors.get(node) != reason:  # once per node and reason: discovery polls
-                    self.log(f"fedal: node {node} failed query.info: {reason}")
-                self.info_errors[node] = reason
+                    raise ClientFailure(f"{who} failed on 'query.info': {clean_reason(r.error.reason)} "
+                                        "(on-client-failure = stop)")
+                if is_final:
+                    self.final_errors[node] = (cid, clean_reason(r.error.reason))
+                # once per node and reason (discovery polls); discover() reports final errors itself
+                if self.info_errors.get(node) != line and not (initial and is_final):
+                    self.log(f"fedal: {who} " + ("cannot take part" if is_final else "failed query.info")
+                             + f": {clean_reason(r.error.reason)}")
+                self.info_errors[node] = line
                 continue
+            self.final_errors.pop(r.metadata.src_node_id, None)
             cid = reply_client_id(r)
             if cid is not None:
                 claims.setdefault(cid, []).append((r.metadata.src_node_id, r))
@@ -254,17 +277,38 @@ class FederatedActiveLearning:
         deadline = time.monotonic() + cfg.wait_timeout
         while True:
             self.refresh(state, initial=True)
+            broken = self._final_sites()
             if len(state.clients) >= cfg.min_clients:
+                if broken:  # the federation goes on without them: said once, here
+                    self.log(f"fedal: {broken}; the run goes on without them")
+                self.log("fedal: clients by node: " + ", ".join(
+                    f"{c.client_id} (node {c.node_id})" for c in state.clients.values()))
                 return state
+            if broken and len(state.clients) + len(self.final_errors) >= cfg.min_clients:
+                # the sites with a final error were needed to reach min-clients: waiting cannot help
+                raise FederationError(
+                    f"{broken}; without them {len(state.clients)} client(s) answered query.info, fewer than "
+                    f"min-clients = {cfg.min_clients}. Fix the site(s) and start their SuperNodes again, or "
+                    "lower min-clients in the run config")
             left = deadline - time.monotonic()
             if left <= 0:
+                others = {n: e for n, e in self.info_errors.items() if n not in self.final_errors}
                 raise FederationError(
                     f"only {len(state.clients)} client(s) answered query.info within wait-timeout = "
                     f"{cfg.wait_timeout:g} s, fewer than min-clients = {cfg.min_clients}; start more "
                     "SuperNodes, or lower min-clients or raise wait-timeout in the run config"
-                    + (f" ({len(self.info_errors)} node(s) failed query.info; node {min(self.info_errors)}: "
-                       f"{self.info_errors[min(self.info_errors)]})" if self.info_errors else ""))
+                    + (f" ({broken})" if broken else "")
+                    + (f" ({len(others)} node(s) failed query.info; {others[min(others)]})" if others else ""))
             time.sleep(min(1.0, left))
+
+    def _final_sites(self) -> str:
+        """The sites whose query.info failed with a final error, by client id, as one line."""
+        if not self.final_errors:
+            return ""
+        parts = [f"site {cid} (node {n}): {msg}" if cid else f"node {n}: {msg}"
+                 for n, (cid, msg) in sorted(self.final_errors.items())]
+        return (f"{len(parts)} site(s) cannot take part (a configuration or data error at the site, final): "
+                + "; ".join(parts))
 
     # ------------------------------------------------------------------ protocol steps
     def train(self, state: ALState, start: ArrayRecord, al_round: int,

@@ -327,18 +327,30 @@ def _read_labels_csv(csv_path: Path, image_names: list[str]):
     return np.asarray([index[v] for v in values], dtype=np.int64), names
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fedal.data.site PATH [--client-id ID]``: check a site's data before deploying."""
+def main(argv: list[str] | None = None, prog: str = "python -m fedal.data.site") -> int:
+    """``fedal site check PATH [--client-id ID] [--dataset NAME]``: check a site's data before
+    deploying (``python -m fedal.data.site`` is the same)."""
     import argparse
     import sys
 
-    ap = argparse.ArgumentParser(prog="python -m fedal.data.site",
-                                 description="Check a site's data and print what fedal will see.")
+    from fedal.config import DATASETS
+
+    ap = argparse.ArgumentParser(prog=prog, description="Check a site's data and print what fedal will see; with "
+                                 "--dataset, also that it fits the run's dataset (input shape, dtype, classes), "
+                                 "as the ClientApp checks on the run's first message.")
     ap.add_argument("data_path", help="an .npz file or an image folder")
     ap.add_argument("--client-id", default=None, help="the id this site will be configured with")
+    ap.add_argument("--dataset", default=None, choices=DATASETS, help="the run's dataset, which fixes the model: "
+                    "refuse data of another input shape, dtype or class range")
     args = ap.parse_args(argv)
     try:
         d = load_site_data(args.data_path, args.client_id)
+        fits = ""
+        if args.dataset:
+            num_classes = check_site_matches(d, args.dataset)
+            shape, kind, _ = expected_inputs(args.dataset)
+            fits = (f"\nfits:        dataset {args.dataset!r} ({'float32' if kind == 'float' else 'uint8'} "
+                    f"{shape}, {num_classes} classes)")
     except SiteDataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -349,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
           f"labels:      {labels}\n"
           f"classes:     {', '.join(d.class_names) if d.class_names else '-'}\n"
           f"fingerprint: {d.fingerprint}\n"
-          f"client id:   {d.client_id}")
+          f"client id:   {d.client_id}{fits}")
     return 0
 
 

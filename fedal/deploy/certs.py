@@ -1,8 +1,10 @@
 """One command for every key and certificate a fedal deployment on Flower 1.41 needs.
 
-    python -m fedal.deploy.certs --out certs --hosts superlink.example.org 10.0.0.5 --supernodes 3
+    fedal certs init --out /srv/fedal/certs --hosts superlink.example.org 10.0.0.5 --supernodes 3
+    fedal certs add --out /srv/fedal/certs            # a site joins later: one more SuperNode key
 
-writes into ``certs/``:
+(``python -m fedal.deploy.certs [init|add] ...`` is the same; without a subcommand it is
+``init``.) ``init`` writes into ``certs/``:
 
 - ``ca.crt`` / ``ca.key``: a private certificate authority. ``ca.crt`` goes to every SuperNode
   (``flower-supernode --root-certificates``) and to the SuperLink (``--ssl-ca-certfile``) and the
@@ -20,6 +22,12 @@ writes into ``certs/``:
 
 Private keys are created with mode 0600. Existing files are never overwritten unless
 ``--force`` is given; the command checks every target first and writes nothing if any exists.
+
+``add`` writes one more SuperNode key pair, ``supernode-<k>.key``/``.pub`` with the next free
+number k (or ``--name NAME``: ``supernode-NAME.*``), and touches nothing else: SuperNode keys are
+independent of the CA and the SuperLink's certificate, so the federation's other keys stay
+valid. The operator registers the new public key (``flwr supernode register``), which the
+SuperLink accepts while it runs.
 
 Everything is made with the ``cryptography`` package, which Flower itself depends on, so no
 ``openssl`` or ``ssh-keygen`` binary (and no version-specific command-line syntax) is needed on
@@ -156,17 +164,47 @@ def generate(out: str | Path, hosts: list[str], n_supernodes: int = 0, *, days: 
     _write(files["ca_key"], ca_key.private_bytes(pem, pkcs8, plain), private=True)
     _write(files["superlink_cert"], server_cert.public_bytes(pem), private=False)
     _write(files["superlink_key"], server_key.private_bytes(pem, pkcs8, plain), private=True)
-    pairs = []
-    for k in range(1, n_supernodes + 1):
-        key = ec.generate_private_key(CURVE())
-        priv = key.private_bytes(pem, serialization.PrivateFormat.OpenSSH, plain)
-        pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                            serialization.PublicFormat.OpenSSH) + f" supernode-{k}\n".encode()
-        _write(files[f"supernode-{k}.key"], priv, private=True)
-        _write(files[f"supernode-{k}.pub"], pub, private=False)
-        pairs.append((files[f"supernode-{k}.key"], files[f"supernode-{k}.pub"]))
+    pairs = [_supernode_key(files[f"supernode-{k}.key"], files[f"supernode-{k}.pub"], f"supernode-{k}")
+             for k in range(1, n_supernodes + 1)]
     return Bundle(out, files["ca_cert"], files["ca_key"], files["superlink_cert"], files["superlink_key"],
                   tuple(pairs), tuple(str(s.value) for s in sans))
+
+
+def _supernode_key(priv_path: Path, pub_path: Path, comment: str) -> tuple[Path, Path]:
+    """A SuperNode authentication key pair in OpenSSH format (module docstring)."""
+    key = ec.generate_private_key(CURVE())
+    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption())
+    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                        serialization.PublicFormat.OpenSSH) + f" {comment}\n".encode()
+    _write(priv_path, priv, private=True)
+    _write(pub_path, pub, private=False)
+    return priv_path, pub_path
+
+
+_KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def add_supernode(out: str | Path, name: str | None = None) -> tuple[Path, Path]:
+    """One more SuperNode key pair in an existing certificate folder: ``supernode-<name>.key`` and
+    ``.pub``, ``name`` by default the next number after the folder's keys. Refuses a folder
+    without ``ca.crt`` (not a certificate folder: a typo) and an existing key."""
+    out = Path(out)
+    if not (out / "ca.crt").exists():
+        raise CertError(f"{out} holds no ca.crt: give the folder 'fedal certs init' wrote (--out), or run "
+                        "'fedal certs init' first")
+    if name is None:
+        taken = [int(m.group(1)) for p in out.glob("supernode-*.pub")
+                 if (m := re.fullmatch(r"supernode-(\d+)\.pub", p.name))]
+        name = str(max(taken, default=0) + 1)
+    elif not _KEY_NAME.match(name):
+        raise CertError(f"--name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-'")
+    priv, pub = out / f"supernode-{name}.key", out / f"supernode-{name}.pub"
+    existing = [str(p) for p in (priv, pub) if p.exists()]
+    if existing:
+        raise CertError(f"refusing to overwrite {', '.join(existing)} (a registered SuperNode may use it); "
+                        "choose another --name")
+    return _supernode_key(priv, pub, f"supernode-{name}")
 
 
 def _write(path: Path, data: bytes, *, private: bool) -> None:
@@ -174,9 +212,19 @@ def _write(path: Path, data: bytes, *, private: bool) -> None:
         f.write(data)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m fedal.deploy.certs") -> int:
+    """``init`` (also without a subcommand, as before) or ``add``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "add":
+        return main_add(argv[1:], f"{prog} add")
+    if argv and argv[0] == "init":
+        return main_init(argv[1:], f"{prog} init")
+    return main_init(argv, prog)
+
+
+def main_init(argv: list[str] | None = None, prog: str = "fedal certs init") -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m fedal.deploy.certs",
+        prog=prog,
         description="Create a CA, the SuperLink's TLS certificate and SuperNode authentication keys "
                     "for a Flower 1.41 deployment of fedal.")
     ap.add_argument("--out", required=True, help="folder to write into (created if absent)")
@@ -197,6 +245,23 @@ def main(argv: list[str] | None = None) -> int:
           f"SuperLink key:           {b.superlink_key}")
     for priv, pub in b.supernode_keys:
         print(f"SuperNode key pair:      {priv}  {pub}")
+    return 0
+
+
+def main_add(argv: list[str] | None = None, prog: str = "fedal certs add") -> int:
+    ap = argparse.ArgumentParser(
+        prog=prog, description="Add one SuperNode key pair to a certificate folder (a site that joins later); "
+                               "nothing else in the folder changes.")
+    ap.add_argument("--out", required=True, help="the folder 'fedal certs init' wrote")
+    ap.add_argument("--name", default=None, help="the key's name: supernode-NAME.key/.pub (default: the next number)")
+    args = ap.parse_args(argv)
+    try:
+        priv, pub = add_supernode(args.out, args.name)
+    except CertError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"SuperNode key pair:      {priv}  {pub}\n"
+          f"register it:             flwr supernode register {pub} <connection> --name <site name>")
     return 0
 
 

@@ -1,8 +1,14 @@
 """A whole fedal deployment on one machine, over loopback: the deployment test and a rehearsal
 of docs/deployment.md with real processes.
 
-    python -m fedal.deploy.local --workdir /tmp/fedal-local --supernodes 3 \\
-        --run-config "dataset='digits' al-rounds=2 fl-rounds=1"
+    fedal rehearse --workdir /tmp/fedal-local --supernodes 3 --run-config "al-rounds=2 fl-rounds=1"
+
+(``python -m fedal.deploy.local`` is the same.) The run config starts from ``REHEARSAL``, a
+protocol small sites can serve in which every site gets label budget (init-clients and
+clients-per-round = the number of sites), and ``--run-config`` overrides it; a config whose
+label demand exceeds a site's points is refused before anything starts. It prints the
+experiment id (``rehearsal-<time>`` unless given) before the run and the run's results
+directory after it.
 
 does, in order, what an operator does on several machines (docs/deployment.md):
 
@@ -10,14 +16,15 @@ does, in order, what an operator does on several machines (docs/deployment.md):
 2. a SuperLink with TLS, ``--enable-supernode-auth`` and ``--database`` on a free port;
 3. a ``flwr`` connection in a project-local ``FLWR_HOME/config.toml`` and
    ``flwr supernode register`` of every SuperNode's public key;
-4. one site per SuperNode: a small ``.npz`` of the chosen data set (an IID share of its training
-   split) and a state dir, and a SuperNode with its own key, Runtime API ``--port`` and node
+4. one site per SuperNode: a small ``.npz`` of the chosen data set (``fedal site export``: an IID
+   part of its training split, never its test split) and a state dir, and a SuperNode with its own key, Runtime API ``--port`` and node
    config ``data-path``/``client-id``/``state-dir``/``partition-id``;
 5. ``flwr run`` of this checkout against the SuperLink, then waits for the run's status.
 
 With ``annotators='people'`` in ``--run-config`` (and ``labeling='async'``,
 ``labeling-deadline-s``) it also starts a labeling page next to every SuperNode (``fedal-annotate``
-on a free loopback port, a token file per site in the workdir) and prints each page's address.
+on a free loopback port, a token file per site in the workdir) and prints each page's address
+with its token.
 
 Every process it starts runs in its own process group and is stopped by PID (the group: a
 SuperLink's or SuperNode's ``flower-superexec`` and the app processes it spawned), also on an
@@ -39,7 +46,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -58,29 +64,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_sites(out: Path, n_sites: int, dataset: str = "digits", points: int = 0, seed: int = 0,
-                labels: bool = True) -> list[Path]:
-    """``out/site-<k>/data.npz`` for k = 1..n: disjoint IID shares of the data set's training split
-    (``points`` each, 0 = an equal share of everything), ``x`` as the data set gives it and ``y``
-    as the oracle's answers unless ``labels`` is False."""
+# the run config of a rehearsal before --run-config: small sites can serve it, and with
+# init-clients = clients-per-round = the number of sites every site gets budget ("{sites}")
+REHEARSAL = {"min-clients": "{sites}", "init-clients": "{sites}", "clients-per-round": "{sites}", "init-points": 10,
+             "points-per-client": 10, "al-rounds": 2, "fl-rounds": 1, "local-epochs": 1}
+
+
+def rehearsal_config(n_sites: int, overrides: dict) -> dict:
+    return {**{k: n_sites if v == "{sites}" else v for k, v in REHEARSAL.items()}, **overrides}
+
+
+def site_points(dataset: str, n_sites: int, points: int) -> int:
+    """Points per site of ``write_sites``: ``points``, or an equal part of the training split."""
     from fedal.data import load_dataset
 
-    ds = load_dataset(dataset)
-    perm = np.random.default_rng(seed).permutation(len(ds.y_train))
-    share = points or len(perm) // n_sites
-    if share * n_sites > len(perm):
-        raise DeploymentError(f"{n_sites} sites of {share} points need {share * n_sites}; {dataset} has {len(perm)}")
-    paths = []
-    for k in range(n_sites):
-        idx = np.sort(perm[k * share:(k + 1) * share])
-        p = out / f"site-{k + 1}" / "data.npz"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {"x": ds.x_train[idx]}
-        if labels:
-            arrays["y"] = ds.y_train[idx]
-        np.savez(p, **arrays)
-        paths.append(p)
-    return paths
+    return points or len(load_dataset(dataset).y_train) // n_sites
+
+
+def check_fits_sites(rc: dict, points: int) -> None:
+    """Refuses a run config that asks a site for more labels than it has points: a site chosen in
+    every round pays init-points + al-rounds x points-per-client."""
+    from fedal.config import Config
+
+    cfg = Config.from_run_config(rc)
+    demand = cfg.init_points + cfg.al_rounds * cfg.points_per_client
+    if demand > points:
+        raise DeploymentError(
+            f"a site of {points} points cannot serve init-points = {cfg.init_points} + al-rounds = {cfg.al_rounds} x "
+            f"points-per-client = {cfg.points_per_client} = {demand} labels; lower them in --run-config or raise "
+            "--points-per-site")
+
+
+def write_sites(out: Path, n_sites: int, dataset: str = "digits", points: int = 0, seed: int = 0,
+                labels: bool = True) -> list[Path]:
+    """``out/site-<k>/data.npz`` for k = 1..n: part k of n of the data set's training split
+    (``fedal site export``, IID; ``points`` each, 0 = the whole part), ``x`` as the data set gives
+    it and ``y`` as the oracle's answers unless ``labels`` is False."""
+    from fedal.data.export import ExportError, export_site
+
+    try:
+        return [export_site(dataset, out / f"site-{k}" / "data.npz", k, n_sites, points=points, seed=seed,
+                            labels=labels, force=True).path for k in range(1, n_sites + 1)]
+    except ExportError as e:
+        raise DeploymentError(f"{n_sites} sites of {points} points: {e}") from None
 
 
 @dataclass
@@ -296,6 +322,14 @@ class LocalDeployment:
             raise DeploymentError(f"flwr run failed: {out}")
         return int(out["run-id"])
 
+    def run_dir(self, run_config: dict) -> Path:
+        """Where the run of ``run_config`` (as passed to ``run``) writes its results."""
+        from fedal.config import Config
+        from fedal.server_app import run_directory
+
+        return run_directory(Config.from_run_config({"run-dir": str(self.runs), "dataset": self.dataset,
+                                                     **run_config}))
+
     def status(self, run_id: int) -> str:
         runs = self.flwr_json("ls", CONNECTION, "--run-id", str(run_id)).get("runs", [])
         return str(runs[0].get("status", "")) if runs else ""
@@ -373,14 +407,14 @@ def _toml(v) -> str:
     return "'" + str(v).replace("'", "") + "'"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fedal.deploy.local", description=__doc__,
+def main(argv: list[str] | None = None, prog: str = "python -m fedal.deploy.local") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", required=True, help="folder for certs, FLWR_HOME, sites, logs, runs")
     ap.add_argument("--supernodes", type=int, default=3)
     ap.add_argument("--dataset", default="digits", help="data set the sites' .npz files are cut from")
     ap.add_argument("--points-per-site", type=int, default=0, help="0: an equal share of the training split")
-    ap.add_argument("--run-config", default="", help="run-config overrides as TOML key=value pairs")
+    ap.add_argument("--run-config", default="", help="run-config overrides of REHEARSAL as TOML key=value pairs")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the run")
     ap.add_argument("--no-persistent-worker", dest="persistent_worker", action="store_false",
                     help="no persistent-worker=true in the node configs: fedal's imports and data are loaded "
@@ -388,10 +422,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import tomllib
 
-    rc = tomllib.loads("\n".join(args.run_config.split())) if args.run_config else {}
+    from fedal.config import ConfigError
+
+    try:
+        rc = tomllib.loads("\n".join(args.run_config.split())) if args.run_config else {}
+        rc = rehearsal_config(args.supernodes, {"dataset": args.dataset, **rc})
+        rc.setdefault("experiment-id", time.strftime("rehearsal-%Y%m%d-%H%M%S"))
+        check_fits_sites(rc, site_points(args.dataset, args.supernodes, args.points_per_site))
+    except (tomllib.TOMLDecodeError, ConfigError, DeploymentError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # SIGTERM (kill, a service manager) stops what was started, as Ctrl-C does
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with LocalDeployment(Path(args.workdir), args.supernodes, args.dataset, args.points_per_site,
                          persistent_worker=args.persistent_worker) as dep:
         t0 = time.time()
+        print(f"experiment id {rc['experiment-id']}", flush=True)
         dep.up()
         print(f"SuperLink on {HOST}:{dep.port}, {args.supernodes} SuperNodes online ({time.time() - t0:.0f} s); "
               f"logs in {dep.logs}", flush=True)
@@ -399,19 +445,19 @@ def main(argv: list[str] | None = None) -> int:
             # people label: a page next to every SuperNode (docs/labeling.md), one token per site
             import secrets
 
-            rc.setdefault("experiment-id", time.strftime("local-%Y%m%d-%H%M%S"))
             for k in range(1, args.supernodes + 1):
                 token = dep.workdir / f"token-site-{k}"
                 fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
+                secret = secrets.token_urlsafe(18)
                 with os.fdopen(fd, "w") as f:
-                    f.write(secrets.token_urlsafe(18))
+                    f.write(secret)
                 _, url = dep.start_annotate(k, rc["experiment-id"], token, wait_s=args.timeout)
-                print(f"site-{k}: labeling page {url}/?token=$(cat {token})", flush=True)
+                print(f"site-{k}: labeling page {url}/?token={secret} (token in {token})", flush=True)
         run_id = dep.run(rc)
         print(f"run {run_id} submitted; waiting", flush=True)
         status = dep.wait_run(run_id, args.timeout)
-        print(f"run {run_id}: {status} after {time.time() - t0:.0f} s; results under {dep.runs}; "
-              f"paid labels in {dep.sites}/site-*/state/pools/", flush=True)
+        print(f"run {run_id}: {status} after {time.time() - t0:.0f} s; results in {dep.run_dir(rc)}; "
+              f"paid labels in {dep.sites}/site-*/state/pools/{rc['experiment-id']}/", flush=True)
         return 0 if status == "finished:completed" else 1
 
 

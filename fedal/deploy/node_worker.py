@@ -12,15 +12,29 @@ the worker itself:
 
 The worker serves one request at a time, exits when its parent (the SuperNode's SuperExec, which
 lives as long as the SuperNode) is gone or after ``--idle-timeout`` seconds without a request,
-and refuses requests from ClientApp code other than its own (a new app bundle starts a new
-worker). The socket lives in a 0700 folder: only the SuperNode's user can reach it, which is why
+and refuses requests from ClientApp code other than its own (a new app bundle with other code
+starts a new worker). "Its own code" is a content digest (``code_digest``) of fedal's and
+strategies' ``.py`` files, not their path: the app bundle ``flwr run`` ships and a checkout of
+the same commit are the same code. The worker is started with ``python -P`` and the ClientApp
+process's import path, so it imports the bundle's fedal even when the SuperNode was started
+with a checkout (another fedal) as its working directory.
+
+The worker writes in ``<state-dir>/worker/worker.log`` when and with which code it started,
+every request it refuses or fails (with the traceback), and why it exits. A worker that cannot
+start (it exits at once, or runs other code than the ClientApp) is a *final* site error
+(``fedal.site_errors``): the server skips or stops at once instead of retrying.
+
+The socket lives in a 0700 folder: only the SuperNode's user can reach it, which is why
 requests may be pickled.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
+import functools
+import hashlib
 import os
 import pickle
 import socket
@@ -36,9 +50,38 @@ SOCKET_NAME = "worker.sock"
 START_TIMEOUT_S = 120.0
 
 
-def code_id() -> str:
-    """Which fedal this process runs (the app bundle's folder)."""
-    return str(Path(__file__).resolve().parents[1])
+CODE_PACKAGES = ("fedal", "strategies")  # what the app bundle ships as code (pyproject fab-include)
+
+
+def code_root() -> Path:
+    """The folder this process imported fedal from (an app bundle's, or a checkout)."""
+    return Path(__file__).resolve().parents[2]
+
+
+@functools.lru_cache(maxsize=4)
+def code_digest(root: str | None = None) -> str:
+    """Which code this process runs: a SHA-256 over the relative paths and contents of the
+    ``.py`` files of fedal and strategies under ``root`` (default: ``code_root()``). Equal for
+    the app bundle and a checkout of the same commit, whatever their paths."""
+    base = Path(root) if root is not None else code_root()
+    h = hashlib.sha256(b"fedal-code-v1\n")
+    files = sorted(p for pkg in CODE_PACKAGES for p in (base / pkg).rglob("*.py") if "__pycache__" not in p.parts)
+    for p in files:
+        data = p.read_bytes()
+        h.update(f"{p.relative_to(base).as_posix()}\n{len(data)}\n".encode())
+        h.update(data)
+    return "sha256:" + h.hexdigest()[:32]
+
+
+def code_id() -> dict:
+    """What a request says of its code and the worker checks: the digest (the check) and the
+    folder (for the log)."""
+    return {"digest": code_digest(), "root": str(code_root())}
+
+
+def _log(msg: str) -> None:
+    """One line of ``worker.log`` (the worker's stdout and stderr go there)."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker {os.getpid()}: {msg}", flush=True)
 
 
 # ---------------------------------------------------------------------------------- framing
@@ -92,7 +135,8 @@ def serve(sock_path: Path, parent_pid: int | None, idle_timeout: float) -> None:
 
     sock_path.unlink(missing_ok=True)
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(str(sock_path))
+    with _address(sock_path) as addr:
+        srv.bind(addr)
     os.chmod(sock_path, 0o600)
     mine = os.stat(sock_path).st_ino
     sock_path.with_name("worker.pid").write_text(f"{os.getpid()}\n")
@@ -100,11 +144,16 @@ def serve(sock_path: Path, parent_pid: int | None, idle_timeout: float) -> None:
     srv.settimeout(1.0)
     last = time.monotonic()
     me = code_id()
+    _log(f"started: python {sys.executable}, fedal from {me['root']} (code {me['digest']}), socket {sock_path}, "
+         f"parent pid {parent_pid}, idle timeout {idle_timeout:g} s")
+    why = "stopped"
     try:
         while True:
             if parent_pid is not None and not _alive(parent_pid):
+                why = f"exiting: its parent (the SuperNode's SuperExec, pid {parent_pid}) is gone"
                 return
             if time.monotonic() - last > idle_timeout:
+                why = f"exiting: no request for {idle_timeout:g} s (--idle-timeout)"
                 return
             try:
                 conn, _ = srv.accept()
@@ -118,27 +167,44 @@ def serve(sock_path: Path, parent_pid: int | None, idle_timeout: float) -> None:
                     continue
                 if req.get("stop"):
                     _send(conn, {"ok": True})
+                    why = "exiting: asked to stop"
                     return
-                if req.get("code") != me:
-                    _send(conn, {"ok": False, "stale": True})
-                    return  # the caller starts a worker with its own code
+                theirs = req.get("code") or {}
+                if not isinstance(theirs, dict) or theirs.get("digest") != me["digest"]:
+                    _send(conn, {"ok": False, "stale": True, "code": me})
+                    why = (f"exiting: a request came from other ClientApp code ({_describe(theirs)}) than this "
+                           f"worker's ({_describe(me)}); the ClientApp starts a worker with its own code")
+                    return
                 try:
                     reply = handle(req)
                 except Exception as e:  # noqa: BLE001  (the ClientApp re-raises it)
-                    reply = {"ok": False, "type": f"{type(e).__module__}.{type(e).__name__}", "message": str(e),
-                             "traceback": traceback.format_exc()}
+                    from fedal.site_errors import describe, is_final
+
+                    _log(f"{req.get('kind')!r} failed:\n{traceback.format_exc().rstrip()}")
+                    reply = {"ok": False, "type": f"{type(e).__module__}.{type(e).__name__}", "message": describe(e),
+                             "final": is_final(e)}
                 try:
                     _send(conn, reply)
                 except OSError:
                     pass
                 last = time.monotonic()
+    except BaseException as e:
+        why = f"exiting on {type(e).__name__}: {e}"
+        raise
     finally:
+        _log(why)
         srv.close()
         try:
             if os.stat(sock_path).st_ino == mine:  # not a successor's socket
                 sock_path.unlink()
         except OSError:
             pass
+
+
+def _describe(code) -> str:
+    if not isinstance(code, dict):
+        return f"an unknown version ({code!r})"
+    return f"fedal from {code.get('root')}, code {code.get('digest')}"
 
 
 def _alive(pid: int) -> bool:
@@ -153,7 +219,13 @@ def _alive(pid: int) -> bool:
 
 # ---------------------------------------------------------------------------------- the caller
 class WorkerError(RuntimeError):
-    """The persistent worker failed a message; the message is the worker's error."""
+    """The persistent worker failed a message or could not serve it; the message is one line
+    (the worker's error, or why no worker answered). ``final``: a site error that asking again
+    does not cure (``fedal.site_errors``)."""
+
+    def __init__(self, message: str, final: bool = False):
+        super().__init__(message)
+        self.final = final
 
 
 def worker_socket(state_dir: Path) -> Path:
@@ -166,21 +238,30 @@ def worker_socket(state_dir: Path) -> Path:
 def call(state_dir: Path, req: dict) -> dict:
     """Send one request to the node's worker, starting it when none answers."""
     sock_path = worker_socket(state_dir)
-    req = {**req, "code": code_id()}
+    me = code_id()
+    req = {**req, "code": me}
+    log = sock_path.with_name("worker.log")
+    started = False
     for attempt in range(3):
         try:
             reply = _exchange(sock_path, req)
         except (FileNotFoundError, ConnectionRefusedError, ConnectionError):
             _start(sock_path)
+            started = True
             continue
-        if reply.get("stale"):  # a worker of another app bundle: it exits, start ours
+        if reply.get("stale"):  # a worker of other code: it exits, start ours
+            if started:  # the worker we started runs other code than ours: starting again cannot help
+                raise WorkerError(
+                    f"the persistent worker started for this ClientApp runs other code ({_describe(reply.get('code'))}) "
+                    f"than the ClientApp ({_describe(me)}); see {log}", final=True)
             time.sleep(0.2)
             _start(sock_path)
+            started = True
             continue
         if not reply["ok"]:
-            raise WorkerError(f"{reply['type']}: {reply['message']}\n(in the persistent worker)\n{reply['traceback']}")
+            raise WorkerError(reply["message"], final=bool(reply.get("final")))
         return reply
-    raise WorkerError(f"the persistent worker at {sock_path} did not answer")
+    raise WorkerError(f"the persistent worker at {sock_path} did not answer; see {log}")
 
 
 def worker_pid(state_dir: Path) -> int | None:
@@ -200,9 +281,26 @@ def stop(state_dir: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _address(sock_path: Path):
+    """The address to bind or connect ``sock_path`` by. A Unix socket's path is limited to about
+    107 bytes (``OSError: AF_UNIX path too long``), less than a deep state-dir needs; a longer
+    one is reached through an open descriptor of its folder, ``/proc/self/fd/<fd>/worker.sock``
+    (Linux), which is short whatever the folder."""
+    path = str(sock_path)
+    if len(os.fsencode(path)) < 100:
+        yield path
+        return
+    fd = os.open(sock_path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{sock_path.name}"
+    finally:
+        os.close(fd)
+
+
 def _exchange(sock_path: Path, req: dict) -> dict:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(str(sock_path))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, _address(sock_path) as addr:
+        s.connect(addr)
         _send(s, req)
         return _recv(s)
 
@@ -216,11 +314,15 @@ def _start(sock_path: Path) -> None:
             return
         except OSError:
             pass
+        # this process's import path, and -P: without it `python -m` puts the working directory
+        # first, and a SuperNode started in a checkout would give the worker the checkout's
+        # fedal instead of the app bundle's
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        log = open(sock_path.with_name("worker.log"), "ab")
-        subprocess.Popen([sys.executable, "-m", "fedal.deploy.node_worker", str(sock_path),
-                          "--parent-pid", str(os.getppid())], env=env, stdin=subprocess.DEVNULL,
-                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        log_path = sock_path.with_name("worker.log")
+        log = open(log_path, "ab")
+        proc = subprocess.Popen([sys.executable, "-P", "-m", "fedal.deploy.node_worker", str(sock_path),
+                                 "--parent-pid", str(os.getppid())], env=env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -228,16 +330,26 @@ def _start(sock_path: Path) -> None:
                 _exchange_probe(sock_path)
                 return
             except OSError:
+                if proc.poll() is not None:
+                    raise WorkerError(f"the persistent worker exited at start (exit code {proc.returncode}): "
+                                      f"{_last_line(log_path)}; see {log_path}", final=True) from None
                 time.sleep(0.1)
-        raise WorkerError(f"the persistent worker did not start within {START_TIMEOUT_S:g} s; see "
-                          f"{sock_path.with_name('worker.log')}")
+        raise WorkerError(f"the persistent worker did not start within {START_TIMEOUT_S:g} s; see {log_path}")
     finally:
         lock.close()
 
 
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "an empty log"
+
+
 def _exchange_probe(sock_path: Path) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.connect(str(sock_path))  # connecting is enough: the worker drops an empty request
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, _address(sock_path) as addr:
+        s.connect(addr)  # connecting is enough: the worker drops an empty request
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,9 +17,9 @@ def _parse_filter(s: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m simulations.reports") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m simulations.reports",
+        prog=prog,
         description="Tables, significance tests and plots from a results root (never a live run).",
     )
     p.add_argument("root", help="results root: run directories (any depth) with config.json, rounds.jsonl, summary.json")
@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m simulations.reports") -> int:
+    args = build_parser(prog).parse_args(argv)
     if not 0 < args.alpha < 1:
         print(f"error: --alpha must be in (0, 1), got {args.alpha}", file=sys.stderr)
         return 2
