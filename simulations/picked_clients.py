@@ -16,7 +16,7 @@ Below the table, Spearman's rank correlation across all runs between the TV dist
 accuracy says whether unrepresentative picks go with worse models beyond a per-method average.
 
 Used to explain why uncertainty-driven client selection loses to random selection on
-MNIST-1D Dirichlet (README, "Comparing methods").
+MNIST-1D Dirichlet (docs/results.md, "Comparing client and point selection").
 """
 
 from __future__ import annotations
