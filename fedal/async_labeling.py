@@ -48,13 +48,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fedal import uncertainty
+from fedal import acquisition
 from fedal.annotate.annotators import Latency, SimulatedAnnotators, SimulatedClock, mark_run
 from fedal.store import PoolStore
 
-MEASURES = {"entropy": uncertainty.entropy, "least-confidence": uncertainty.least_confidence,
-            "margin": uncertainty.margin}
-STRATEGY_TAGS = ("random", "entropy", "least-confidence", "margin")  # order of "paid-by-strategy"
+# the tag of each query: "random" (before a model exists) or the worker's measure, a point
+# strategy that ranks by a score of the model's probabilities; order of "paid-by-strategy"
+STRATEGY_TAGS = ("random", *acquisition.uncertainty_measures())
 
 _SITES: dict[tuple[str, str], "SimulatedSite"] = {}
 KEEP_SITES = False  # tests: keep a site (and its store) after the run's last message, to inspect it
@@ -134,7 +134,7 @@ class QuerySite:
             if m == 0:
                 continue
             if measure not in scores:
-                scores[measure] = MEASURES[measure](probs[cand])
+                scores[measure] = acquisition.get(measure).score(probs[cand])
             score = np.where(free, scores[measure], -np.inf)
             top = np.argsort(-score, kind="stable")[:m]
             free[top] = False

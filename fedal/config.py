@@ -16,17 +16,14 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from fedal.data.registry import dataset_names, resolve_backbone
 from fedal.errors import ConfigError  # defined below fedal.data, which raises it too
 from fedal.validation import check_choice, check_number, invalid
 
 # Choices are tuples so that error messages can list them.
-DATASETS = ("mnist1d", "digits", "cifar10", "cifar100", "fashion-mnist", "emnist-letters", "cinic10")
 PARTITIONS = ("dirichlet", "dirichlet-equal", "shard", "iid")
 LR_SCHEDULES = ("constant", "step")
-LAPLACIANS = ("unnormalized", "rw", "sym")
-SIGMA_SCOPES = ("edges", "all")
 PSEUDO_PARAMS = ("head", "all")
-PSEUDO_OPTIMIZERS = ("gd", "adam")
 LOCAL_SPACES = ("embedding", "input")
 DEVICES = ("auto", "cpu", "cuda")
 BACKBONES = ("auto", "cnn1d", "mlp", "resnet18", "resnet50", "resnet101")
@@ -137,7 +134,6 @@ NON_EXPERIMENT_KEYS = ("seed", "run-dir", "run-name", "method-name", "suite", "m
                        "on-client-failure", "resume", "stop-after-round", "experiment-id")
 ON_CLIENT_FAILURE = ("skip", "stop")
 LABELING = ("sync", "async")
-WORKER_MEASURES = ("entropy", "least-confidence", "margin")
 # keys read only by labeling = "async": a sync run's experiment hash leaves them (and "labeling"
 # itself) out, so every sync run keeps the hash it had before they existed
 ASYNC_KEYS = ("labeling", "async-workers", "query-pool-low", "query-pool-refill", "annotators-per-site",
@@ -160,9 +156,9 @@ def _registries():
     modes live with their losses (torch), and reading a config should not need torch."""
     from fedal import acquisition
     from fedal.continual import MODES
-    from strategies import client_selection
+    from fedal import selection
 
-    return client_selection, acquisition, MODES
+    return selection, acquisition, MODES
 
 
 def __getattr__(name: str):
@@ -173,6 +169,8 @@ def __getattr__(name: str):
         return tuple(_registries()[1].available())
     if name == "TRAINING_MODES":
         return tuple(_registries()[2])
+    if name == "DATASETS":
+        return dataset_names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -346,12 +344,15 @@ class Config:
     def validate(self) -> None:
         clients, points, modes = _registries()
         from fedal.data.site import CLIENT_ID_PATTERN
+        # the choices of the maths that reads them (their modules check them too)
+        from fedal.graph import LAPLACIANS, SIGMA_SCOPES
+        from fedal.training import PSEUDO_OPTIMIZERS
 
         if self.experiment_id and not CLIENT_ID_PATTERN.match(self.experiment_id):
             # it names the sites' store folders and the run's directory
             raise ConfigError(f"experiment-id = {self.experiment_id!r} is not valid: use 1-64 letters, digits, "
                               "'.', '_' or '-', starting with a letter or digit")
-        _choice("dataset", self.dataset, DATASETS)
+        _choice("dataset", self.dataset, dataset_names())
         _choice("partition", self.partition, PARTITIONS)
         _choice("client-strategy", self.client_strategy, clients.available())
         _choice("point-strategy", self.point_strategy, tuple(points.available()))
@@ -393,9 +394,7 @@ class Config:
         self._validate_labeling()
         _number("delta", self.delta, 0, 1, lo_open=True, hi_open=True)
         if self.freeze_backbone:
-            # "auto" resolves as fedal.training.resolve_backbone does (not imported: it pulls torch)
-            resolved = (self.backbone if self.backbone != "auto"
-                        else {"mnist1d": "cnn1d", "digits": "mlp"}.get(self.dataset, "resnet18"))
+            resolved = resolve_backbone(self.dataset, self.backbone)
             if resolved == "cnn1d" and not self.backbone_weights:
                 raise ConfigError(
                     "freeze-backbone = true with the cnn1d backbone needs backbone-weights = <path of a "
@@ -427,10 +426,10 @@ class Config:
 
     def _validate_labeling(self) -> None:
         _choice("labeling", self.labeling, LABELING)
-        measures = self.worker_measures
-        if not measures or any(m not in WORKER_MEASURES for m in measures):
+        measures, valid = self.worker_measures, _registries()[1].uncertainty_measures()
+        if not measures or any(m not in valid for m in measures):  # point strategies that rank by a score
             raise invalid("async-workers", self.async_workers,
-                          f"a comma-separated list of {', '.join(WORKER_MEASURES)}", ConfigError)
+                          f"a comma-separated list of {', '.join(valid)}", ConfigError)
         _number("query-pool-low", self.query_pool_low, 0, integer=True)
         _number("query-pool-refill", self.query_pool_refill, 1, integer=True)
         if self.query_pool_refill < self.query_pool_low:

@@ -63,7 +63,7 @@ DEFAULT_EPOCHS = 80
 def unlabeled_mnist1d(num_samples: int = PRETRAIN_SAMPLES, seed: int = PRETRAIN_DATA_SEED) -> np.ndarray:
     """``num_samples`` MNIST-1D signals (float32, (N, 40)) drawn with mnist1d's generator under
     ``seed``, without their labels. ``seed`` must differ from the federation's dataset seed."""
-    from fedal.data import MNIST1D_SEED
+    from fedal.data.builtin import MNIST1D_SEED
 
     if seed == MNIST1D_SEED:
         raise ValueError(f"data seed = {seed} is the federation's MNIST-1D seed; the pretraining set must "

@@ -4,9 +4,10 @@ and a summary once the run completes (reports read only these files)."""
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
-
 
 from fedal.atomic import write_atomic
 
@@ -27,6 +28,25 @@ ROUND_KEYS = ("round", "labels", "accuracy", "loss", "chosen_clients", "acquired
 ROUND_OPTIONAL_KEYS = ("graph", "failures")
 # What a report cannot do without; the rest is read when present (older rows lack some).
 ROUND_REQUIRED = ("round", "labels", "accuracy")
+
+
+def run_directory(cfg) -> Path:
+    """``run-dir/<run-name>``; without a run name ``<client>+<point strategy>-<config hash>-s<seed>``,
+    with ``-<experiment-id>`` appended when one is given: experiment-id is no part of the config
+    hash, and two runs differing only in it must not share a directory (``RunRecorder``
+    refuses a directory that holds another run's results). ``cfg``: a ``fedal.config.Config``."""
+    name = cfg.run_name or (f"{cfg.client_strategy}+{cfg.point_strategy}-{cfg.config_hash()}-s{cfg.seed}"
+                            + (f"-{cfg.experiment_id}" if cfg.experiment_id else ""))
+    return Path(cfg.run_dir) / name
+
+
+def run_metadata(cfg) -> dict:
+    """What config.json records about a run (the reports read it; ``experiment`` with the config
+    hash and seed says which run a directory holds)."""
+    return {"config": cfg.to_run_config(), "seed": cfg.seed, "config_hash": cfg.config_hash(),
+            "experiment": cfg.experiment,
+            "method": cfg.method_name or f"{cfg.client_strategy}+{cfg.point_strategy}",
+            "suite": cfg.suite, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv}
 
 
 class ResultsMismatch(RuntimeError):

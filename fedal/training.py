@@ -16,13 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedal.data.registry import resolve_backbone
 from fedal.models import CNN1D, FedALModel, Identity, MLPBackbone
-
-
-def resolve_backbone(dataset: str, backbone: str) -> str:
-    if backbone != "auto":
-        return backbone
-    return {"mnist1d": "cnn1d", "digits": "mlp"}.get(dataset, "resnet18")
 
 
 def load_small_backbone(bb: nn.Module, path: str) -> nn.Module:

@@ -375,7 +375,7 @@ def plot_alignment(table: AlignmentTable, path: str | Path, colors: Mapping[str,
 
 
 def main(argv=None) -> int:
-    from simulations.reports import ReportError, load_runs
+    from simulations.reports.load import ReportError, load_runs
 
     ap = argparse.ArgumentParser(prog="python -m simulations.alignment", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

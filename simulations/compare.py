@@ -261,9 +261,9 @@ def finished_runs(results: Path) -> dict[str, list[Path]]:
 
 
 def _uses_client_graph(name) -> bool:
-    from strategies import client_selection
+    from fedal import selection
 
-    return name in client_selection.available() and client_selection.get(name).needs_pseudo_updates
+    return name in selection.available() and selection.get(name).needs_pseudo_updates
 
 
 def _identity(run_dir: Path) -> str:

@@ -29,7 +29,8 @@ def simulate(run_config: dict, num_clients: int, *, num_cpus: float = 1.0, num_g
 
     from fedal.client_app import build_client_app
     from fedal.config import Config
-    from fedal.server_app import build_server_app, run_directory
+    from fedal.results import run_directory
+    from strategies.server_app import build_server_app
 
     cfg = Config.from_run_config(run_config)  # validate before starting Ray
     if num_gpus is None:
@@ -54,7 +55,7 @@ def simulate_inprocess(run_config: dict, num_clients: int) -> Path:
     """The same run through ``simulations.inprocess`` (no Ray: one process, one core, the same
     rows as ``simulate``); returns the run directory."""
     from fedal.config import Config
-    from fedal.server_app import run_directory
+    from fedal.results import run_directory
     from simulations.inprocess import run_inprocess
 
     cfg = Config.from_run_config(run_config)

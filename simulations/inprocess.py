@@ -75,27 +75,18 @@ def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda 
     ``grid_class``: an ``InProcessGrid`` subclass to build instead (fault injection)."""
     from fedal.client_app import build_client_app
     from fedal.config import Config
-    from fedal.data import load_dataset, model_inputs
-    from fedal.training import build_model
     from strategies.active_learning import FederatedActiveLearning
 
     cfg = Config.from_run_config(run_config)
-    ds = load_dataset(cfg.dataset, cfg.data_root)
     if grid is None:
         grid = (grid_class or InProcessGrid)(build_client_app(run_config), num_clients, on_reply=on_reply,
                                              wire_seed=wire_seed)
-    x_test = model_inputs(cfg, ds.x_test, "test")
-
-    def model_fn():
-        return build_model(cfg.dataset, tuple(x_test.shape[1:]), ds.num_classes, cfg.backbone,
-                           cfg.backbone_weights, seed=cfg.seed, freeze_backbone=cfg.freeze_backbone)
-
-    loop = FederatedActiveLearning(cfg, grid, model_fn, (x_test, ds.y_test), ds.num_classes, log=log)
+    loop = FederatedActiveLearning.for_run(cfg, grid, log=log)
     grid.loop = loop  # callers read what the loop kept after the run (e.g. async_summary)
     recorder = None
     if record:
         from fedal.results import RunRecorder
-        from fedal.server_app import run_directory, run_metadata
+        from fedal.results import run_directory, run_metadata
 
         recorder = RunRecorder(run_directory(cfg), {**run_metadata(cfg), "engine": "inprocess"},
                                resume=cfg.resume)

@@ -81,7 +81,7 @@ def client_histograms(run_config: dict, num_clients: int) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    from simulations.reports import ReportError, load_runs
+    from simulations.reports.load import ReportError, load_runs
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", help="a suite's results directory")

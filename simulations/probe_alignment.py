@@ -50,7 +50,7 @@ def measure(seed: int, clients: int, weights: str, log=print, settings=SETTINGS,
     from fedal.data import client_data
     from fedal.training import build_model, predict, pseudo_update, train_local
     from simulations.alignment import alignment, pooled_alignment
-    from strategies.client_selection import q_matrix
+    from fedal.client_geometry import q_matrix
 
     cfg = Config.from_run_config({"seed": seed})
     data = [client_data(cfg, p, clients) for p in range(clients)]

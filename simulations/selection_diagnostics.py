@@ -319,7 +319,7 @@ def write_graph_figure(runs: Sequence, group_by: str, groups: Sequence[str], out
 
 
 def main(argv=None) -> int:
-    from simulations.reports import ReportError, load_runs
+    from simulations.reports.load import ReportError, load_runs
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", help="a suite's results directory")

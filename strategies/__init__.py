@@ -1,4 +1,2 @@
-"""Server side: the AL loop and the client-strategy registry. Importing the package registers
-every client strategy (``client_selection``'s and ``client_rules``')."""
-
-from strategies import client_rules, client_selection  # noqa: F401
+"""Server side: the ServerApp and the AL loop it drives (the client strategies it calls are
+``fedal.selection``'s: the library never imports this package)."""

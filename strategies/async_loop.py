@@ -65,7 +65,7 @@ from fedal import checkpoint
 from fedal.checkpoint import CheckpointError
 from fedal.async_labeling import STRATEGY_TAGS
 from fedal.results import CHECKPOINT_FILE
-from strategies.client_selection import allocate_budget, plan_round
+from fedal.selection import allocate_budget, plan_round
 
 MAX_TAIL_ROUNDS = 100  # a guard: tail rounds after the last grant, waiting for labels to come in
 MAX_SEED_STEPS = 10_000  # a guard: clock steps of sim-fl-round-s waiting for the seed set's labels
@@ -394,7 +394,7 @@ def run_async(loop, recorder=None) -> list[dict]:
 
 def _nobody_answered(loop, what: str) -> None:
     """Stop the run: no client took its first labeling message (the first failures say why)."""
-    from strategies.active_learning import ClientFailure
+    from strategies.federation import ClientFailure
 
     why = "; ".join(f"client {f['client']}: {f['reason']}" for f in loop.failures[:3])
     raise ClientFailure(f"{what}: no client took its first labeling message ({why})")
@@ -405,7 +405,7 @@ def _resume(loop, state, ck, recorder):
     round). Clients of the checkpoint not connected now are kept (not connected) until they return."""
     from flwr.app import Array, ArrayRecord
 
-    from strategies.active_learning import ClientInfo
+    from strategies.federation import ClientInfo
 
     loop.rng.bit_generator.state = ck.rng_state
     state.prev_entropy = dict(ck.prev_entropy)

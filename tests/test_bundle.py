@@ -52,7 +52,7 @@ def test_the_bundle_holds_the_code_and_nothing_else(app, fab):
     on_disk = sorted(p.relative_to(app).as_posix() for d in CODE_DIRS for p in (app / d).rglob("*.py")
                      if "__pycache__" not in p.parts and not p.name.startswith("test_"))
     assert sorted(n for n in shipped if n.endswith(".py")) == on_disk
-    for must in ("pyproject.toml", "fedal/server_app.py", "fedal/client_app.py", "strategies/active_learning.py"):
+    for must in ("pyproject.toml", "strategies/server_app.py", "fedal/client_app.py", "strategies/active_learning.py"):
         assert must in names
     # Flower stores the files uncompressed: the code and README weighed 0.6 MB in November 2026;
     # a run's results or reports would add megabytes (Flower's cap is 10 MB)
@@ -76,7 +76,7 @@ def test_the_apps_import_from_the_bundle_alone(fab, tmp_path):
     zipfile.ZipFile(io.BytesIO(fab)).extractall(unpacked)
     code = (
         "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
-        "import fedal.server_app, fedal.client_app\n"
+        "import strategies.server_app, fedal.client_app\n"
         "mods = [m for n, m in sys.modules.items() if n.split('.')[0] in ('fedal', 'strategies', 'simulations')]\n"
         "outside = [m.__name__ for m in mods if not (getattr(m, '__file__', '') or '').startswith(sys.argv[1])]\n"
         "assert not outside, outside\n"

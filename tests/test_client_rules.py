@@ -1,5 +1,5 @@
 """Each client strategy beyond the paper (fedal.coverage, fedal.client_baselines,
-strategies/client_rules.py) on small synthetic federations: its defining property, checked so that
+fedal/selection/rules.py) on small synthetic federations: its defining property, checked so that
 the test fails when that property is broken."""
 
 import itertools
@@ -11,8 +11,8 @@ import pytest
 from fedal import client_baselines as fl
 from fedal.coverage import CoverageKernel, coverage_greedy, coverage_value
 from fedal.graph import build_graph
-from strategies.client_selection import ClientStats, order_clients
-from strategies.client_rules import ClusteredParams, CoverageParams, NoParams, PowDParams
+from fedal.selection import ClientStats, order_clients
+from fedal.selection import ClusteredParams, CoverageParams, NoParams, PowDParams
 
 
 def clusters(n_clusters=4, size=5, spread=0.05, dim=6, seed=0):
@@ -80,7 +80,7 @@ def test_the_coverage_strategy_spreads_a_round_over_the_client_graph():
     assert sorted(cluster[picks].tolist()) == [0, 1, 2, 3, 4]
     assert len(diag["gains"]) == 5 and diag["q"].shape == (len(x), len(x))
     # the paper's greedy on the same federation crowds into the uncertain cluster
-    from strategies.client_selection import DiffusionParams
+    from fedal.selection import DiffusionParams
 
     paper = order_clients("diffusion", stats, np.random.default_rng(0), DiffusionParams(), n=5)
     assert len(set(cluster[paper].tolist())) < 5
@@ -176,7 +176,7 @@ def test_kcenter_starts_at_the_most_uncertain_client_and_takes_the_farthest_next
     assert order[0] == int(np.argmax(g))
     # the q the strategy sees is that of the normalised embeddings; re-derive it the same way
     from fedal.graph import normalize_embeddings
-    from strategies.client_selection import q_matrix
+    from fedal.client_geometry import q_matrix
 
     qn = q_matrix(normalize_embeddings(pts[:, None, :]))
     for i in range(1, 5):

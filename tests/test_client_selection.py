@@ -1,6 +1,6 @@
 import numpy as np
 
-from strategies.client_selection import ClientStats, allocate_budget, order_clients
+from fedal.selection import ClientStats, allocate_budget, order_clients
 
 
 def test_allocate_budget_tops_up_from_the_next_best_client():
@@ -33,7 +33,7 @@ def test_isometric_coordinates_keep_distances_and_picks():
     from scipy.spatial.distance import pdist
 
     from fedal.diffusion import select_clients
-    from strategies.client_selection import isometric_coordinates
+    from fedal.client_geometry import isometric_coordinates
 
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((4, 2, 3000))
@@ -50,7 +50,7 @@ def test_isometric_coordinates_keep_distances_and_picks():
 
 
 def test_plan_round_asks_diffusion_for_more_only_when_a_client_runs_dry():
-    from strategies.client_selection import DiffusionParams, plan_round
+    from fedal.selection import DiffusionParams, plan_round
 
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((30, 1, 8))
@@ -77,7 +77,7 @@ def test_exhausted_clients_do_not_become_hubs_of_the_client_graph():
     """8 of 100 clients have no unlabeled data, so no pseudo-labels and m = 0. As points at the
     origin they were at distance 1 from every live client (live clients sit ≈ 1.3-1.4 apart),
     every live client's nearest neighbours, and every live client ended isolated (v ≡ 0)."""
-    from strategies.client_selection import DiffusionParams
+    from fedal.selection import DiffusionParams
 
     rng = np.random.default_rng(0)
     emb = _clustered_clients(rng, noise=1.5)  # live clients 1.06-1.41 apart, as measured updates are
@@ -105,7 +105,7 @@ def test_exhausted_clients_do_not_become_hubs_of_the_client_graph():
 
 
 def test_a_client_without_direction_stays_in_the_graph_without_edges():
-    from strategies.client_selection import DiffusionParams
+    from fedal.selection import DiffusionParams
 
     rng = np.random.default_rng(1)
     emb = _clustered_clients(rng, m=30, clusters=3)
@@ -122,7 +122,7 @@ def test_a_client_without_direction_stays_in_the_graph_without_edges():
 def test_q_matrix_is_the_mean_over_rounds_of_pairwise_distances():
     from scipy.spatial.distance import cdist
 
-    from strategies.client_selection import q_matrix
+    from fedal.client_geometry import q_matrix
 
     x = np.random.default_rng(2).standard_normal((6, 3, 5))
     want = np.mean([cdist(x[:, t], x[:, t]) for t in range(3)], axis=0)
@@ -130,7 +130,7 @@ def test_q_matrix_is_the_mean_over_rounds_of_pairwise_distances():
 
 
 def test_class_deficit_weights():
-    from strategies.client_selection import class_deficit_weights
+    from fedal.selection import class_deficit_weights
 
     assert np.allclose(class_deficit_weights([10, 30, 20]), [1.0, 0.0, 0.0])
     assert np.allclose(class_deficit_weights([0, 10, 30, 40]), [2 / 3, 1 / 3, 0.0, 0.0])  # mean 20
@@ -141,7 +141,7 @@ def test_balanced_diffusion_spreads_the_batch_over_classes_the_labeled_set_lacks
     """Two groups of clients, equal in entropy and graph position; the labeled set already holds
     many labels of class 0. Plain diffusion picks from both groups; the balanced variant picks
     the clients predicted to hold class 1 until its projected counts even out."""
-    from strategies.client_selection import DiffusionParams
+    from fedal.selection import DiffusionParams
 
     rng = np.random.default_rng(3)
     emb = _clustered_clients(rng, m=40, clusters=4)

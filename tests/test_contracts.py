@@ -177,7 +177,7 @@ def test_a_config_error_is_raised_with_its_message_on_stderr_not_a_silent_system
     from types import SimpleNamespace
 
     from fedal.config import ConfigError
-    from fedal.server_app import main
+    from strategies.server_app import main
 
     grid = SimpleNamespace(get_node_ids=lambda: pytest.fail("no client may be contacted"))
     with pytest.raises(ConfigError, match="client-strategy = 'oracle'"):

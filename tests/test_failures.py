@@ -12,7 +12,7 @@ from flwr.app import Context, Error, Message, RecordDict
 
 from fedal.client_app import POOLS_KEY
 from fedal.pools import Pools
-from strategies.active_learning import ClientFailure, FederationError
+from strategies.federation import ClientFailure, FederationError
 from tests.golden import INPROCESS_BASE
 from tests.helpers import without_times
 from tests.inprocess import InProcessGrid, run_inprocess
@@ -232,7 +232,7 @@ def test_too_few_clients_within_wait_timeout_is_a_clear_error():
 def test_a_federation_error_is_printed_with_its_message_and_raised(capsys, tmp_path):
     from types import SimpleNamespace
 
-    from fedal.server_app import main
+    from strategies.server_app import main
 
     grid = InProcessGrid(lambda m, c: pytest.fail("no node answers"), 0)
     with pytest.raises(FederationError):
@@ -242,7 +242,7 @@ def test_a_federation_error_is_printed_with_its_message_and_raised(capsys, tmp_p
 
 
 def test_rows_name_clients_by_string_when_ids_are_not_all_digits():
-    from strategies.active_learning import ALState, ClientInfo
+    from strategies.federation import ALState, ClientInfo
 
     s = ALState({c: ClientInfo(1, c, 0, 1) for c in ["3", "12"]})
     assert [s.public_id(c) for c in s.clients] == [3, 12]

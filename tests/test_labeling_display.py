@@ -15,7 +15,8 @@ from PIL import Image
 from fedal.annotate import app as appmod
 from fedal.annotate.annotators import mark_run
 from fedal.config import DATASETS as RUN_DATASETS
-from fedal.data.info import DATASETS, cifar100_names, dataset_info, site_display
+from fedal.data.info import cifar100_names, dataset_info, site_display
+from fedal.data.registry import dataset_names
 from fedal.data.site import SiteDataError, load_site_data
 from fedal.store import PoolStore, site_store_path
 
@@ -64,9 +65,9 @@ def digits_npz(tmp_path, n=12):
 def test_every_run_dataset_has_display_info_with_the_number_of_classes_it_trains():
     from fedal.image_meta import IMAGE_META
 
-    assert set(DATASETS) == set(RUN_DATASETS)
+    assert set(dataset_names()) == set(RUN_DATASETS) == {"digits", "mnist1d", *IMAGE_META}
     counts = {"digits": 10, "mnist1d": 10, **{k: m.num_classes for k, m in IMAGE_META.items()}}
-    for name in DATASETS:
+    for name in RUN_DATASETS:
         info = dataset_info(name)
         if info.class_names is not None:
             assert len(info.class_names) == counts[name] and len(set(info.class_names)) == counts[name]
@@ -76,7 +77,7 @@ def test_every_run_dataset_has_display_info_with_the_number_of_classes_it_trains
     assert dataset_info("fashion-mnist").shape == (28, 28, 1)
     assert dataset_info("emnist-letters").class_names[0] == "a"  # labels 1..26 on disk, 0..25 in fedal
     assert dataset_info("cinic10").class_names == dataset_info("cifar10").class_names
-    with pytest.raises(ValueError, match="dataset 'mnist' is not known; valid: digits, mnist1d"):
+    with pytest.raises(ValueError, match="dataset 'mnist' is not known; valid: mnist1d, digits"):
         dataset_info("mnist")
 
 

@@ -88,7 +88,8 @@ def test_results_do_not_depend_on_node_ids_or_reply_order(monkeypatch):
 def test_fedavg_order_is_by_client_id_in_natural_order():
     from types import SimpleNamespace
 
-    from strategies.active_learning import FederatedActiveLearning, natural_key
+    from strategies.active_learning import FederatedActiveLearning
+    from strategies.federation import natural_key
 
     replies = {cid: SimpleNamespace(content=f"c{cid}") for cid in ["10", "2", "0"]}
     assert FederatedActiveLearning._ordered(replies) == ["c0", "c2", "c10"]  # as ints, not strings
@@ -200,7 +201,7 @@ def test_probes_follow_the_last_quarter_of_training_and_rows_carry_graph_diagnos
 
 
 def test_q_matrix_is_saved_per_round_with_the_graph_clients(tmp_path):
-    from fedal.server_app import run_directory
+    from fedal.results import run_directory
 
     rc = {**SMALL, "client-strategy": "diffusion", "point-strategy": "random", "run-dir": str(tmp_path)}
     run_inprocess(rc, M, record=True)

@@ -11,7 +11,7 @@ import pytest
 
 from fedal.config import Config, ConfigError
 from fedal.results import ResultsMismatch, RunRecorder
-from fedal.server_app import run_directory
+from fedal.results import run_directory
 from tests.golden import INPROCESS_BASE
 from tests.inprocess import run_inprocess
 

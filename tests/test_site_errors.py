@@ -19,7 +19,7 @@ import pytest
 from flwr.app import Error, Message
 
 from fedal.site_errors import SiteError, clean, parse
-from strategies.active_learning import FederationError
+from strategies.federation import FederationError
 from tests.golden import INPROCESS_BASE
 from tests.inprocess import InProcessGrid, run_inprocess
 

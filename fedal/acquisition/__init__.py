@@ -22,10 +22,12 @@ from .base import (
     strategy_class,
 )
 from . import ranking, boundary, diversity, logo, local_diffusion  # noqa: E402,F401  (registration)
+from .ranking import RankByScore, uncertainty_measures  # noqa: E402
 
 __all__ = [
     "LocalView",
     "PoolExhausted",
+    "RankByScore",
     "Selection",
     "Strategy",
     "available",
@@ -33,4 +35,5 @@ __all__ = [
     "get",
     "strategy_class",
     "register",
+    "uncertainty_measures",
 ]

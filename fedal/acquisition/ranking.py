@@ -13,11 +13,13 @@ import numpy as np
 from fedal import uncertainty as measures
 
 from ._geometry import top_n
-from .base import LocalView, Strategy, register
+from .base import LocalView, Strategy, available, register, strategy_class
 
 
-class _RankByScore(Strategy):
-    """Shared ranking: subclasses only say how to score the pool (as in baal's heuristics)."""
+class RankByScore(Strategy):
+    """Shared ranking: subclasses only say how to score the pool from the model's probabilities
+    (as in baal's heuristics). These scores are also the *uncertainty measures* an asynchronous
+    site's query workers rank by (``async-workers``, ``uncertainty_measures``)."""
 
     def score(self, probs: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -42,7 +44,7 @@ class RandomSampling(Strategy):
 
 @register("entropy")
 @dataclass(frozen=True)
-class EntropySampling(_RankByScore):
+class EntropySampling(RankByScore):
     """Ent (Ahmed et al. 2020 as used in seeds/001): largest predictive entropy −Σ p log p."""
 
     def score(self, probs):
@@ -51,7 +53,7 @@ class EntropySampling(_RankByScore):
 
 @register("margin")
 @dataclass(frozen=True)
-class MarginSampling(_RankByScore):
+class MarginSampling(RankByScore):
     """Smallest gap between the two most probable classes. Utility = −(p_(1) − p_(2))."""
 
     def score(self, probs):
@@ -60,8 +62,15 @@ class MarginSampling(_RankByScore):
 
 @register("least-confidence")
 @dataclass(frozen=True)
-class LeastConfidenceSampling(_RankByScore):
+class LeastConfidenceSampling(RankByScore):
     """Smallest top probability. Utility = 1 − max_j p_j."""
 
     def score(self, probs):
         return measures.least_confidence(probs)
+
+
+def uncertainty_measures() -> tuple[str, ...]:
+    """The registered point strategies that rank by a score of the model's probabilities alone
+    (``RankByScore``), sorted: the measures an asynchronous site's workers may use
+    (``async-workers``; ``fedal.async_labeling``). ``get(name).score(probs)`` is the measure."""
+    return tuple(n for n in available() if issubclass(strategy_class(n), RankByScore))

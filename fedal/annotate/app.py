@@ -32,7 +32,8 @@ from fedal.annotate import pages
 from fedal.annotate.annotators import run_state
 from fedal.annotate.render import image_png
 from fedal.annotate.site import MIN_TOKEN_CHARS, LabelingSite
-from fedal.data.info import DATASETS, SiteDisplay, dataset_info, site_display
+from fedal.data.info import SiteDisplay, dataset_info, site_display
+from fedal.data.registry import dataset_names
 from fedal.store import DEFAULT_LEASE_S, BudgetSpent, PoolStore, QueryClosed, StoreError, site_store_path
 
 TOKEN_ENV = "FEDAL_ANNOTATE_TOKEN"
@@ -358,7 +359,7 @@ def parse_args(argv=None):
     ap.add_argument("--annotator", default="page", help="a name for who labels here (recorded with each label)")
     ap.add_argument("--num-classes", type=int, default=None, help="when neither the data nor its dataset names "
                     "the classes and the data has no y")
-    ap.add_argument("--dataset", default=None, choices=DATASETS, help="the run's dataset, for how points are "
+    ap.add_argument("--dataset", default=None, choices=dataset_names(), help="the run's dataset, for how points are "
                     "drawn and classes named (default: as the site's ClientApp recorded it in the store)")
     ap.add_argument("--data-root", default=None, help="the dataset's files, where its class names come from "
                     "them (cifar100)")

@@ -1,6 +1,7 @@
 """Datasets and federated partitions.
 
-``load_dataset(name)`` returns the full train/test arrays (the simulation needs them to carve
+``load_dataset(name)`` returns the full train/test arrays of a registered data set
+(``fedal.data.registry``; the built-in ones: ``fedal.data.builtin``) (the simulation needs them to carve
 client partitions; in deployment each SuperNode loads only its own files). ``partition_indices``
 splits the training set across clients with flwr-datasets partitioners (docs/method.md, "Protocol", issue #3:
 ``dirichlet`` α, ``shard`` = each client's data from a fraction of the classes, ``iid``).
@@ -11,107 +12,18 @@ from __future__ import annotations
 
 import functools
 import warnings
-import os
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from fedal.data.builtin import cache_dir
+from fedal.data.registry import Dataset, get_dataset, resolve_backbone
 from fedal.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Dataset:
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
-
-
-def cache_dir() -> Path:
-    """Where generated data (MNIST-1D) and feature caches live; ``FEDAL_CACHE`` overrides."""
-    d = Path(os.environ.get("FEDAL_CACHE", Path.home() / ".cache" / "fedal"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-# MNIST-1D at MNIST's scale (60k train / 10k test): the paper's protocol acquires 12,000 labels
-# from 100 clients, which the package's default 4,000-sample training set cannot supply.
-MNIST1D_SAMPLES = 70_000
-MNIST1D_TRAIN_SPLIT = 6 / 7
-MNIST1D_SEED = 42  # the dataset itself is fixed; the experiment seed drives partitions and models
-
-
-def _load_mnist1d() -> Dataset:
-    path = cache_dir() / f"mnist1d_{MNIST1D_SAMPLES}_{MNIST1D_SEED}.npz"
-    if path.exists():
-        try:
-            z = np.load(path)
-            return Dataset("mnist1d", z["x"], z["y"], z["x_test"], z["y_test"], 10)
-        except Exception:  # corrupted/partial cache file: regenerate rather than crash
-            path.unlink(missing_ok=True)
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    args.num_samples = MNIST1D_SAMPLES
-    args.train_split = MNIST1D_TRAIN_SPLIT
-    args.seed = MNIST1D_SEED
-    state = np.random.get_state()  # make_dataset reseeds numpy's global RNG; do not leak that
-    try:
-        d = make_dataset(args)
-    finally:
-        np.random.set_state(state)
-    arrays = {
-        "x": d["x"].astype(np.float32), "y": d["y"].astype(np.int64),
-        "x_test": d["x_test"].astype(np.float32), "y_test": d["y_test"].astype(np.int64),
-    }
-    # Atomic write: two simulation actors may generate concurrently on first use.
-    from fedal.atomic import atomic_file
-
-    with atomic_file(path) as f:
-        np.savez(f, **arrays)
-    return Dataset("mnist1d", arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"], 10)
-
-
-def _load_digits(seed_split: int = 0) -> Dataset:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)
-    y = d.target.astype(np.int64)
-    # fixed stratified-ish split (the dataset is tiny: 1,797 samples): every 5th sample is test
-    perm = np.random.default_rng(seed_split).permutation(len(y))
-    test = perm[: len(y) // 5]
-    train = perm[len(y) // 5:]
-    return Dataset("digits", x[train], y[train], x[test], y[test], 10)
-
-
-def _load_vision(name: str, root: str) -> Dataset:
-    from fedal.data import vision
-
-    if not root:
-        raise ConfigError(
-            f"dataset = {name!r} needs data-root = <folder holding the dataset files>; "
-            "nothing is downloaded at run time"
-        )
-    x_tr, y_tr, meta = vision.load_vision_dataset(name, root, split="train")
-    x_te, y_te, _ = vision.load_vision_dataset(name, root, split="test")
-    return Dataset(name, x_tr, y_tr, x_te, y_te, int(meta["num_classes"]))
 
 
 @functools.lru_cache(maxsize=4)
 def load_dataset(name: str, root: str = "") -> Dataset:
-    if name == "mnist1d":
-        return _load_mnist1d()
-    if name == "digits":
-        return _load_digits()
-    return _load_vision(name, root)
+    """The registered data set ``name`` (``fedal.data.registry``), loaded from ``root``."""
+    return get_dataset(name).load(root)
 
 
 @functools.lru_cache(maxsize=16)
@@ -173,8 +85,6 @@ def model_inputs(cfg, x: np.ndarray, partition: int | str) -> np.ndarray:
     A pretrained cnn1d/mlp backbone's features are computed directly (see _small_backbone_features)."""
     if not cfg.freeze_backbone:
         return x
-    from fedal.training import resolve_backbone
-
     if resolve_backbone(cfg.dataset, cfg.backbone) in ("cnn1d", "mlp"):
         return _small_backbone_features(cfg, x)
     from fedal.backbones import make_backbone_transform

@@ -19,13 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-# how each data set's test split is fixed (fedal/data/__init__.py): what the server evaluates on
-_TEST_SPLITS = {
-    "digits": "scikit-learn's load_digits() permuted with seed 0, the first fifth (fedal.data._load_digits)",
-    "mnist1d": "MNIST-1D's own test split (70,000 samples generated with seed 42, the last seventh)",
-}
-
-
 class ExportError(ValueError):
     """The site file cannot be written as asked; the message names the value and the valid range."""
 
@@ -41,7 +34,9 @@ class Exported:
 
 
 def test_split_note(dataset: str, n_test: int) -> str:
-    how = _TEST_SPLITS.get(dataset, "the data set's test files under data-root")
+    from fedal.data.registry import get_dataset
+
+    how = get_dataset(dataset).test_split  # how the data set's test split is fixed
     return f"the server evaluates on the test split of {dataset}: {n_test} points, {how}; no site file holds any of them"
 
 
@@ -80,10 +75,11 @@ def export_site(dataset: str, out: str | Path, part: int, parts: int, *, points:
 
 
 def main(argv: list[str] | None = None, prog: str = "fedal site export") -> int:
-    from fedal.config import DATASETS, PARTITIONS
+    from fedal.config import PARTITIONS
+    from fedal.data.registry import dataset_names
 
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", required=True, choices=DATASETS, help="the benchmark data set to cut from")
+    ap.add_argument("--dataset", required=True, choices=dataset_names(), help="the benchmark data set to cut from")
     ap.add_argument("--out", required=True, help="the site file to write (.npz); not overwritten without --force")
     ap.add_argument("--part", type=int, default=1, help="which part, 1-based (default 1)")
     ap.add_argument("--of", type=int, default=1, dest="parts", help="into how many parts the training split is "

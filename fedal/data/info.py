@@ -4,8 +4,8 @@ The models see every point as stored: scikit-learn's digits as 64 values in a ro
 40-sample signal, the image data sets as (H, W, C) arrays. A person labeling a point on the
 labeling page (fedal/annotate/app.py) needs it drawn as what it is, with the classes named:
 
-- ``dataset_info(name)``: per run ``dataset`` (``fedal.config``), the shape of one point *as
-  drawn* and the class names, in the order of the class ids fedal trains with;
+- ``dataset_info(name)``: per run ``dataset`` (its entry in ``fedal.data.registry``), the shape
+  of one point *as drawn* and the class names, in the order of the class ids fedal trains with;
 - ``site_display(site, info)``: what one site's page draws, where the site's own data may say
   better (``fedal/data/site.py``: an ``.npz`` with ``class_names`` and ``shape``, an image folder's
   class folder names, a ``labels.csv`` with names) and the data set fills the gaps.
@@ -20,81 +20,16 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-DIGIT_NAMES = tuple(str(d) for d in range(10))
-
-
-@dataclass(frozen=True)
-class DisplayInfo:
-    """How one point is drawn and its classes named."""
-
-    shape: tuple[int, ...] | None  # one point as drawn (None: as stored); its size is the stored size
-    class_names: tuple[str, ...] | None  # None: not known (numbers are shown)
-    dark_ink: bool = False  # high values drawn dark, as ink on paper (digits' pixels count ink)
-
-
-def _digits(root: str) -> DisplayInfo:
-    # load_digits' 64 features are the 8x8 image row by row; each pixel counts ink strokes (0-16)
-    return DisplayInfo((8, 8), DIGIT_NAMES, dark_ink=True)
-
-
-def _mnist1d(root: str) -> DisplayInfo:
-    return DisplayInfo((40,), DIGIT_NAMES)  # a digit's outline as a 40-sample signal
-
-
-def _cifar10(root: str) -> DisplayInfo:
-    # CINIC-10 shares CIFAR-10's classes: fedal.data.vision checks its class folders against them
-    from fedal.data.vision import CIFAR10_CLASSES
-
-    return _image("cifar10", CIFAR10_CLASSES)
-
-
-def _fashion_mnist(root: str) -> DisplayInfo:
-    # fedal loads Fashion-MNIST through torchvision, whose class list gives the label order
-    from fedal.compat import import_torchvision
-
-    return _image("fashion-mnist", tuple(import_torchvision().datasets.FashionMNIST.classes))
-
-
-def _emnist_letters(root: str) -> DisplayInfo:
-    # torchvision's list starts with 'N/A' for the unused label 0; fedal shifts labels 1..26 to 0..25
-    from fedal.compat import import_torchvision
-
-    return _image("emnist-letters", tuple(import_torchvision().datasets.EMNIST.classes_split_dict["letters"][1:]))
-
-
-def _cifar100(root: str) -> DisplayInfo:
-    return _image("cifar100", cifar100_names(Path(root)) if root else None)
-
-
-def _image(name: str, class_names) -> DisplayInfo:
-    from fedal.image_meta import image_meta_entry
-
-    m = image_meta_entry(name)
-    return DisplayInfo((m.image_size[0], m.image_size[1], m.channels), class_names)
-
-
-def _cinic10(root: str) -> DisplayInfo:
-    return _image("cinic10", _cifar10(root).class_names)
-
-
-_INFO: dict[str, Callable[[str], DisplayInfo]] = {
-    "digits": _digits, "mnist1d": _mnist1d, "cifar10": _cifar10, "cifar100": _cifar100,
-    "fashion-mnist": _fashion_mnist, "emnist-letters": _emnist_letters, "cinic10": _cinic10,
-}
-DATASETS = tuple(_INFO)
+from fedal.data.registry import DisplayInfo, get_dataset
 
 
 def dataset_info(name: str, data_root: str | Path = "") -> DisplayInfo:
-    """The display metadata of the run's ``dataset`` (``data_root``: only CIFAR-100's names need it)."""
-    try:
-        make = _INFO[name]
-    except KeyError:
-        raise ValueError(f"dataset {name!r} is not known; valid: {', '.join(DATASETS)}") from None
-    return make(str(data_root or ""))
+    """The display metadata of the run's ``dataset`` (``data_root``: only CIFAR-100's names need
+    it), as its registry entry gives it (``fedal.data.registry``)."""
+    return get_dataset(name).display(str(data_root or ""))
 
 
 class _PlainUnpickler(pickle.Unpickler):

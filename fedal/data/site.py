@@ -99,13 +99,10 @@ def load_site_data(data_path: str | Path, client_id: str | None = None) -> SiteD
 def expected_inputs(dataset: str) -> tuple[tuple[int, ...], str, int]:
     """What the run's ``dataset`` fixes for every site: (input shape per point, dtype kind
     "float" or "uint8", number of classes), without loading the data set."""
-    vectors = {"mnist1d": ((40,), "float", 10), "digits": ((64,), "float", 10)}
-    if dataset in vectors:
-        return vectors[dataset]
-    from fedal.image_meta import image_meta_entry
+    from fedal.data.registry import get_dataset
 
-    m = image_meta_entry(dataset)
-    return (m.image_size[0], m.image_size[1], m.channels), "uint8", m.num_classes
+    d = get_dataset(dataset)
+    return d.input_shape, d.input_kind, d.num_classes
 
 
 def check_site_matches(site: SiteData, dataset: str) -> int:
@@ -333,14 +330,14 @@ def main(argv: list[str] | None = None, prog: str = "python -m fedal.data.site")
     import argparse
     import sys
 
-    from fedal.config import DATASETS
+    from fedal.data.registry import dataset_names
 
     ap = argparse.ArgumentParser(prog=prog, description="Check a site's data and print what fedal will see; with "
                                  "--dataset, also that it fits the run's dataset (input shape, dtype, classes), "
                                  "as the ClientApp checks on the run's first message.")
     ap.add_argument("data_path", help="an .npz file or an image folder")
     ap.add_argument("--client-id", default=None, help="the id this site will be configured with")
-    ap.add_argument("--dataset", default=None, choices=DATASETS, help="the run's dataset, which fixes the model: "
+    ap.add_argument("--dataset", default=None, choices=dataset_names(), help="the run's dataset, which fixes the model: "
                     "refuse data of another input shape, dtype or class range")
     args = ap.parse_args(argv)
     try:

@@ -325,7 +325,7 @@ class LocalDeployment:
     def run_dir(self, run_config: dict) -> Path:
         """Where the run of ``run_config`` (as passed to ``run``) writes its results."""
         from fedal.config import Config
-        from fedal.server_app import run_directory
+        from fedal.results import run_directory
 
         return run_directory(Config.from_run_config({"run-dir": str(self.runs), "dataset": self.dataset,
                                                      **run_config}))

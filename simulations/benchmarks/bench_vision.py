@@ -11,7 +11,7 @@ B. one training step (forward + backward + SGD step, batch 64), images/s: the fu
 C. one AL round at the paper's scale (100 clients × 500 images, 1,000 → 12,000 labels, defaults
    of fedal.config: fl-rounds 10, local-epochs 2, batch 64, pseudo-epochs 4, V = 5, W = 200) in
    frozen mode, with the library's pure functions (fedal.training, fedal.feature_cache,
-   strategies.client_selection, fedal.diffusion) and no Flower: no serialisation, no message
+   fedal.selection, fedal.diffusion) and no Flower: no serialisation, no message
    passing, one process. Feature extraction is a one-off cost and reported separately.
 
 Synthetic data: pixels are uniform noise; in the full run the features of C come from really
@@ -246,7 +246,7 @@ def bench_al_round(extract_rate: dict[str, dict], labels_list: list[int], probe_
 
     # 3. server: order of all eligible clients by diffusion (docs/method.md, "Client graph", "Impact, score, greedy"; Algorithm 1)
     try:
-        from strategies.client_selection import ClientStats, order_clients
+        from fedal.selection import ClientStats, order_clients
 
         stats = ClientStats(entropy=g, n_unlabeled=np.full(CLIENTS, unl), embeddings=m,
                             prev_entropy=g * rng.uniform(0.9, 1.1, CLIENTS))
@@ -343,7 +343,7 @@ def render(res: dict) -> str:
           f"features. Probing: `predict` + `pseudo_update` ({PSEUDO_OPTIMIZER}, pseudo-epochs {PSEUDO_EPOCHS}, "
           f"pseudo-params {PSEUDO_PARAMS} → D = {al['pseudo_param_dim']:,}) on 300 unlabelled features per "
           f"client, measured on {al['probe_measured_clients']} clients and scaled to {CLIENTS}. "
-          f"Client selection: `strategies.client_selection.order_clients('diffusion')` over all "
+          f"Client selection: `fedal.selection.order_clients('diffusion')` over all "
           f"{CLIENTS} clients. Local selection: `predict` + entropy + `fedal.diffusion.select_points` "
           f"(W = {W}) on each of V = {V} chosen clients (500 nodes, 200-d embeddings).", "",
           "One-off, amortised over the run — wall (CPU):", "", "| step | time |", "|---|---:|"]

@@ -1,41 +1,21 @@
-"""fedal ServerApp: parse and validate the run config once, then drive the AL loop."""
+"""fedal ServerApp: parse and validate the run config once, then drive the AL loop
+(``strategies.active_learning``)."""
 
 from __future__ import annotations
 
 import os
 import sys
-import time
-from pathlib import Path
 
 import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedal.config import Config, ConfigError
-from fedal.data import load_dataset, model_inputs
 from fedal.checkpoint import CheckpointError
-from fedal.results import ResultsMismatch, RunRecorder
-from fedal.training import build_model
-from strategies.active_learning import ClientFailure, FederatedActiveLearning, FederationError
-
-
-def run_directory(cfg: Config) -> Path:
-    """``run-dir/<run-name>``; without a run name ``<client>+<point strategy>-<config hash>-s<seed>``,
-    with ``-<experiment-id>`` appended when one is given: experiment-id is no part of the config
-    hash, and two runs differing only in it must not share a directory (``fedal.results``
-    refuses a directory that holds another run's results)."""
-    name = cfg.run_name or (f"{cfg.client_strategy}+{cfg.point_strategy}-{cfg.config_hash()}-s{cfg.seed}"
-                            + (f"-{cfg.experiment_id}" if cfg.experiment_id else ""))
-    return Path(cfg.run_dir) / name
-
-
-def run_metadata(cfg: Config) -> dict:
-    """What config.json records about a run (the reports read it; ``experiment`` with the config
-    hash and seed says which run a directory holds)."""
-    return {"config": cfg.to_run_config(), "seed": cfg.seed, "config_hash": cfg.config_hash(),
-            "experiment": cfg.experiment,
-            "method": cfg.method_name or f"{cfg.client_strategy}+{cfg.point_strategy}",
-            "suite": cfg.suite, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv}
+from fedal.config import Config, ConfigError
+from fedal.data import load_dataset
+from fedal.results import ResultsMismatch, RunRecorder, run_directory, run_metadata
+from strategies.active_learning import FederatedActiveLearning
+from strategies.federation import ClientFailure, FederationError
 
 
 def _log(line: str) -> None:
@@ -54,7 +34,7 @@ def main(grid: Grid, context: Context, run_config: dict | None = None) -> None:
     torch.set_num_threads(int(os.environ.get("FEDAL_TORCH_THREADS", "1")))
     try:
         cfg = Config.from_run_config({**context.run_config, **(run_config or {})})
-        ds = load_dataset(cfg.dataset, cfg.data_root)  # a missing dataset stops here, before any label
+        load_dataset(cfg.dataset, cfg.data_root)  # a missing dataset stops here, before any label
     except (ConfigError, FileNotFoundError) as e:
         # raised, not SystemExit: Flower catches Exception only, and logs it
         _report("fedal: configuration error: ", e)
@@ -69,14 +49,7 @@ def main(grid: Grid, context: Context, run_config: dict | None = None) -> None:
     # the name the sites' pool stores are kept under: a site's labeling page (fedal-annotate
     # --experiment-id) needs it, and it is derived (fedal.config.Config.experiment) unless given
     _log(f"fedal: experiment id {cfg.experiment}")
-
-    x_test = model_inputs(cfg, ds.x_test, "test")  # frozen backbone: the test set's features
-
-    def model_fn():
-        return build_model(cfg.dataset, tuple(x_test.shape[1:]), ds.num_classes, cfg.backbone,
-                           cfg.backbone_weights, seed=cfg.seed, freeze_backbone=cfg.freeze_backbone)
-
-    loop = FederatedActiveLearning(cfg, grid, model_fn, (x_test, ds.y_test), ds.num_classes, log=_log)
+    loop = FederatedActiveLearning.for_run(cfg, grid, log=_log)
     try:
         loop.run(recorder)
     except ConfigError as e:
@@ -88,7 +61,9 @@ def main(grid: Grid, context: Context, run_config: dict | None = None) -> None:
 
 
 def build_server_app(run_config: dict | None = None) -> ServerApp:
-    """The ServerApp; ``run_config`` overrides the run's config (see ``build_client_app``)."""
+    """The ServerApp; ``run_config`` overrides the run's config (``flwr run`` passes the run
+    config in the Context; the deprecated ``run_simulation`` entry point passes an empty one, so
+    scripts and tests bind theirs here)."""
     sapp = ServerApp()
     bound = dict(run_config or {})
 

@@ -1,6 +1,6 @@
 """Client strategies beyond the paper (docs/method.md, "Client selection beyond the paper"):
 fedal's diffusion coverage and four selectors of the federated-learning literature, registered
-in the client-strategy registry of ``strategies.client_selection`` on the signals its probe
+in the client-strategy registry (``fedal.selection.base``) on the signals its probe
 already sends (q between pseudo-updates, g, |U|). The maths is in ``fedal.coverage`` and
 ``fedal.client_baselines``; each entry here adapts one round's ``ClientStats`` to it, declares
 what the strategy reads and owns its parameters.
@@ -13,14 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedal import client_baselines as fl
-from strategies.client_selection import (
-    GRAPH_KEYS,
-    PROBE_KEYS,
-    ClientGeometry,
-    ClientStats,
-    graph_diagnostics,
-    register,
-)
+from fedal.selection.base import GRAPH_KEYS, PROBE_KEYS, ClientStats, NoParams, register
+from fedal.selection.paper import ClientGeometry, graph_diagnostics
 
 
 @dataclass(frozen=True)
@@ -33,11 +27,6 @@ class CoverageParams:
     steps: int = 20
     sigma_scope: str = "edges"
     laplacian: str = "unnormalized"
-
-
-@dataclass(frozen=True)
-class NoParams:
-    """For a strategy that reads nothing beyond the probe."""
 
 
 @dataclass(frozen=True)

@@ -1,40 +1,20 @@
-"""Server-side client selection (docs/method.md, "Impact, score, greedy", "Baselines and training modes"): pure functions over one round's client statistics.
-
-Every strategy returns an *ordering* of the eligible clients, best first; ``allocate_budget``
-then walks that order to spend exactly V·W labels (docs/method.md, "Protocol" "equal budgets with top-up"). Asking
-a strategy for the whole order is cheap (M is the number of clients) and lets a client that
-runs out of unlabeled points hand its share to the next-best client.
-"""
+"""The paper's client strategies (docs/method.md, "Impact, score, greedy", "Baselines and
+training modes"): random, entropy (Ent), diffusion (Algorithm 1) and fedal's balanced
+diffusion, with the client geometry (``ClientGeometry``) that every strategy reading the client
+graph or q shares (``fedal.selection.rules``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
 
 import numpy as np
 
-from fedal.client_geometry import isometric_coordinates, q_matrix  # noqa: F401 (public here too)
+from fedal.client_geometry import isometric_coordinates, q_matrix
+from fedal.selection.base import GRAPH_KEYS, PROBE_KEYS, ClientStats, NoParams, register
 
 # The full q matrix goes into a run's diagnostics (q.npz) only up to this many graph nodes:
 # M² floats per round are cheap at the paper's 100 clients and pointless at 10^5.
 Q_RECORD_MAX_NODES = 2000
-
-
-@dataclass(frozen=True)
-class ClientStats:
-    """What clients reported in ``query.probe``: scalars and parameter sketches, no data."""
-
-    entropy: np.ndarray                 # g(C_z): mean entropy over U_z (0 when U_z is empty)
-    n_unlabeled: np.ndarray             # |U_z|
-    embeddings: np.ndarray | None = None   # (M, T, D) pseudo-parameter updates m_t (rows of
-    #                                        clients with |U_z| = 0 are ignored)
-    prev_entropy: np.ndarray | None = None  # g^{r-1}; NaN where unknown
-    predicted_mix: np.ndarray | None = None  # (M, C) mean softmax over U_z (balanced variant)
-    labeled_per_class: np.ndarray | None = None  # (C,) labels paid so far, per class (aggregate)
-
-    @property
-    def eligible(self) -> np.ndarray:
-        return self.n_unlabeled > 0
 
 
 @dataclass(frozen=True)
@@ -48,83 +28,26 @@ class DiffusionParams:
     points_per_client: int = 200  # W: how far a pick moves the projected class counts (balanced)
 
 
-@dataclass(frozen=True)
-class ClientStrategy:
-    """A ``client-strategy``: its ordering function and what it needs, declared once here so
-    that the server loop, the clients' probe and the config ask the entry, never the name.
-
-    - ``probes``: reads g (mean entropy over U_z) from a probe after training; False: needs only
-      |U_z|, which the server tracks from acquire replies (no probe message at all).
-    - ``needs_pseudo_updates``: reads the client graph built from pseudo-parameter updates m_t,
-      taken after each of the last ⌈T/4⌉ FL rounds.
-    - ``needs_predicted_mix``: reads each client's mean prediction over U_z (C numbers).
-    - ``needs_label_histogram``: reads the labeled set's class counts, which clients report only
-      with ``report-label-histogram = true``.
-    - ``config_keys``: run-config keys it reads; keys that no strategy of a run reads stay out of
-      the run's hash (``fedal.config.experiment_key``).
-    - ``params``: builds the strategy's parameters from a ``fedal.config.Config``.
-    """
-
-    name: str
-    order: Callable[..., np.ndarray]
-    probes: bool = True
-    needs_pseudo_updates: bool = False
-    needs_predicted_mix: bool = False
-    needs_label_histogram: bool = False
-    config_keys: tuple[str, ...] = ()
-    params: Callable[[Any], Any] = lambda cfg: DiffusionParams()
-
-
-_REGISTRY: dict[str, ClientStrategy] = {}
-
-
-def register(name: str, **declared: Any) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
-    """Decorator adding an ordering function to the registry as client strategy ``name``."""
-
-    def add(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        if name in _REGISTRY:
-            raise ValueError(f"client strategy {name!r} is registered twice")
-        _REGISTRY[name] = ClientStrategy(name, fn, **declared)
-        return fn
-
-    return add
-
-
-def available() -> tuple[str, ...]:
-    """Registered client strategies, in registration order (the order shown to users)."""
-    return tuple(_REGISTRY)
-
-
-def get(name: str) -> ClientStrategy:
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"client-strategy = {name!r} is not valid; valid values: {', '.join(_REGISTRY)}") from None
-
-
 def diffusion_params(cfg) -> DiffusionParams:
     # client-impact = false is the "no impact term" ablation: H = 0 makes v ≡ 0
     return DiffusionParams(cfg.knn_k, cfg.rho, cfg.delta, cfg.diffusion_steps if cfg.client_impact else 0,
                            cfg.sigma_scope, cfg.laplacian, cfg.points_per_client)
 
 
-# what the pseudo-updates m_t depend on (every strategy that reads q), the client graph, and
-# Algorithm 1's diffusion
-PROBE_KEYS = ("pseudo-optimizer", "pseudo-epochs", "pseudo-lr", "pseudo-params", "sketch-dim")
-GRAPH_KEYS = ("knn-k", "rho", "sigma-scope", "laplacian", "delta")
+# what Algorithm 1's diffusion reads: the probe, the client graph and the impact term
 CLIENT_GRAPH_KEYS = PROBE_KEYS + GRAPH_KEYS + ("client-impact", "diffusion-steps")
 _GRAPH = dict(needs_pseudo_updates=True, config_keys=CLIENT_GRAPH_KEYS, params=diffusion_params)
 
 
 @register("random", probes=False)
-def random_order(stats: ClientStats, rng: np.random.Generator, params: DiffusionParams,
+def random_order(stats: ClientStats, rng: np.random.Generator, params: NoParams,
                  n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     elig = np.flatnonzero(stats.eligible)
     return rng.permutation(elig)
 
 
 @register("entropy")
-def entropy_order(stats: ClientStats, rng: np.random.Generator, params: DiffusionParams,
+def entropy_order(stats: ClientStats, rng: np.random.Generator, params: NoParams,
                   n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     """Highest mean entropy first (the paper's Ent client baseline); ties → lower index."""
     elig = np.flatnonzero(stats.eligible)
@@ -255,45 +178,3 @@ def _diffusion(stats: ClientStats, params: DiffusionParams, n: int | None, diagn
         diagnostics.update(graph_diagnostics(graph, g, sel.impacts[0], np.ones(len(nodes), bool)))
         geo.record_q(diagnostics)
     return nodes[np.asarray(sel.order, dtype=np.int64)]
-
-
-def order_clients(name: str, stats: ClientStats, rng: np.random.Generator,
-                  params: DiffusionParams = DiffusionParams(), n: int | None = None,
-                  diagnostics: dict | None = None) -> np.ndarray:
-    """Eligible clients, best first: at least the first ``n`` (random and entropy always return
-    the whole order, which is cheap; diffusion returns exactly ``n`` picks). Strategies with a
-    client graph put its diagnostics into ``diagnostics``."""
-    return get(name).order(stats, rng, params, n, diagnostics)
-
-
-def plan_round(name: str, stats: ClientStats, rng: np.random.Generator, params: DiffusionParams,
-               per_client: int, clients: int, diagnostics: dict | None = None) -> list[tuple[int, int]]:
-    """Client batch with equal-budget top-up (docs/method.md, "Protocol"): ask the strategy for V clients and, only
-    if some of them hold fewer than W points, for more (doubling). The greedy's first n picks do
-    not depend on n, so asking again for more extends the same order."""
-    n_elig = int(stats.eligible.sum())
-    n = min(clients, n_elig)
-    while True:
-        order = order_clients(name, stats, rng, params, n=n, diagnostics=diagnostics)
-        plan = allocate_budget(order, stats.n_unlabeled, per_client, clients)
-        if sum(k for _, k in plan) >= per_client * clients or len(order) >= n_elig:
-            return plan
-        n = min(2 * n, n_elig)
-
-
-def allocate_budget(order, n_unlabeled, per_client: int, clients: int) -> list[tuple[int, int]]:
-    """Walk ``order`` and give each client min(W, |U_z|) until V·W labels are assigned (docs/method.md, "Protocol").
-
-    Returns (client index, number of points) pairs. If the eligible clients together hold less
-    than V·W unlabeled points, everything they hold is assigned (the data has run out).
-    """
-    remaining = per_client * clients
-    plan: list[tuple[int, int]] = []
-    for z in order:
-        if remaining <= 0:
-            break
-        take = int(min(per_client, n_unlabeled[z], remaining))
-        if take > 0:
-            plan.append((int(z), take))
-            remaining -= take
-    return plan
