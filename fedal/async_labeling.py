@@ -366,33 +366,33 @@ def site_for(run_token: str, worker) -> SimulatedSite:
     return site
 
 
-def grant_key(token: str, al_round: int, conf) -> str:
+def grant_key(req) -> str:
     """The key a message's grant is recorded under in the site's store: one grant per run token
     and AL round (client selection's), and one per ``grant-tag`` within a round (the standing
     share's top-ups, tagged by the server's model version, i.e. per FL round). A resent message
-    carries the same key and grants nothing twice."""
-    tag = str(conf.get("grant-tag", "") or "")
-    return f"{token}:{al_round}" + (f":{tag}" if tag else "")
+    carries the same key and grants nothing twice. ``req``: a ``fedal.protocol.LabelingRequest``."""
+    return f"{req.run}:{req.al_round}" + (f":{req.grant_tag}" if req.grant_tag else "")
 
 
-def handle(worker, conf, state_dict) -> dict:
-    """One ``query.labeling`` message: take the model (when sent), grant budget, refill the
-    query pool; simulated annotators first label up to the server's clock and their paid labels
-    move into the pools. On ``finish`` withdraw what is open and report the annotators."""
+def handle(worker, req, state_dict) -> dict:
+    """One ``query.labeling`` message (``req``, a ``fedal.protocol.LabelingRequest``): take the
+    model (when sent), grant budget, refill the query pool; simulated annotators first label up
+    to the server's clock and their paid labels move into the pools. On ``finish`` withdraw what
+    is open and report the annotators. Returns the site's counts."""
     if worker.cfg.annotators == "people":
-        return _handle_people(worker, conf, state_dict)
-    token = str(conf["run"])
+        return _handle_people(worker, req, state_dict)
+    token = req.run
     site = site_for(token, worker)
     if state_dict is not None:
-        site.set_model(state_dict, int(conf["model-version"]))
-    now, al_round = float(conf["now"]), int(conf["al-round"])
+        site.set_model(state_dict, req.model_version)
+    now, al_round = req.now, req.al_round
     site.advance(now)
-    granted = site.grant_at(grant_key(token, al_round, conf), int(conf.get("grant", 0)), now)
+    granted = site.grant_at(grant_key(req), req.grant, now)
     per_class = site.move_labels(al_round)
     out = {"partition-id": worker.data.partition_id, **site.metrics(), "granted-now": granted}
     if worker.cfg.report_label_histogram:  # an aggregate count per class (README: privacy)
         out["acquired-per-class"] = per_class.astype(int).tolist()
-    if bool(conf.get("finish", False)):
+    if req.finish:
         out["withdrawn-at-end"] = site.store.withdraw_open(reason="run-end")
         out.update(site.summary())
         out["withdrawn"] = site.store.progress().withdrawn
@@ -402,10 +402,10 @@ def handle(worker, conf, state_dict) -> dict:
     return out
 
 
-def _handle_people(worker, conf, state_dict) -> dict:
-    token, al_round = str(conf["run"]), int(conf["al-round"])
+def _handle_people(worker, req, state_dict) -> dict:
+    token, al_round = req.run, req.al_round
     site = PeopleSite(worker, token)
-    finish = bool(conf.get("finish", False))
+    finish = req.finish
     # the queries of this message carry its AL round (module docstring); a model comes with every
     # message but round 0's first and the last, and without one only round 0 refills (randomly)
     site.version = al_round
@@ -414,8 +414,8 @@ def _handle_people(worker, conf, state_dict) -> dict:
     granted = 0
     if not finish:
         mark_run(site.store, dataset=worker.cfg.dataset, finished=False)  # for the labeling page
-        granted = site.grant(grant_key(token, al_round, conf), int(conf.get("grant", 0)))
-        if state_dict is not None or int(conf.get("model-version", 0)) == 0:
+        granted = site.grant(grant_key(req), req.grant)
+        if state_dict is not None or req.model_version == 0:
             site.refill_if_low()  # after a grant, or when people emptied the pool
         if state_dict is not None:
             site.write_reserve()  # what the page may open until the next message (PeopleSite.write_reserve)
@@ -430,5 +430,5 @@ def _handle_people(worker, conf, state_dict) -> dict:
     out = {"partition-id": worker.data.partition_id, **site.metrics(pools), "granted-now": granted,
            "granted-run": site.store.granted_under(f"{token}:"), **out}
     if worker.cfg.report_label_histogram:  # an aggregate count per class (README: privacy)
-        out["acquired-per-class"] = site.new_per_class(pools, bool(conf.get("recount", False))).astype(int).tolist()
+        out["acquired-per-class"] = site.new_per_class(pools, req.recount).astype(int).tolist()
     return out

@@ -11,6 +11,7 @@ What leaves the worker is what may leave the client: model parameters, pseudo-pa
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -24,6 +25,8 @@ import torch
 from fedal import acquisition
 from fedal.config import Config
 from fedal.pools import Pools
+from fedal.protocol import (AcquireReply, AcquireRequest, InfoReply, InfoRequest, LabelingReply, LabelingRequest,
+                            ProbeReply, ProbeRequest, Reply, Request, TrainReply, TrainRequest)
 
 
 def configure_threads() -> None:
@@ -31,8 +34,9 @@ def configure_threads() -> None:
 
     Ray runs one client actor per CPU, and torch's default of all cores per actor oversubscribes
     a small machine badly; the same holds for BLAS/OpenMP pools (sklearn's k-means in BADGE/LoGo).
-    Called by the ClientApp when it is built, not on import, so importing fedal never changes a
-    process's thread settings behind its back."""
+    Called when a process first builds a site's worker (``site_worker``), not on import, so
+    importing fedal never changes a process's thread settings behind its back."""
+    global _THREADS_SET
     n = int(os.environ.get("FEDAL_TORCH_THREADS", "1"))
     torch.set_num_threads(n)
     try:
@@ -41,6 +45,27 @@ def configure_threads() -> None:
         threadpool_limits(n)
     except ImportError:  # threadpoolctl comes with scikit-learn; without it only torch is limited
         pass
+    _THREADS_SET = True
+
+
+_THREADS_SET = False
+
+
+def site_worker(run_config: dict, node_config: dict, memory_store=None) -> "ClientWorker":
+    """The worker of the client a SuperNode's node config describes (``load_node_data``) with its
+    pools: with a state dir (node config ``state-dir`` or ``FEDAL_STATE_DIR``) the SQLite store
+    there, which holds every paid label across restarts; without one ``memory_store()`` (the
+    ClientApp: the node's Flower context). The process's thread counts are set on the first call."""
+    if not _THREADS_SET:
+        configure_threads()
+    data = load_node_data(run_config, node_config)
+    store = node_pool_store(data, node_state_dir(node_config))
+    if store is None:
+        if memory_store is None:
+            raise NodeConfigError("node config has no state-dir (and FEDAL_STATE_DIR is not set): this worker keeps "
+                                  "a site's pools only in the state dir's store")
+        store = memory_store()
+    return ClientWorker(data, store)
 
 
 # ---------------------------------------------------------------------------------- pool stores
@@ -327,14 +352,24 @@ class ClientWorker:
         return derived_seed(self.cfg, self.data.partition_id, *parts)
 
     # ------------------------------------------------------------------ protocol steps
-    def info(self) -> dict:
-        pools = self.pools()
-        return {"partition-id": self.data.partition_id, "n-labeled": pools.n_labeled,
-                "n-unlabeled": pools.n_unlabeled, "num-classes": self.data.num_classes}
+    def handle(self, request: Request, arrays: dict | None) -> Reply:
+        """One protocol message (``fedal.protocol``), by the request's type: the ClientApp
+        handlers and the persistent node worker (``fedal.deploy.node_worker``) both come
+        through here. ``arrays``: the weights sent with it, as numpy arrays (None: no model sent)."""
+        try:
+            step = _STEPS[type(request)]
+        except KeyError:
+            raise ValueError(f"no step for {type(request).__name__}; valid: "
+                             f"{', '.join(t.__name__ for t in _STEPS)}") from None
+        return step(self, request, arrays)
 
-    def train(self, state: StateDict, al_round: int, fl_round: int, epochs: int) -> tuple[StateDict, dict]:
-        """Local training on L_z from the global weights ``state``; returns the new weights (on
-        the CPU) and the metrics of the reply."""
+    def info(self) -> InfoReply:
+        pools = self.pools()
+        return InfoReply(self.data.partition_id, pools.n_labeled, pools.n_unlabeled, self.data.num_classes)
+
+    def train(self, state: StateDict, al_round: int, fl_round: int, epochs: int) -> TrainReply:
+        """Local training on L_z from the global weights ``state``: the new weights (as CPU
+        arrays) and the reply's metrics."""
         from fedal.continual import training_mode
         from fedal.training import scheduled_lr
 
@@ -357,9 +392,8 @@ class ClientWorker:
                                lr=lr, seed=seed)
         # FedAvg weight: the client's labeled set in every mode, so that the modes differ only in
         # their local update
-        metrics = {"num-examples": upto.n_labeled, "train-loss": float(np.nan_to_num(loss)),
-                   "train-time": time.perf_counter() - t0}
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics
+        return TrainReply({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+                          upto.n_labeled, float(np.nan_to_num(loss)), time.perf_counter() - t0)
 
     def _train_continual(self, mode, pools: Pools, upto: Pools, model, al_round: int, fl_round: int,
                          epochs: int, seed: int, lr: float) -> float:
@@ -391,9 +425,9 @@ class ClientWorker:
         return float(losses[-1])
 
     def probe(self, state: StateDict, al_round: int, fl_round: int, *, pseudo_update: bool,
-              mix: bool, sketch_seed: int = 0, pending: int = 0) -> tuple[dict, np.ndarray | None]:
+              mix: bool, sketch_seed: int = 0, pending: int = 0) -> ProbeReply:
         """Statistics of U_z under the global model w(t): g, and when asked the pseudo-update m_t
-        (1, D) and the mean prediction over U_z. Returns (metrics, m_t or None).
+        (1, D) and the mean prediction over U_z.
 
         ``pending`` (asynchronous labeling): labels granted to this client and not paid yet. Its
         ``pending`` most uncertain points (by entropy) are left out of U_z, as if already labeled:
@@ -417,25 +451,24 @@ class ClientWorker:
             keep = np.sort(np.argsort(-ent, kind="stable")[min(int(pending), len(probs)):])
             x_u, probs, ent = x_u[keep], probs[keep], ent[keep]
         g = float(ent.mean()) if len(probs) else 0.0  # |U|=0 → g=0
-        metrics = {"partition-id": self.data.partition_id, "g": g, "n-unlabeled": pools.n_unlabeled,
-                   "n-labeled": pools.n_labeled}
+        mean = None
         if mix:
             # the mean softmax over U: C numbers, an aggregate of model outputs (balanced diffusion)
-            mean = probs.mean(0) if len(probs) else np.zeros(self.data.num_classes)
-            metrics["mix"] = [float(v) for v in mean]
+            mean = [float(v) for v in (probs.mean(0) if len(probs) else np.zeros(self.data.num_classes))]
+        reply = ProbeReply(self.data.partition_id, g, pools.n_unlabeled, pools.n_labeled, mean)
         if not pseudo_update:
-            return metrics, None
+            return reply
         m = take_pseudo_update(model, x_u, optimizer=cfg.pseudo_optimizer, epochs=cfg.pseudo_epochs,
                                lr=cfg.pseudo_lr if cfg.pseudo_optimizer == "gd" else cfg.learning_rate,
                                batch_size=cfg.batch_size, scope=cfg.pseudo_params, probs=probs,
                                seed=self._seed(al_round, 7, fl_round))[None, :]
         if cfg.sketch_dim > 0:
             m = sketch(m, cfg.sketch_dim, sketch_seed)
-        return metrics, m.astype(np.float32)
+        return dataclasses.replace(reply, pseudo={"m": m.astype(np.float32)})
 
-    def acquire(self, state: StateDict | None, n: int, al_round: int, point_strategy: str) -> dict:
+    def acquire(self, state: StateDict | None, n: int, al_round: int, point_strategy: str) -> AcquireReply:
         """Run the point strategy on this client, ask the oracle for the labels of its picks and
-        store them. ``state`` None: round 0, no model yet. Returns the reply's metrics."""
+        store them. ``state`` None: round 0, no model yet."""
         cfg = self.cfg
         pools = self.pools()
         t0 = time.perf_counter()
@@ -468,38 +501,11 @@ class ClientWorker:
             labels = self.oracle(chosen)
             pools.add(chosen, labels, al_round)
             self.store.save(pools)
-        metrics = {"partition-id": self.data.partition_id, "acquired": int(len(chosen)),
-                   "n-labeled": pools.n_labeled, "n-unlabeled": pools.n_unlabeled,
-                   "acquire-time": time.perf_counter() - t0}
-        if cfg.report_label_histogram:
-            # an aggregate count per class, never per-point labels (README: privacy)
-            metrics["acquired-per-class"] = np.bincount(labels, minlength=self.data.num_classes).astype(int).tolist()
-        return metrics
-
-    def handle(self, kind: str, conf, state: StateDict | None) -> tuple[dict, tuple[str, dict] | None]:
-        """One protocol message, decoded from its config: the reply's metrics and, when it sends
-        arrays, (record name, {key: tensor or array}). The ClientApp handlers and the persistent
-        node worker (``fedal.deploy.node_worker``) both come through here."""
-        if kind == "info":
-            return self.info(), None
-        if kind == "train":
-            new, metrics = self.train(state, int(conf["al-round"]), int(conf["server-round"]),
-                                      int(conf["local-epochs"]))
-            return metrics, ("arrays", new)
-        if kind == "probe":
-            metrics, m = self.probe(state, int(conf["al-round"]), int(conf.get("fl-round", 0)),
-                                    pseudo_update=bool(conf["need-embeddings"]),
-                                    mix=bool(conf.get("need-mix", False)),
-                                    sketch_seed=int(conf.get("sketch-seed", 0)),
-                                    pending=int(conf.get("pending", 0)))
-            return metrics, (None if m is None else ("pseudo", {"m": m}))
-        if kind == "acquire":
-            return self.acquire(state, int(conf["n"]), int(conf["al-round"]), str(conf["point-strategy"])), None
-        if kind == "labeling":  # labeling = "async": the site's query pool (fedal.async_labeling)
-            from fedal.async_labeling import handle as labeling
-
-            return labeling(self, conf, state), None
-        raise ValueError(f"unknown message kind {kind!r}; valid: info, train, probe, acquire, labeling")
+        # the class histogram: an aggregate count per class, never per-point labels (README: privacy)
+        per_class = (np.bincount(labels, minlength=self.data.num_classes).astype(int).tolist()
+                     if cfg.report_label_histogram else None)
+        return AcquireReply(self.data.partition_id, int(len(chosen)), pools.n_labeled, pools.n_unlabeled,
+                            time.perf_counter() - t0, per_class)
 
     def local_view(self, pools: Pools, model, *, needs_local: bool, al_round: int) -> acquisition.LocalView:
         """Everything a point strategy may look at, computed on the client (docs/method.md,
@@ -528,3 +534,27 @@ class ClientWorker:
             extra["local_probs"], extra["local_embeddings"] = predict(local, x)
         return acquisition.LocalView(probs=probs, embeddings=emb, labeled=mask, head_weight=w, head_bias=b,
                                      inputs=x, labels=labels, **extra)
+
+
+def _state_dict(arrays: dict | None) -> StateDict | None:
+    return None if arrays is None else {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+
+
+def _labeling(worker: ClientWorker, req: LabelingRequest, arrays) -> LabelingReply:
+    # labeling = "async": the site's query pool (fedal.async_labeling)
+    from fedal.async_labeling import handle
+
+    return LabelingReply(handle(worker, req, _state_dict(arrays)))
+
+
+# the dispatch table of ClientWorker.handle: one step per request type (fedal.protocol)
+_STEPS = {
+    InfoRequest: lambda w, req, arrays: w.info(),
+    TrainRequest: lambda w, req, arrays: w.train(_state_dict(arrays), req.al_round, req.server_round,
+                                                 req.local_epochs),
+    ProbeRequest: lambda w, req, arrays: w.probe(_state_dict(arrays), req.al_round, req.fl_round,
+                                                 pseudo_update=req.need_embeddings, mix=req.need_mix,
+                                                 sketch_seed=req.sketch_seed, pending=req.pending),
+    AcquireRequest: lambda w, req, arrays: w.acquire(_state_dict(arrays), req.n, req.al_round, req.point_strategy),
+    LabelingRequest: _labeling,
+}

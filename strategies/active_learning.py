@@ -21,6 +21,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from fedal import checkpoint, selection
 from fedal.checkpoint import CheckpointError
 from fedal.config import Config
+from fedal.protocol import AcquireRequest, ProbeReply, ProbeRequest, TrainRequest
 from fedal.results import CHECKPOINT_FILE
 from fedal.selection import ClientStats, allocate_budget, order_clients, plan_round
 from fedal.training import evaluate
@@ -98,18 +99,15 @@ class FederatedActiveLearning(Federation):
                 before_round(fl_round, arrays)
                 labeled = [cid for cid, c in state.clients.items() if c.n_labeled > 0]
             if labeled or before_round is None:  # async: nothing labeled yet, nothing to train on
-                got = self._send(state, "train", labeled, {"al-round": al_round, "server-round": fl_round,
-                                                           "local-epochs": sched.local_epochs},
-                                 arrays, fl_round=fl_round)
+                got = self.send(state, TrainRequest(al_round, fl_round, sched.local_epochs), labeled,
+                                arrays, fl_round=fl_round)
                 arrays = aggregate_arrayrecords(self._ordered(got), "num-examples")
             if fl_round in probed:
                 t = time.perf_counter()
                 live = [cid for cid, c in state.clients.items() if c.n_unlabeled > 0]
-                conf = {"al-round": probe_round, "fl-round": fl_round, "need-embeddings": need,
-                        "need-mix": self.strategy.needs_predicted_mix, "sketch-seed": sketch_seed}
-                jobs = [(cid, {**conf, "pending": self.pending_labels[cid]} if self.pending_labels.get(cid)
-                         else conf) for cid in live]
-                replies.append(self._exchange(state, "query.probe", jobs, arrays, fl_round=fl_round))
+                jobs = [(cid, ProbeRequest(probe_round, fl_round, need, self.strategy.needs_predicted_mix,
+                                           sketch_seed, self.pending_labels.get(cid, 0))) for cid in live]
+                replies.append(self.exchange(state, jobs, arrays, fl_round=fl_round))
                 probe_time += time.perf_counter() - t
         return arrays, replies, probe_time
 
@@ -138,28 +136,28 @@ class FederatedActiveLearning(Federation):
                         for p in pids])
         if not probes:  # random selection needs only |U|, tracked from acquire replies
             return ClientStats(entropy=np.zeros(len(pids)), n_unlabeled=n_u)
-        rounds = [{cid: r.content for cid, r in got.items()} for got in probes]
+        rounds = [{cid: ProbeReply.from_record(r.content) for cid, r in got.items()} for got in probes]
         answered = set.intersection(*(set(by_id) for by_id in rounds))
         if not answered:
             raise ClientFailure(f"no client answered every probe of the {len(rounds)} recorded FL rounds")
         n_u = np.where([p in answered for p in pids], n_u, 0)
         last = {p: c for p, c in rounds[-1].items() if p in answered}
-        g = np.array([float(last[p]["metrics"]["g"]) if p in last else 0.0 for p in pids])
+        g = np.array([float(last[p].g) if p in last else 0.0 for p in pids])
         prev = np.array([state.prev_entropy.get(p, np.nan) for p in pids])
-        state.prev_entropy.update({p: float(last[p]["metrics"]["g"]) for p in last})
+        state.prev_entropy.update({p: float(last[p].g) for p in last})
         emb = mix = None
         if self.strategy.needs_pseudo_updates:
-            dim = next(iter(last.values()))["pseudo"]["m"].numpy().shape[-1]
+            dim = next(iter(last.values())).m.shape[-1]
             emb = np.zeros((len(pids), len(rounds), dim))  # rows of unprobed (|U| = 0) clients stay 0
             for t, by_id in enumerate(rounds):
                 for z, p in enumerate(pids):
                     if p in answered:
-                        emb[z, t] = by_id[p]["pseudo"]["m"].numpy().reshape(-1)
+                        emb[z, t] = by_id[p].m.reshape(-1)
         if self.strategy.needs_predicted_mix:
             mix = np.zeros((len(pids), self.num_classes))
             for z, p in enumerate(pids):
                 if p in last:
-                    mix[z] = np.asarray(last[p]["metrics"]["mix"], dtype=np.float64)
+                    mix[z] = np.asarray(last[p].mix, dtype=np.float64)
         return ClientStats(entropy=g, n_unlabeled=n_u, embeddings=emb,
                            prev_entropy=None if np.all(np.isnan(prev)) else prev,
                            predicted_mix=mix, labeled_per_class=state.labeled_per_class)
@@ -203,8 +201,8 @@ class FederatedActiveLearning(Federation):
         done: list[str] = []
         todo = list(plan)
         while todo:
-            jobs = [(cid, {"n": n, "al-round": al_round, "point-strategy": strategy}) for cid, n in todo]
-            got = self._exchange(state, "query.acquire", jobs, arrays, require_any=False)
+            jobs = [(cid, AcquireRequest(n, al_round, strategy)) for cid, n in todo]
+            got = self.exchange(state, jobs, arrays, require_any=False)
             per_class += self.take_counts(state, got, "n-unlabeled")
             done += [cid for cid, _ in todo if cid in got]
             missing = sum(n for cid, n in todo if cid not in got)

@@ -63,6 +63,7 @@ import numpy as np
 
 from fedal import checkpoint
 from fedal.checkpoint import CheckpointError
+from fedal.protocol import LabelingRequest
 from fedal.async_labeling import STRATEGY_TAGS
 from fedal.results import CHECKPOINT_FILE
 from fedal.selection import allocate_budget, plan_round
@@ -135,12 +136,10 @@ def run_async(loop, recorder=None) -> list[dict]:
         nonlocal labeled_per_class
         tick(0.0)
         recount = {cid for cid in state.clients if ck is not None and cid not in checked}
-        jobs = [(cid, {"run": token, "now": clock["now"], "al-round": al_round, "model-version": clock["version"],
-                       "grant": int(grants.get(cid, 0)), "finish": finish,
-                       **({"grant-tag": tag} if tag and grants.get(cid) else {}),
-                       **({"recount": True} if cid in recount else {})})
+        jobs = [(cid, LabelingRequest(token, clock["now"], al_round, clock["version"], int(grants.get(cid, 0)), finish,
+                                      tag if tag and grants.get(cid) else "", cid in recount))
                 for cid, c in state.clients.items() if c.node_id is not None]
-        got = loop._exchange(state, "query.labeling", jobs, arrays, require_any=False)
+        got = loop.exchange(state, jobs, arrays, require_any=False)
         if recount & set(got):
             _check_stores(cfg, ck_path, token, ex.get("last", {}),
                           {c: got[c].content["metrics"] for c in got if c in recount})

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
 from fedal.config import Config
+from fedal.protocol import InfoReply, InfoRequest, Request, reply_client_id
 from fedal.site_errors import clean as clean_reason, parse as parse_reason
 
 
@@ -32,25 +33,11 @@ class FederationError(RuntimeError):
     """The federation cannot run the protocol: too few clients, or two nodes claim one client id."""
 
 
-CLIENT_KEY = "client"  # the ConfigRecord naming the client in every reply (fedal.client_app)
-
-
 def natural_key(client_id: str) -> tuple:
     """Sort key of client ids: digit runs compare as numbers ("site2" < "site10"), so all-digit
     ids (a simulation's partition ids) sort as integers."""
     parts = re.split(r"(\d+)", client_id)
     return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), client_id
-
-
-def reply_client_id(reply: Message) -> str | None:
-    """The client id a reply names (its "client" record), or None for a reply without one."""
-    content = reply.content
-    if CLIENT_KEY in content.config_records:
-        return str(content.config_records[CLIENT_KEY]["client-id"])
-    metrics = content.metric_records.get("metrics")
-    if metrics is not None and "partition-id" in metrics:  # a client from before the "client" record
-        return str(int(metrics["partition-id"]))
-    return None
 
 
 @dataclass
@@ -93,21 +80,15 @@ class Federation:
         self.final_errors: dict[int, tuple[str | None, str]] = {}
 
     # ------------------------------------------------------------------ messaging
-    @staticmethod
-    def _message(kind: str, node_id: int, config: dict, arrays: ArrayRecord | None = None) -> Message:
-        content = RecordDict({"config": ConfigRecord(dict(config))})
-        if arrays is not None:
-            content["arrays"] = arrays
-        return Message(content=content, dst_node_id=node_id, message_type=kind)
+    def send(self, state: ALState, request: Request, targets: Iterable[str],
+             arrays: ArrayRecord | None = None, **where) -> dict[str, Message]:
+        """``request`` to every client of ``targets`` (``exchange``)."""
+        return self.exchange(state, [(c, request) for c in targets], arrays, **where)
 
-    def _send(self, state: ALState, kind: str, targets: Iterable[str], config: dict,
-              arrays: ArrayRecord | None = None, **where) -> dict[str, Message]:
-        return self._exchange(state, kind, [(c, config) for c in targets], arrays, **where)
-
-    def _exchange(self, state: ALState, kind: str, jobs: list[tuple[str, dict]],
-                  arrays: ArrayRecord | None = None, *, fl_round: int | None = None,
-                  require_any: bool = True) -> dict[str, Message]:
-        """One message per (client id, config) in a single send_and_receive, so clients work in
+    def exchange(self, state: ALState, jobs: list[tuple[str, Request]],
+                 arrays: ArrayRecord | None = None, *, fl_round: int | None = None,
+                 require_any: bool = True) -> dict[str, Message]:
+        """One message per (client id, request) in a single send_and_receive, so clients work in
         parallel; returns the replies by client id.
 
         A client that replies with an error, does not reply within ``send-timeout`` or is not
@@ -116,6 +97,7 @@ class Federation:
         the failure is recorded for the round's row. ``require_any``: a step that every client
         failed stops the run. ``on-client-failure = "stop"``: the first failure stops it."""
         cfg = self.cfg
+        kind = jobs[0][1].KIND if jobs else ""
         pending = dict(jobs)
         got: dict[str, Message] = {}
         reasons: dict[str, str] = {}
@@ -127,13 +109,13 @@ class Federation:
                 self.refresh(state)
             sent: dict[int, str] = {}
             msgs = []
-            for cid, config in pending.items():
+            for cid, request in pending.items():
                 node = state.clients[cid].node_id
                 if node is None:
                     reasons[cid] = "not connected"
                     continue
                 sent[node] = cid
-                msgs.append(self._message(kind, node, config, arrays))
+                msgs.append(request.message(node, arrays))
             replies = list(self.grid.send_and_receive(msgs, timeout=self.timeout)) if msgs else []
             answered = set()
             for r in replies:
@@ -197,7 +179,7 @@ class Federation:
         unknown = sorted(live - known - (set(self.final_errors) if initial else set()))
         if not unknown:
             return
-        msgs = [self._message("query.info", n, {}) for n in unknown]
+        msgs = [InfoRequest().message(n) for n in unknown]
         claims: dict[str, list[tuple[int, Message]]] = {}
         for r in self.grid.send_and_receive(msgs, timeout=self.timeout):
             if r.has_error():
@@ -230,8 +212,8 @@ class Federation:
                     f"client id {cid!r} is claimed by {len(nodes)} live nodes ({', '.join(map(str, nodes))}); "
                     "every SuperNode needs its own client-id (node config), or its own data")
             node, r = claims[cid][0]
-            m = r.content["metrics"]
-            n_l, n_u = int(m["n-labeled"]), int(m["n-unlabeled"])
+            info = InfoReply.from_record(r.content)
+            n_l, n_u = int(info.n_labeled), int(info.n_unlabeled)
             if old is None:
                 state.add(ClientInfo(node, cid, n_l, n_u))
                 if not initial:
@@ -248,7 +230,7 @@ class Federation:
     def _answers_as(self, node: int, cid: str) -> bool:
         """Whether ``node`` still answers as client ``cid`` (a node id the SuperLink still lists
         may belong to a SuperNode that died and restarted under a new one)."""
-        replies = list(self.grid.send_and_receive([self._message("query.info", node, {})],
+        replies = list(self.grid.send_and_receive([InfoRequest().message(node)],
                                                   timeout=min(self.timeout, 60.0)))
         return any(not r.has_error() and reply_client_id(r) == cid for r in replies)
 

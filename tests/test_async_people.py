@@ -253,8 +253,8 @@ def test_the_persistent_node_worker_serves_labeling_from_the_durable_store(tmp_p
                 "finish": finish, **({"grant-tag": tag} if tag else {})}
         r = node_worker.handle({"kind": "labeling", "run_config": rc, "node_config": nc, "config": conf,
                                 "arrays": arrays})
-        assert r["ok"] and r["out"] is None and r["client-id"] == "clinic-1"
-        return r["metrics"]
+        assert r["ok"] and r["client-id"] == "clinic-1"
+        return r["reply"].metrics()
 
     m = send(0, 5)
     assert (m["granted-now"], m["granted"], m["open"], m["paid"]) == (5, 5, 4, 0)

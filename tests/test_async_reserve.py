@@ -45,7 +45,7 @@ def site(tmp_path):
                                     "arrays": arrays})
             assert r["ok"], r
             fc._OPEN_STORES.clear()  # as a fresh process would
-            return r["metrics"]
+            return r["reply"].metrics()
 
         def arrays(self, seed=None):
             """A model's arrays; ``seed``: its weights moved at random (a later global model)."""

@@ -89,11 +89,11 @@ def test_inputs_of_the_wrong_shape_or_classes_are_refused_with_the_file_and_the_
 def test_a_site_without_labels_trains_but_cannot_acquire(tmp_path):
     site_npz(tmp_path / "site" / "data.npz", labels=False)
     w = worker(context(node(tmp_path)), RC)
-    assert w.info()["n-unlabeled"] == 60 and w.data.client_id == "clinic-3"
+    assert w.info().n_unlabeled == 60 and w.data.client_id == "clinic-3"
     with pytest.raises(LabelsUnavailableError, match=r"client 'clinic-3' was asked for 5 labels, but its data "
                                                      r".*data.npz has no labels"):
         w.acquire(None, 5, 0, "random")
-    assert w.info()["n-labeled"] == 0
+    assert w.info().n_labeled == 0
 
 
 # ---------------------------------------------------------------------------------- durable pools
@@ -105,17 +105,17 @@ def test_pools_live_in_the_state_dirs_store_and_a_repeated_round_is_not_paid_aga
     w = worker(context(node(tmp_path)), RC)
     first = w.acquire(None, 5, 0, "random")
     db = tmp_path / "state" / "pools" / w.cfg.experiment / "clinic-3.sqlite"
-    assert db.exists() and first["acquired"] == 5 and len(asked) == 1
+    assert db.exists() and first.acquired == 5 and len(asked) == 1
     # a restarted client (new process: new store object, empty context) asked for the same round
     fc._OPEN_STORES.clear()
     w2 = worker(context(node(tmp_path)), RC)
     again = w2.acquire(None, 5, 0, "random")
     assert len(asked) == 1  # the oracle was not asked again
-    assert again["acquired"] == 5 and again["n-labeled"] == 5 and again["acquired-per-class"] == first["acquired-per-class"]
+    assert again.acquired == 5 and again.n_labeled == 5 and again.acquired_per_class == first.acquired_per_class
     w2.acquire(None, 5, 1, "random")
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT count(*), count(DISTINCT idx) FROM labels").fetchone() == (10, 10)
-    assert w2.info()["n-labeled"] == 10
+    assert w2.info().n_labeled == 10
 
 
 def test_logits_of_the_continual_modes_are_kept_in_the_store(tmp_path):

@@ -60,11 +60,11 @@ def test_probe_entropy_is_the_mean_over_the_unlabeled_pool_only():
     pools = Pools(size=len(data.x))
     pools.add(labeled, data.y[labeled], 0)
     store.save(pools)
-    metrics, m = worker.probe(model.state_dict(), 1, 1, pseudo_update=False, mix=False)
+    reply = worker.probe(model.state_dict(), 1, 1, pseudo_update=False, mix=False)
     unlabeled = np.setdiff1d(np.arange(len(k)), labeled)
-    assert m is None
-    assert metrics["g"] == pytest.approx(float(k[unlabeled].mean()), rel=1e-6)
-    assert abs(metrics["g"] - float(k.mean())) > 1e-3
+    assert reply.pseudo is None
+    assert reply.g == pytest.approx(float(k[unlabeled].mean()), rel=1e-6)
+    assert abs(reply.g - float(k.mean())) > 1e-3
 
 
 def test_probe_leaves_a_clients_pending_labels_out_as_if_paid():
@@ -80,14 +80,14 @@ def test_probe_leaves_a_clients_pending_labels_out_as_if_paid():
     k = entropy(predict(model, data.x)[0])
     n = len(k) // 3
     rest = np.sort(np.argsort(-k, kind="stable")[n:])
-    metrics, m = worker.probe(model.state_dict(), 1, 1, pseudo_update=True, mix=True, pending=n)
-    assert metrics["g"] == pytest.approx(float(k[rest].mean()), rel=1e-6)
-    assert metrics["g"] < float(k.mean()) - 1e-3
+    reply = worker.probe(model.state_dict(), 1, 1, pseudo_update=True, mix=True, pending=n)
+    assert reply.g == pytest.approx(float(k[rest].mean()), rel=1e-6)
+    assert reply.g < float(k.mean()) - 1e-3
     probs = predict(model, data.x[rest])[0]
-    assert np.allclose(metrics["mix"], probs.mean(0), atol=1e-6)  # the mix over the same points
-    assert metrics["n-unlabeled"] == len(k)  # |U| is still what the pools hold
-    none, _ = worker.probe(model.state_dict(), 1, 1, pseudo_update=False, mix=False)
-    assert none["g"] == pytest.approx(float(k.mean()), rel=1e-6)  # no pending: all of U
+    assert np.allclose(reply.mix, probs.mean(0), atol=1e-6)  # the mix over the same points
+    assert reply.n_unlabeled == len(k)  # |U| is still what the pools hold
+    none = worker.probe(model.state_dict(), 1, 1, pseudo_update=False, mix=False)
+    assert none.g == pytest.approx(float(k.mean()), rel=1e-6)  # no pending: all of U
 
 
 # ------------------------------------------------------------------ a retried acquisition
@@ -100,9 +100,9 @@ def test_a_retried_acquire_of_a_paid_round_returns_the_same_points_unpaid_in_mem
     worker = ClientWorker(data, MemoryPoolStore())
     first = worker.acquire(None, 7, 0, "random")
     again = worker.acquire(None, 7, 0, "random")
-    assert first["n-labeled"] == again["n-labeled"] == 7 and again["acquired"] == 7
-    assert again["acquired-per-class"] == first["acquired-per-class"]
-    assert worker.acquire(None, 5, 1, "random")["n-labeled"] == 12  # the next round is paid
+    assert first.n_labeled == again.n_labeled == 7 and again.acquired == 7
+    assert again.acquired_per_class == first.acquired_per_class
+    assert worker.acquire(None, 5, 1, "random").n_labeled == 12  # the next round is paid
 
 
 # ------------------------------------------------------------------ sketches

@@ -59,7 +59,7 @@ from fedal.deploy import node_worker
 assert node_worker.code_root() == __import__("pathlib").Path(bundle), node_worker.code_root()
 try:
     r = node_worker.call(state, {"kind": "info", "run_config": rc, "node_config": nc, "config": {}, "arrays": None})
-    print(json.dumps({"ok": True, "client-id": r["client-id"], "n-unlabeled": r["metrics"]["n-unlabeled"]}))
+    print(json.dumps({"ok": True, "client-id": r["client-id"], "n-unlabeled": r["reply"].n_unlabeled}))
 except node_worker.WorkerError as e:
     print(json.dumps({"ok": False, "error": str(e), "final": e.final}))
 finally:

@@ -107,24 +107,41 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 # ---------------------------------------------------------------------------------- the worker
 def handle(req: dict) -> dict:
-    """One message's work, as the ClientApp's local handlers do it."""
-    import numpy as np
-    import torch
+    """One message's work, as the ClientApp's local handlers do it: ``req`` holds the request's
+    kind (its handler name, ``fedal.protocol.REQUESTS``) and settings, the weights sent with it
+    (numpy arrays or None) and the node's configs; the reply is the typed ``fedal.protocol``
+    reply, which the ClientApp encodes."""
+    from fedal.client import site_worker
+    from fedal.protocol import REQUESTS
 
-    from fedal.client import load_node_data, node_pool_store, node_state_dir, ClientWorker
+    w = site_worker(req["run_config"], dict(req["node_config"]))
+    reply = w.handle(REQUESTS[req["kind"]].from_config(req["config"]), req["arrays"])
+    return {"ok": True, "reply": reply, "client-id": w.data.client_id}
 
-    nc = dict(req["node_config"])
-    data = load_node_data(req["run_config"], nc)
-    store = node_pool_store(data, node_state_dir(nc))
-    w = ClientWorker(data, store)
-    kind, conf = req["kind"], req["config"]
-    state = ({k: torch.from_numpy(np.array(v)) for k, v in req["arrays"].items()}
-             if req["arrays"] is not None else None)
-    metrics, out = w.handle(kind, conf, state)
-    if out is not None:  # tensors go back as arrays over the socket
-        name, d = out
-        out = (name, {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in d.items()})
-    return {"ok": True, "metrics": metrics, "out": out, "client-id": data.client_id}
+
+def enabled(node_config: dict) -> bool:
+    """Node config ``persistent-worker = true``: the node's messages go to its persistent worker."""
+    v = node_config.get("persistent-worker", False)
+    return v is True or str(v).lower() in ("true", "1", "yes")
+
+
+def serve_remote(node_config: dict, run_config: dict, request, arrays):
+    """A ClientApp's message done by the node's persistent worker: (the typed reply, the
+    client id). Errors come back as a ``fedal.site_errors.SiteError``."""
+    from fedal.site_errors import SiteError, node_client_id
+
+    nc = dict(node_config)
+    if not str(nc.get("state-dir", "")).strip():
+        raise SiteError(node_client_id(nc), "node config has persistent-worker = true but no state-dir: the persistent "
+                        "worker keeps the pools in the state dir's store; add state-dir=\"<local folder>\" to "
+                        "--node-config", True)
+    try:
+        r = call(Path(str(nc["state-dir"])).expanduser(), {"kind": request.NAME, "run_config": run_config,
+                                                           "node_config": nc, "config": request.to_config(),
+                                                           "arrays": arrays})
+    except WorkerError as e:
+        raise SiteError(node_client_id(nc), str(e), e.final) from e
+    return r["reply"], r["client-id"]
 
 
 def serve(sock_path: Path, parent_pid: int | None, idle_timeout: float) -> None:
