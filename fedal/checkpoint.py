@@ -10,7 +10,7 @@ run makes), the rows so far, and the experiment's identity (config hash, seed) s
 with another configuration is refused. A SHA-256 over all of it detects a damaged file.
 
 ``extra``: an optional JSON dict of loop-specific state, in the meta (so the digest covers it),
-written only when given: the asynchronous loop's (strategies/async_loop.py: run token, run clock,
+written only when given: the asynchronous loop's (strategies/async_policy.py: run token, run clock,
 standing share, last replies). A checkpoint without it (the synchronous loop's, or one written
 before it existed) loads with ``extra = None``, byte for byte what it was.
 """

@@ -124,7 +124,7 @@ DEFAULTS: dict[str, Any] = {
     # granted keeps a standing share: whenever it is owed fewer labels than it labels between two
     # messages (twice over, at least query-pool-refill), the server tops it up from the run's
     # remaining budget, so its annotators do not wait for selection to pick it again;
-    # strategies/async_loop.py)
+    # strategies/async_policy.py)
     "async-budget": "selection",
 }
 

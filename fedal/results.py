@@ -20,12 +20,16 @@ Q_FILE = "q.npz"  # optional: the client graph's distances per AL round (diffusi
 LOG_FILE = "log.txt"  # the run's console output, when a suite runs it in a subprocess
 CHECKPOINT_FILE = "checkpoint.npz"  # the server's state after the last completed AL round (fedal.checkpoint)
 
-# Keys of a rounds.jsonl row, as the AL loop writes them (strategies/active_learning.py), and the
-# optional ones: "graph" (client-graph scalars, diffusion selection only) and "failures" (only in a
-# round where a client failed a step: [{"client", "step", "al_round", "fl_round", "reason"}]).
-ROUND_KEYS = ("round", "labels", "accuracy", "loss", "chosen_clients", "acquired", "acquired_per_class",
-              "labeled_per_class", "clients_with_labels", "time_s")
-ROUND_OPTIONAL_KEYS = ("graph", "failures")
+# Keys of a rounds.jsonl row, as the AL loop writes them (strategies/active_learning.py): those of
+# every row, then its labeling policy's (strategies/labeling.py, strategies/async_policy.py), and
+# the optional ones: "graph" (client-graph scalars, diffusion selection only), "failures" (only in a
+# round where a client failed a step: [{"client", "step", "al_round", "fl_round", "reason"}]) and
+# "standing_granted" (async-budget = standing).
+ROUND_KEYS = ("round", "labels", "accuracy", "loss", "chosen_clients", "acquired", "labeled_per_class",
+              "clients_with_labels", "time_s")
+POLICY_ROUND_KEYS = {"sync": ("acquired_per_class",),
+                     "async": ("sim_time_s", "sim_round_start_s", "paid", "granted", "open_queries", "tail")}
+ROUND_OPTIONAL_KEYS = ("graph", "failures", "standing_granted")
 # What a report cannot do without; the rest is read when present (older rows lack some).
 ROUND_REQUIRED = ("round", "labels", "accuracy")
 

@@ -696,7 +696,7 @@ class PoolStore:
     def granted_under(self, prefix: str) -> int:
         """The labels granted under keys starting with ``prefix`` (``grant``): with a run token
         as the prefix, what that run granted this site (a resumed asynchronous run checks it
-        against its checkpoint, strategies/async_loop.py)."""
+        against its checkpoint, strategies/async_policy.py)."""
         note = f"grant:{prefix}"
         rows = self._read("SELECT value FROM meta WHERE substr(key, 1, ?) = ?", (len(note), note))
         return sum(int(v) for (v,) in rows)

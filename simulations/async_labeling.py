@@ -11,7 +11,7 @@ Per seed, runs with the same client strategy (diffusion) and the same budgets:
   advance the clock by ``sim-fl-round-s`` per FL round and ``sim-select-s`` per AL round while the
   annotators idle; then each chosen site's simulated annotators (same latency model, same number
   per site) label its batch, and the next AL round starts when the last site is done.
-- ``async``: labeling = async (strategies/async_loop.py) with one query measure, entropy, the
+- ``async``: labeling = async (strategies/async_policy.py) with one query measure, entropy, the
   sync arm's point strategy: the comparison changes only when labels arrive.
 - ``async-mix``: as ``async`` with AAL's three workers per site (entropy, least confidence,
   margin: the default of ``async-workers``).
@@ -77,7 +77,7 @@ def replay_sync(rows: list[dict], cfg, num_clients: int) -> dict:
     chosen and how many labels each got come from the run's rows (round 0: the loop's own draw)."""
     from fedal.annotate.annotators import Latency, SimulatedAnnotators, SimulatedClock
     from fedal.store import PoolStore
-    from strategies.async_loop import summarize
+    from strategies.async_sites import summarize
 
     latency = Latency.parse(cfg.annotator_latency)
     tmp = Path(tempfile.mkdtemp(prefix="fedal-sync-replay-"))
@@ -198,7 +198,7 @@ def run_one(mode: str, seed: int, num_clients: int, extra: dict, out: Path, log)
     t0 = time.perf_counter()
     if mode != "sync":
         rows, grid = run_inprocess(rc, num_clients, log=log)
-        result = {"rows": rows, "summary": grid.loop.async_summary,
+        result = {"rows": rows, "summary": grid.loop.summary,
                   "row_times": [r["sim_time_s"] for r in rows],
                   "label_curve": [(r["sim_time_s"], r["labels"]) for r in rows]}
     else:

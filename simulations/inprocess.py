@@ -82,7 +82,7 @@ def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda 
         grid = (grid_class or InProcessGrid)(build_client_app(run_config), num_clients, on_reply=on_reply,
                                              wire_seed=wire_seed)
     loop = FederatedActiveLearning.for_run(cfg, grid, log=log)
-    grid.loop = loop  # callers read what the loop kept after the run (e.g. async_summary)
+    grid.loop = loop  # callers read what the loop kept after the run (e.g. its summary)
     recorder = None
     if record:
         from fedal.results import RunRecorder

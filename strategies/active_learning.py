@@ -1,16 +1,22 @@
 """The federated active-learning loop of docs/method.md, "Protocol", driven by the ServerApp.
 
-One AL round: train (FedAvg over labeled clients) → evaluate (central test set) → probe (client
-statistics) → choose (client strategy, pure) → acquire (chosen clients pick and label points) →
-record. The Flower simulation engine is started once per run; all AL rounds happen inside one
-ServerApp ``main`` (restarting the engine per round is a known anti-pattern).
+One loop owns the AL round, as Flower's ``Strategy.start`` owns an FL round: train (FedAvg over
+labeled clients) → evaluate (central test set) → probe (client statistics) → choose (client
+strategy, pure) → acquire → record (one row) → checkpoint. How the chosen clients' labels come
+in is the run's *labeling policy* (``strategies.labeling``): synchronous acquisition with top-up,
+or asynchronous labeling with its clock and grants (``strategies.async_policy``); the loop calls
+its hooks and nothing else differs between the two. Round 0, resume, rows, stop-after-round and
+the finish exist here once.
+
+The Flower simulation engine is started once per run; all AL rounds happen inside one ServerApp
+``main`` (restarting the engine per round is a known anti-pattern).
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -21,30 +27,43 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from fedal import checkpoint, selection
 from fedal.checkpoint import CheckpointError
 from fedal.config import Config
-from fedal.protocol import AcquireRequest, ProbeReply, ProbeRequest, TrainRequest
+from fedal.protocol import ProbeReply, ProbeRequest, TrainRequest
 from fedal.results import CHECKPOINT_FILE
 from fedal.selection import ClientStats, allocate_budget, order_clients, plan_round
 from fedal.training import evaluate
 from strategies.federation import ALState, ClientFailure, ClientInfo, Federation, natural_key
+from strategies.async_policy import AsyncLabeling
+from strategies.labeling import LabelingPolicy, SyncAcquisition
+
+# the labeling policies, by run-config ``labeling`` (fedal.config.LABELING): docs/method.md,
+# "Protocol" and "Asynchronous labeling"
+POLICIES: dict[str, type[LabelingPolicy]] = {"sync": SyncAcquisition, "async": AsyncLabeling}
+TIMES = ("train", "evaluate", "probe", "select", "acquire")  # a row's time_s, seconds per step
 
 
 class FederatedActiveLearning(Federation):
+    """The server's side of a run: ``run()`` is the loop; ``policy`` (a ``LabelingPolicy``, by
+    default the one ``labeling`` names) is how labels come in. After a run ``summary`` holds what
+    summary.json records."""
+
     def __init__(self, cfg: Config, grid: Grid, model_fn: Callable[[], torch.nn.Module],
                  test_set: tuple[np.ndarray, np.ndarray], num_classes: int,
-                 log: Callable[[str], None] = print, timeout: float | None = None):
+                 log: Callable[[str], None] = print, timeout: float | None = None,
+                 policy: LabelingPolicy | None = None):
+        from fedal.continual import training_mode
+
         super().__init__(cfg, grid, log, timeout)
         self.model_fn = model_fn
         self.x_test, self.y_test = test_set
         self.num_classes = num_classes
         self.rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
-        # async labeling: labels granted to a client and not paid yet, by client id; its probe
-        # leaves that many of its most uncertain points out (fedal.client.ClientWorker.probe)
-        self.pending_labels: dict[str, int] = {}
-        from fedal.continual import training_mode
-
         self.strategy = selection.get(cfg.client_strategy)
+        self.params = self.strategy.params(cfg)  # the client strategy's own parameters
         self.mode = training_mode(cfg.training_mode)
-        self.diffusion = self.strategy.params(cfg)
+        self.policy = policy if policy is not None else POLICIES[cfg.labeling](cfg)
+        # labels paid so far, per class (the labeled set's histogram; balanced diffusion reads it)
+        self.labeled_per_class = np.zeros(num_classes, dtype=np.int64)
+        self.summary: dict | None = None
 
     @classmethod
     def for_run(cls, cfg: Config, grid: Grid, log: Callable[[str], None] = print) -> "FederatedActiveLearning":
@@ -65,8 +84,7 @@ class FederatedActiveLearning(Federation):
 
     # ------------------------------------------------------------------ protocol steps
     def train(self, state: ALState, start: ArrayRecord, al_round: int,
-              probe_round: int | None = None, before_round: Callable | None = None,
-              ) -> tuple[ArrayRecord, list[dict[str, Message]], float]:
+              probe_round: int | None = None) -> tuple[ArrayRecord, list[dict[str, Message]], float]:
         """FedAvg weighted by |L_z| over clients with labels (Eq. 2-3), over the replies that
         came (a client that failed an FL round is left out of that round's average).
 
@@ -77,8 +95,9 @@ class FederatedActiveLearning(Federation):
         Returns the final weights, the probe replies (by client id) per recorded round and the
         probe seconds.
 
-        ``before_round(fl_round, arrays)`` (asynchronous labeling): called before each FL round;
-        the clients with labels are counted after it (labels arrive while the server trains)."""
+        The policy's ``before_fl_round`` runs before each FL round (asynchronous labeling: labels
+        arrive while the server trains), so the clients with labels are counted after it; a round
+        without any trains nothing."""
         from fedal.continual import Schedule, resolve_schedule
         from fedal.training import recorded_rounds
 
@@ -92,13 +111,11 @@ class FederatedActiveLearning(Federation):
             # one projection per AL round, the same on every client and recorded round
             sketch_seed = int(self.rng.integers(2**31))
         arrays = start
-        labeled = [cid for cid, c in state.clients.items() if c.n_labeled > 0]
         replies, probe_time = [], 0.0
         for fl_round in range(1, sched.fl_rounds + 1):
-            if before_round is not None:
-                before_round(fl_round, arrays)
-                labeled = [cid for cid, c in state.clients.items() if c.n_labeled > 0]
-            if labeled or before_round is None:  # async: nothing labeled yet, nothing to train on
+            self.policy.before_fl_round(self, state, al_round, arrays)
+            labeled = [cid for cid, c in state.clients.items() if c.n_labeled > 0]
+            if labeled:
                 got = self.send(state, TrainRequest(al_round, fl_round, sched.local_epochs), labeled,
                                 arrays, fl_round=fl_round)
                 arrays = aggregate_arrayrecords(self._ordered(got), "num-examples")
@@ -106,7 +123,7 @@ class FederatedActiveLearning(Federation):
                 t = time.perf_counter()
                 live = [cid for cid, c in state.clients.items() if c.n_unlabeled > 0]
                 jobs = [(cid, ProbeRequest(probe_round, fl_round, need, self.strategy.needs_predicted_mix,
-                                           sketch_seed, self.pending_labels.get(cid, 0))) for cid in live]
+                                           sketch_seed, self.policy.pending(cid))) for cid in live]
                 replies.append(self.exchange(state, jobs, arrays, fl_round=fl_round))
                 probe_time += time.perf_counter() - t
         return arrays, replies, probe_time
@@ -162,205 +179,121 @@ class FederatedActiveLearning(Federation):
                            prev_entropy=None if np.all(np.isnan(prev)) else prev,
                            predicted_mix=mix, labeled_per_class=state.labeled_per_class)
 
-    def train_and_evaluate(self, state: ALState, start: ArrayRecord, al_round: int, probe_round: int | None,
-                           times: dict, before_round: Callable | None = None):
-        """One AL round's training (with its probes) and the evaluation of its model; fills the
-        ``train``, ``probe`` and ``evaluate`` seconds of ``times``. Returns (weights, probe
-        replies, accuracy, loss)."""
-        t = time.perf_counter()
-        arrays, probes, times["probe"] = self.train(state, start, al_round, probe_round, before_round)
-        times["train"] = time.perf_counter() - t - times["probe"]
-        t = time.perf_counter()
-        acc, loss = self.evaluate(arrays)
-        times["evaluate"] = time.perf_counter() - t
-        return arrays, probes, acc, loss
-
-    def take_counts(self, state: ALState, got: dict, unlabeled_key: str) -> np.ndarray:
+    def take_counts(self, state: ALState, got: dict[str, Mapping], unlabeled_key: str) -> np.ndarray:
         """Each replying client's |L| and |U| (``unlabeled_key``: what selection counts as
-        unlabeled) from its reply; returns the summed ``acquired-per-class`` of the replies."""
+        unlabeled) from its reply's metrics (``got``, by client id); returns the summed
+        ``acquired-per-class`` of the replies."""
         per_class = np.zeros(self.num_classes, dtype=np.int64)
-        for cid, r in got.items():
-            m = r.content["metrics"]
+        for cid, m in got.items():
             c = state.clients[cid]
             c.n_labeled, c.n_unlabeled = int(m["n-labeled"]), int(m[unlabeled_key])
             if "acquired-per-class" in m:
                 per_class += np.asarray(m["acquired-per-class"], dtype=np.int64)
         return per_class
 
-    def acquire(self, state: ALState, plan: list[tuple[str, int]], arrays: ArrayRecord | None,
-                strategy: str, al_round: int, per_client: int,
-                order: Callable[[], list[str]] | None = None) -> tuple[np.ndarray, list[str]]:
-        """Send each chosen client its share; returns this round's acquired counts per class and
-        the clients that acquired, in plan order.
+    def choose(self, pids: list[str], stats: ClientStats, diagnostics: dict) -> tuple[list, Callable]:
+        """The client strategy's plan for this round, as (client id, labels) pairs (``pids``: the
+        client ids in the order of ``stats``), and its whole order (drawn again from the same
+        random state: the top-up's order)."""
+        before = copy.deepcopy(self.rng.bit_generator.state)
+        plan = plan_round(self.cfg.client_strategy, stats, self.rng, self.params,
+                          self.cfg.points_per_client, self.cfg.clients_per_round, diagnostics)
 
-        A client skipped after its retries passes its share on: the next clients of the
-        strategy's ``order`` not asked yet this round take up to ``per_client`` each (the top-up
-        rule of docs/method.md, "Protocol"), so the round's budget is still spent."""
-        per_class = np.zeros(self.num_classes, dtype=np.int64)
-        asked = {cid for cid, _ in plan}
-        done: list[str] = []
-        todo = list(plan)
-        while todo:
-            jobs = [(cid, AcquireRequest(n, al_round, strategy)) for cid, n in todo]
-            got = self.exchange(state, jobs, arrays, require_any=False)
-            per_class += self.take_counts(state, got, "n-unlabeled")
-            done += [cid for cid, _ in todo if cid in got]
-            missing = sum(n for cid, n in todo if cid not in got)
-            todo = []
-            for cid in (order() if missing and order is not None else []):
-                if missing <= 0:
-                    break
-                c = state.clients.get(cid)
-                if cid in asked or c is None or c.node_id is None:
-                    continue
-                take = min(per_client, c.n_unlabeled, missing)
-                if take > 0:
-                    todo.append((cid, take))
-                    asked.add(cid)
-                    missing -= take
-            if todo:
-                self.log(f"fedal: AL round {al_round}: top-up of {sum(n for _, n in todo)} labels "
-                         f"on client(s) {', '.join(c for c, _ in todo)}")
-            elif missing:
-                self.log(f"fedal: AL round {al_round}: {missing} labels of the budget unspent: no "
-                         "eligible client left to take them")
-        if plan and not done:
-            raise ClientFailure(f"every client asked failed on 'query.acquire' in AL round {al_round}")
-        return per_class, done
+        def order() -> list[str]:
+            rng = np.random.default_rng()
+            rng.bit_generator.state = before
+            return [pids[z] for z in order_clients(self.cfg.client_strategy, stats, rng, self.params)]
 
-    # ------------------------------------------------------------------ resume
-    def _resume(self, state: ALState, ck) -> None:
-        """Checks the clients' label counts against the checkpoint's and restores the AL state."""
-        gone, lost, behind = [], [], []
-        for cid, (n_l, n_u) in ck.clients.items():
-            c = state.clients.get(cid)
-            if c is None:
-                gone.append(cid)
-                state.add(ClientInfo(None, cid, n_l, n_u))
-                continue
-            if c.n_labeled == 0 and n_l > 0:
-                lost.append(cid)
-            elif c.n_labeled < n_l:
-                behind.append(f"{cid} ({c.n_labeled} < {n_l})")
-            elif c.n_labeled > n_l:
-                self.log(f"fedal: client {cid} holds {c.n_labeled} labels, the checkpoint {n_l}: labels "
-                         "of the interrupted AL round; asking for that round again returns them only "
-                         "if the client's store is idempotent per AL round")
-            c.n_labeled, c.n_unlabeled = n_l, n_u
-        if lost:
-            raise CheckpointError(
-                f"resume = true, but client(s) {', '.join(lost)} report no labels where the checkpoint "
-                "counts some: their pools did not survive. Clients keep their pools across runs only "
-                "in a durable store: in simulation set FEDAL_STATE_DIR to the same directory for the "
-                "interrupted and the resumed run; in deployment keep each client's state directory. "
-                "Or set resume = false to start afresh")
-        if behind:
-            raise CheckpointError(
-                f"resume = true, but client(s) {', '.join(behind)} hold fewer labels than the checkpoint "
-                "counts: their state is not the one this run checkpointed; set resume = false to start afresh")
-        if gone:
-            self.log(f"fedal: client(s) {', '.join(gone)} of the checkpoint are not connected; they are "
-                     "skipped until they return")
-        state.prev_entropy = dict(ck.prev_entropy)
+        return [(pids[z], n) for z, n in plan], order
 
-    def _save_checkpoint(self, path, state: ALState, al_round: int, arrays: ArrayRecord,
-                         labeled_per_class: np.ndarray, rows: list[dict], extra: dict | None = None) -> None:
+    def round_zero_plan(self, state: ALState) -> tuple[list[tuple[str, int]], list[str]]:
+        """Round 0 (docs/method.md, "Protocol"): ``init-clients`` random clients with unlabeled
+        data, ``init-points`` random labels each; returns the plan and the random order (its
+        top-up order)."""
+        pids = list(state.clients)
+        n_u = np.array([state.clients[p].n_unlabeled for p in pids])
+        order_idx = self.rng.permutation(np.flatnonzero(n_u > 0))
+        plan = allocate_budget(order_idx, n_u, self.cfg.init_points, self.cfg.init_clients)
+        return [(pids[z], n) for z, n in plan], [pids[z] for z in order_idx]
+
+    # ------------------------------------------------------------------ checkpoints
+    def load_checkpoint(self, ck_path) -> checkpoint.Checkpoint:
+        if ck_path is None:
+            raise CheckpointError("resume = true needs the run directory (a recorder) that holds the checkpoint")
+        return checkpoint.load(ck_path, self.cfg.config_hash(), self.cfg.seed)
+
+    def save_checkpoint(self, path, state: ALState, al_round: int, arrays: ArrayRecord, rows: list[dict],
+                        extra: dict | None = None) -> None:
         checkpoint.save(path, checkpoint.Checkpoint(
             al_round=al_round, weights={k: v.numpy() for k, v in arrays.items()},
             clients={cid: (c.n_labeled, c.n_unlabeled) for cid, c in state.clients.items()},
-            prev_entropy=dict(state.prev_entropy), labeled_per_class=[int(v) for v in labeled_per_class],
+            prev_entropy=dict(state.prev_entropy), labeled_per_class=[int(v) for v in self.labeled_per_class],
             rng_state=self.rng.bit_generator.state, rows=rows, config_hash=self.cfg.config_hash(),
             seed=self.cfg.seed, extra=extra))
 
+    def _restore(self, state: ALState, ck, recorder) -> tuple[ArrayRecord, list[dict], int]:
+        """The server's state from checkpoint ``ck``: the random state, g of the last probes, the
+        labeled set's histogram and the rows (rounds.jsonl is cut back to them); clients of the
+        checkpoint not connected now are kept, not connected, until they return. Returns (weights,
+        rows, the next AL round)."""
+        self.rng.bit_generator.state = ck.rng_state
+        state.prev_entropy = dict(ck.prev_entropy)
+        for cid, (n_l, n_u) in ck.clients.items():
+            if cid not in state.clients:
+                state.add(ClientInfo(None, cid, n_l, n_u))
+        self.labeled_per_class = np.asarray(ck.labeled_per_class, dtype=np.int64)
+        rows = [dict(r) for r in ck.rows]
+        recorder.resume_from(rows)
+        return ArrayRecord({k: Array(v) for k, v in ck.weights.items()}), rows, ck.al_round + 1
+
     # ------------------------------------------------------------------ the loop
     def run(self, recorder=None) -> list[dict]:
-        cfg = self.cfg
-        if cfg.labeling == "async":  # docs/method.md, "Asynchronous labeling"
-            from strategies.async_loop import run_async
-
-            return run_async(self, recorder)
+        cfg, policy = self.cfg, self.policy
         t_run = time.perf_counter()
-        state = self.discover()
-        ck = None
         ck_path = None if recorder is None else recorder.dir / CHECKPOINT_FILE
-        if cfg.resume:
-            if ck_path is None:
-                raise CheckpointError("resume = true needs the run directory (a recorder) that holds the checkpoint")
-            ck = checkpoint.load(ck_path, cfg.config_hash(), cfg.seed)
-            self._resume(state, ck)
-        else:
-            cfg.check_against_clients({p: (c.n_labeled, c.n_unlabeled) for p, c in state.clients.items()})
-        self.log(f"fedal: {len(state.clients)} clients, {sum(c.n_unlabeled for c in state.clients.values())} "
-                 f"unlabeled points; client-strategy={cfg.client_strategy} point-strategy="
-                 f"{cfg.point_strategy} seed={cfg.seed}")
-
-        initial = ArrayRecord(self.model_fn().state_dict())  # f^0: the same weights each retrain
-        t_acq0 = 0.0
+        ck = policy.load(self, ck_path) if cfg.resume else None  # refused before any client is asked
+        state = self.discover()
+        policy.start(self, state, ck)
         if ck is None:
-            # Round 0 (docs/method.md, "Protocol"): init-clients random clients, init-points random labels each
-            pids = list(state.clients)
-            n_u = np.array([state.clients[p].n_unlabeled for p in pids])
-            order_idx = self.rng.permutation(np.flatnonzero(n_u > 0))
-            order0 = [pids[z] for z in order_idx]
-            plan0 = [(pids[z], n) for z, n in allocate_budget(order_idx, n_u, cfg.init_points, cfg.init_clients)]
-            t0 = time.perf_counter()
-            labeled_per_class, _ = self.acquire(state, plan0, None, "random", 0, cfg.init_points,
-                                                lambda: order0)
-            t_acq0 = time.perf_counter() - t0
-            rows: list[dict] = []
-            arrays = initial
-            first = 0
+            arrays, rows, r = None, [], 0
+            policy.round_zero(self, state, *self.round_zero_plan(state))
         else:
-            self.rng.bit_generator.state = ck.rng_state
-            arrays = ArrayRecord({k: Array(v) for k, v in ck.weights.items()})
-            labeled_per_class = np.asarray(ck.labeled_per_class, dtype=np.int64)
-            rows = [dict(r) for r in ck.rows]
-            recorder.resume_from(rows)
-            first = ck.al_round + 1
-            self.log(f"fedal: resuming {recorder.dir} after AL round {ck.al_round}")
-
-        for r in range(first, cfg.al_rounds + 1):
+            arrays, rows, r = self._restore(state, ck, recorder)
+            policy.resume(self, state, ck, recorder)
+        initial = ArrayRecord(self.model_fn().state_dict())  # f^0: the same weights each retrain
+        arrays = initial if arrays is None else arrays
+        while policy.runs_round(r, cfg.al_rounds):
+            selecting = r < cfg.al_rounds
             self.failures = []
             if r > 0:
                 self.refresh(state)
-            pids = list(state.clients)
-            times = {"train": 0.0, "evaluate": 0.0, "probe": 0.0, "select": 0.0, "acquire": 0.0}
-            if r == 0:
-                times["acquire_initial"] = t_acq0
-            state.labeled_per_class = labeled_per_class
-            arrays, probes, acc, loss = self.train_and_evaluate(
-                state, arrays if self.mode.warm_start else initial, r, r + 1 if r < cfg.al_rounds else None, times)
+            times = dict.fromkeys(TIMES, 0.0)
+            policy.begin_round(self, r, times)
+            state.labeled_per_class = self.labeled_per_class
+            t = time.perf_counter()
+            arrays, probes, times["probe"] = self.train(state, arrays if self.mode.warm_start else initial, r,
+                                                        r + 1 if selecting else None)
+            times["train"] = time.perf_counter() - t - times["probe"]
+            t = time.perf_counter()
+            acc, loss = self.evaluate(arrays)
+            times["evaluate"] = time.perf_counter() - t
             n_labels = sum(c.n_labeled for c in state.clients.values())
-            chosen: list[str] = []
-            acquired = np.zeros(self.num_classes, dtype=np.int64)
-            diagnostics: dict = {}
-            if r < cfg.al_rounds:
+            chosen, diagnostics, pids = [], {}, list(state.clients)
+            if selecting:
                 stats = self.client_stats(state, probes)
                 t = time.perf_counter()
-                before = copy.deepcopy(self.rng.bit_generator.state)
-                plan = plan_round(cfg.client_strategy, stats, self.rng, self.diffusion,
-                                  cfg.points_per_client, cfg.clients_per_round, diagnostics)
+                plan, order = self.choose(pids, stats, diagnostics)
+                plan = policy.cap(plan)
                 times["select"] = time.perf_counter() - t
-
-                def order(stats=stats, before=before, pids=pids) -> list[str]:
-                    # the strategy's whole order, drawn as the plan was (top-up after a failure)
-                    rng = np.random.default_rng()
-                    rng.bit_generator.state = before
-                    return [pids[z] for z in order_clients(cfg.client_strategy, stats, rng, self.diffusion)]
-
                 t = time.perf_counter()
-                acquired, chosen = self.acquire(state, [(pids[z], n) for z, n in plan], arrays,
-                                                cfg.point_strategy, r + 1, cfg.points_per_client, order)
+                chosen = policy.acquire(self, state, plan, arrays, r + 1, order)
                 times["acquire"] = time.perf_counter() - t
-                labeled_per_class = labeled_per_class + acquired
             row = {"round": r, "labels": n_labels, "accuracy": acc, "loss": loss,
-                   "chosen_clients": [state.public_id(c) for c in chosen], "acquired": int(acquired.sum()),
-                   "acquired_per_class": acquired.tolist(),
-                   "labeled_per_class": labeled_per_class.tolist(),
+                   "chosen_clients": [state.public_id(c) for c in chosen], **policy.acquired_fields(),
+                   "labeled_per_class": self.labeled_per_class.tolist(),
                    "clients_with_labels": sum(c.n_labeled > 0 for c in state.clients.values()),
-                   "time_s": {k: round(v, 4) for k, v in times.items()}}
-            q = diagnostics.pop("q", None)
-            q_clients = diagnostics.pop("q_clients", None)
+                   "time_s": {k: round(v, 4) for k, v in times.items()}, **policy.round_fields(self, r, selecting)}
+            q, q_clients = diagnostics.pop("q", None), diagnostics.pop("q_clients", None)
             if diagnostics:  # client-graph scalars of the selection made after this round
                 row["graph"] = {**diagnostics, "probes": len(probes)}
             if self.failures:  # only in a round where some client was skipped for some step
@@ -368,22 +301,25 @@ class FederatedActiveLearning(Federation):
             rows.append(row)
             if recorder is not None:
                 recorder.add_round(row)
-                if q is not None:  # q among the graph's clients, by client id (q.npz)
+                if q is not None and policy.records_q:  # q among the graph's clients, by client id (q.npz)
                     recorder.add_arrays({f"q_r{r + 1}": q,
                                          f"clients_r{r + 1}": np.asarray([state.public_id(pids[z]) for z in q_clients])})
-                self._save_checkpoint(ck_path, state, r, arrays, labeled_per_class, rows)
-            self.log(f"[AL round {r:2d}/{cfg.al_rounds}] labels {n_labels:6d}  acc {acc:.4f}  "
-                     f"loss {loss:.3f}  train {times['train']:.1f}s probe {times['probe']:.1f}s "
-                     f"select {times['select']:.2f}s acquire {times['acquire']:.1f}s"
-                     + (f"  → clients {row['chosen_clients']}" if chosen else ""))
-            if r == cfg.stop_after_round and r < cfg.al_rounds:
+                if policy.checkpoints:
+                    self.save_checkpoint(ck_path, state, r, arrays, rows, policy.checkpoint_extra())
+            self.log(policy.round_line(r, row, times))
+            if not selecting and policy.tail_done():
+                break
+            if selecting and r == cfg.stop_after_round and policy.may_stop(recorder):
                 self.log(f"fedal: stopping after AL round {r} (stop-after-round); resume = true continues")
                 return rows
+            if policy.end_tail(self, r, row, rows):
+                break
+            r += 1
+        head = policy.finish(self, state, r)
         wall = time.perf_counter() - t_run
+        self.summary = {**head, "final_accuracy": rows[-1]["accuracy"], "labels": rows[-1]["labels"],
+                        "wall_time_s": round(wall, 2), **policy.summary_tail()}
         if recorder is not None:
-            recorder.finish({"final_accuracy": rows[-1]["accuracy"], "labels": rows[-1]["labels"],
-                             "wall_time_s": round(wall, 2)})
-        self.log("fedal: accuracy per label count: " +
-                 ", ".join(f"{row['labels']}: {row['accuracy']:.4f}" for row in rows))
-        self.log(f"fedal: done in {wall:.1f}s")
+            recorder.finish(self.summary)
+        policy.report(self, self.summary, rows, wall)
         return rows

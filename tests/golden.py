@@ -80,7 +80,7 @@ def async_result(name: str) -> dict:
     from tests.inprocess import run_inprocess
 
     rows, grid = run_inprocess({**ASYNC_BASE, **ASYNC_CASES[name]}, INPROCESS_CLIENTS)
-    summary = {k: v for k, v in grid.loop.async_summary.items() if k != "wall_time_s"}
+    summary = {k: v for k, v in grid.loop.summary.items() if k != "wall_time_s"}
     return json.loads(json.dumps({"rows": without_times(rows), "summary": summary}, sort_keys=True))
 
 

@@ -29,7 +29,7 @@ def run_async(rc: dict, keep: bool = False):
     sites = {}
     for key in set(async_labeling._SITES) - before:
         sites[key[1]] = async_labeling._SITES.pop(key)
-    return rows, grid.loop.async_summary, sites
+    return rows, grid.loop.summary, sites
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_probes_see_clients_as_if_their_granted_labels_were_in(monkeypatch):
 
 def test_server_never_waits_for_labels():
     # annotators far slower than training: every AL round still takes exactly its modelled time
-    import strategies.async_loop as al
+    import strategies.async_policy as al
 
     rc = {**ASYNC, "annotator-latency": "constant:seconds=400"}
     cfg = Config.from_run_config(rc)

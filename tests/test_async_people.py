@@ -156,7 +156,7 @@ def run_with_people(rc: dict, tmp_path, monkeypatch, budget: int | None = None):
         for k, v in r.content["metrics"].items():
             if isinstance(v, list):
                 assert (k, len(v)) in {("acquired-per-class", 10), ("paid-by-strategy", 4)}, k
-    return rows, grid.loop.async_summary, stores, people, trained, wall
+    return rows, grid.loop.summary, stores, people, trained, wall
 
 
 def test_people_label_on_the_page_while_the_server_trains(tmp_path, monkeypatch):
@@ -288,7 +288,7 @@ def test_the_deadline_holds_for_simulated_annotators_on_the_simulated_clock():
 
     rc = {**ASYNC, "annotator-latency": "constant:seconds=40", "labeling-deadline-s": 100.0}
     rows, grid = run_inprocess(rc, SIM_CLIENTS)
-    s = grid.loop.async_summary
+    s = grid.loop.summary
     assert s["paid"] < s["granted"] == Config.from_run_config(rc).label_budget and s["withdrawn"] > 0
     last_grants = max(r["sim_time_s"] for r in rows if not r["tail"])
     assert 100.0 <= rows[-1]["sim_time_s"] - last_grants < 100.0 + 2 * rc["sim-fl-round-s"] * rc["fl-rounds"]

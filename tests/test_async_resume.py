@@ -1,5 +1,5 @@
 """Resume of an asynchronous run with people (labeling = "async", annotators = "people";
-docs/method.md, "Failures and resume"; strategies/async_loop.py): the server crashes after the
+docs/method.md, "Failures and resume"; strategies/async_policy.py): the server crashes after the
 sites got some of an AL round's grants but before that round's checkpoint, people keep labeling
 while it is down, and ``resume = true`` continues the run from its checkpoint with the same run
 token, on the wall clock from the checkpoint's time, without paying beyond the label budget or
@@ -17,7 +17,7 @@ from contextlib import closing, contextmanager
 
 import pytest
 
-import strategies.async_loop
+import strategies.active_learning
 from fedal import checkpoint
 from fedal.checkpoint import CheckpointError
 from fedal.config import Config
@@ -184,7 +184,7 @@ def test_a_crashed_people_run_resumes_with_its_token_and_pays_the_budget_once(cr
 
     # the resumed round's selection picks other clients than the crashed one's did (more labels
     # came in meanwhile): their grants must be capped by the budget the sites report as granted
-    real = strategies.async_loop.plan_round
+    real = strategies.active_learning.plan_round
 
     def other_clients(strategy, stats, *a):
         plan = real(strategy, stats, *a)
@@ -192,14 +192,14 @@ def test_a_crashed_people_run_resumes_with_its_token_and_pays_the_budget_once(cr
         others = [z for z in range(len(stats.n_unlabeled)) if z not in picked and stats.n_unlabeled[z] > 0]
         return [(z, n) for z, (_, n) in zip(others, plan)]
 
-    monkeypatch.setattr(strategies.async_loop, "plan_round", other_clients)
+    monkeypatch.setattr(strategies.active_learning, "plan_round", other_clients)
     crashed["grid"].armed = False  # the SuperNodes outlived the server
     logs: list[str] = []
     out, wall = in_thread(lambda: run_inprocess({**rc, "resume": True}, CLIENTS, record=True, grid=crashed["grid"],
                                                 log=logs.append))
     rows, grid = result(out)
     assert not crashed["people"].errors, crashed["people"].errors
-    summary = grid.loop.async_summary
+    summary = grid.loop.summary
 
     # the rows on file continue the checkpointed ones: AL round 2 again, then the tail
     on_file = rows_on_file(run_dir)
@@ -299,7 +299,7 @@ def test_a_standing_people_run_resumes_and_a_client_back_later_is_checked_and_re
         rows, grid = result(in_thread(lambda: run_inprocess({**rc, "resume": True}, CLIENTS, record=True, grid=grid,
                                                             log=logs.append))[0])
     assert not people.errors, people.errors
-    summary = grid.loop.async_summary
+    summary = grid.loop.summary
     on_file = rows_on_file(run_dir)
     assert on_file[:2] == before and [r["round"] for r in on_file] == list(range(len(on_file)))
     assert on_file[-1]["tail"] and "standing_granted" in on_file[-1]
@@ -339,7 +339,7 @@ def test_a_people_run_stops_after_a_round_and_resumes_to_the_end(tmp_path, monke
     assert json.loads((run_dir / SUMMARY_FILE).read_text())["completed"]
     totals = store_totals(state, rc)
     assert all(n == d for _, n, d in totals.values()), "a point paid twice"
-    assert grid.loop.async_summary["paid"] == sum(n for _, n, _ in totals.values()) == cfg.label_budget
+    assert grid.loop.summary["paid"] == sum(n for _, n, _ in totals.values()) == cfg.label_budget
 
 
 def test_stop_after_round_is_refused_for_simulated_annotators():
