@@ -20,7 +20,7 @@ this part, common to both kinds of annotators (``annotators`` in the run config)
   run token and the client id): the in-process engine and Flower's simulation keep a client's
   process alive across messages. Queries carry the server's model version.
 - ``people`` (``PeopleSite``): people label on the site's labeling page (``fedal-annotate``,
-  fedal/annotate/app.py), which opens the client's *durable* store (``fedal.client.node_pool_store``,
+  fedal/annotate/app.py), which opens the client's *durable* store (``fedal.store.node_pool_store``,
   the file of ``fedal.store.site_store_path``). The query pool lives in that store, next to the
   labels training reads, so a label paid on the page is in the pools at once: nothing moves. A
   deployed SuperNode may start a fresh process for every message, so the site keeps nothing in
@@ -108,7 +108,7 @@ class QuerySite:
         n = min(self.cfg.query_pool_refill, len(cand))
         refills = self._next_refill()
         if self.state_dict is None:
-            rng = np.random.default_rng(self.worker._seed(99, refills))
+            rng = np.random.default_rng(self.worker.seed(99, refills))
             return len(self.store.add_queries(rng.choice(cand, n, replace=False), self.version, "random"))
         probs = self._probs_of_model()
         free = np.ones(len(cand), dtype=bool)
@@ -222,7 +222,7 @@ class SimulatedSite(QuerySite):
             self.annotators = SimulatedAnnotators(
                 self.store, self.worker.data.y, n_annotators=cfg.annotators_per_site, latency=self.latency,
                 clock=self.clock, flip_prob=cfg.label_noise, num_classes=self.worker.data.num_classes,
-                seed=self.worker._seed(17), name=f"site{self.worker.data.client_id}")
+                seed=self.worker.seed(17), name=f"site{self.worker.data.client_id}")
         return n
 
     def advance(self, now: float) -> None:
@@ -290,7 +290,7 @@ class PeopleSite(QuerySite):
     store; built afresh for every message (nothing is kept in memory between messages)."""
 
     def __init__(self, worker, run_token: str):
-        db = getattr(worker.store, "db", None)
+        db = worker.durable_store
         if db is None:
             raise PeopleModeError(
                 f"client {worker.data.client_id!r}: annotators = 'people' needs the client's durable pool "

@@ -17,7 +17,6 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ import torch
 from fedal import acquisition
 from fedal.config import Config
 from fedal.pools import Pools
+from fedal.store.backends import ClientPoolStore, node_pool_store, node_state_dir
 from fedal.protocol import (AcquireReply, AcquireRequest, InfoReply, InfoRequest, LabelingReply, LabelingRequest,
                             ProbeReply, ProbeRequest, Reply, Request, TrainReply, TrainRequest)
 
@@ -66,101 +66,6 @@ def site_worker(run_config: dict, node_config: dict, memory_store=None) -> "Clie
                                   "a site's pools only in the state dir's store")
         store = memory_store()
     return ClientWorker(data, store)
-
-
-# ---------------------------------------------------------------------------------- pool stores
-class PoolStore(Protocol):
-    """Where a client keeps its pools between messages. ``save`` must be atomic: the pools hold
-    paid labels, and a crash mid-write must leave the previous state readable."""
-
-    def load(self) -> Pools | None:
-        """The stored pools, or None when nothing is stored yet."""
-
-    def save(self, pools: Pools) -> None:
-        ...
-
-
-class MemoryPoolStore:
-    """Pools kept as a dict in a mapping owned by the caller (Flower: the node's
-    ``context.state``, through ``fedal.client_app.ContextPoolStore``)."""
-
-    def __init__(self, records: dict | None = None, key: str = "fedal.pools", wrap=dict):
-        self.records = {} if records is None else records
-        self.key = key
-        self.wrap = wrap  # how a dict is stored in ``records`` (Flower wants a ConfigRecord)
-
-    def load(self) -> Pools | None:
-        if self.key not in self.records:
-            return None
-        return Pools.from_dict(dict(self.records[self.key]))
-
-    def save(self, pools: Pools) -> None:
-        # one assignment of a freshly built record: a reader sees the old pools or the new ones
-        self.records[self.key] = self.wrap(pools.to_dict())
-
-
-class DurablePoolStore:
-    """The ``PoolStore`` protocol over the site's SQLite store (``fedal.store.PoolStore``).
-
-    Labels enter it only through ``acquire`` (one transaction per AL round, committed before
-    the reply that reports them, idempotent per round); ``save`` writes the stored logits of the
-    continual modes and refuses pools whose labels differ from the committed ones."""
-
-    def __init__(self, db):
-        self.db = db
-
-    def load(self) -> Pools:
-        return self.db.pools()
-
-    def save(self, pools: Pools) -> None:
-        from fedal.store import StoreError
-
-        stored = self.db.pools_dict()
-        committed = dict(zip(stored["labeled"], stored["labels"]))
-        # labels paid since these pools were read (on the labeling page, while this client
-        # trained) are no conflict; a label these pools hold that the store does not is one
-        if any(committed.get(int(i)) != int(v) for i, v in zip(pools.labeled, pools.labels)):
-            raise StoreError(f"pool store {self.db.path}: labels are committed only by an acquisition or a "
-                             "labeling page; these pools hold labels the store does not")
-        old = dict(zip(stored["logit-index"], _chunks(stored["logits"], len(stored["logit-index"]))))
-        changed = sorted(i for i, row in pools.logits.items() if old.get(int(i)) != list(row))
-        if changed:
-            self.db.set_logits(changed, np.asarray([pools.logits[i] for i in changed], dtype=np.float64))
-
-    def acquire(self, al_round: int, choose_fn, label_fn, *, strategy: str = ""):
-        return self.db.acquire(al_round, choose_fn, label_fn, strategy=strategy)
-
-
-def _chunks(flat: list, n: int) -> list[list]:
-    if n == 0:
-        return []
-    w = len(flat) // n
-    return [list(flat[k * w:(k + 1) * w]) for k in range(n)]
-
-
-_OPEN_STORES: dict[tuple, "DurablePoolStore"] = {}
-
-
-def node_state_dir(node_config: dict) -> Path | None:
-    """The node's state directory: node config ``state-dir``, else ``FEDAL_STATE_DIR`` (else None)."""
-    d = str(node_config.get("state-dir", "") or os.environ.get("FEDAL_STATE_DIR", ""))
-    return Path(d).expanduser() if d else None
-
-
-def node_pool_store(data: "ClientData", state_dir: Path | None) -> DurablePoolStore | None:
-    """The client's durable pools: ``<state-dir>/pools/<experiment id>/<client id>.sqlite``
-    (None without a state dir). One open connection per file and process."""
-    if state_dir is None:
-        return None
-    from fedal.store import PoolStore as SqlitePoolStore, site_store_path
-
-    exp = data.cfg.experiment
-    path = site_store_path(state_dir, exp, data.client_id)  # the labeling page opens the same file
-    key = (str(path.resolve()), exp, data.client_id, len(data.x), data.fingerprint)
-    if key not in _OPEN_STORES:
-        _OPEN_STORES[key] = DurablePoolStore(SqlitePoolStore(path, exp, data.client_id, len(data.x),
-                                                             data.fingerprint))
-    return _OPEN_STORES[key]
 
 
 # ---------------------------------------------------------------------------------- the data
@@ -309,7 +214,7 @@ StateDict = dict  # name -> torch.Tensor
 class ClientWorker:
     """One client's side of each protocol step. Stateless between calls apart from the store."""
 
-    def __init__(self, data: ClientData, store: PoolStore):
+    def __init__(self, data: ClientData, store: ClientPoolStore):
         self.data = data
         self.cfg = data.cfg
         self.store = store
@@ -339,6 +244,12 @@ class ClientWorker:
             m.load_state_dict(state)
         return m.to(d.device)
 
+    @property
+    def durable_store(self):
+        """The site's SQLite store (``fedal.store.PoolStore``: its labeling page and query pool
+        live there), or None when its pools are in memory."""
+        return self.store.database
+
     def pools(self) -> Pools:
         pools = self.store.load()
         if pools is None:
@@ -348,7 +259,8 @@ class ClientWorker:
                              f"{len(self.data.x)}")
         return pools
 
-    def _seed(self, *parts: int) -> int:
+    def seed(self, *parts: int) -> int:
+        """A seed of this client derived from the run's seed and ``parts`` (``derived_seed``)."""
         return derived_seed(self.cfg, self.data.partition_id, *parts)
 
     # ------------------------------------------------------------------ protocol steps
@@ -378,7 +290,7 @@ class ClientWorker:
         # repeats this round (Pools.as_of)
         upto = pools.as_of(al_round)
         model = self.model(state)
-        seed = self._seed(al_round, fl_round)
+        seed = self.seed(al_round, fl_round)
         t0 = time.perf_counter()
         mode = training_mode(self.cfg.training_mode)
         lr = scheduled_lr(self.cfg.learning_rate, self.cfg.lr_schedule, self.cfg.lr_step_rounds, fl_round)
@@ -461,7 +373,7 @@ class ClientWorker:
         m = take_pseudo_update(model, x_u, optimizer=cfg.pseudo_optimizer, epochs=cfg.pseudo_epochs,
                                lr=cfg.pseudo_lr if cfg.pseudo_optimizer == "gd" else cfg.learning_rate,
                                batch_size=cfg.batch_size, scope=cfg.pseudo_params, probs=probs,
-                               seed=self._seed(al_round, 7, fl_round))[None, :]
+                               seed=self.seed(al_round, 7, fl_round))[None, :]
         if cfg.sketch_dim > 0:
             m = sketch(m, cfg.sketch_dim, sketch_seed)
         return dataclasses.replace(reply, pseudo={"m": m.astype(np.float32)})
@@ -479,28 +391,15 @@ class ClientWorker:
             strategy = acquisition.from_config(point_strategy, cfg)
             model = self.model(state) if state is not None else None
             view = self.local_view(pools, model, needs_local=strategy.needs_local_model, al_round=al_round)
-            rng = np.random.default_rng(self._seed(al_round, 11))
+            rng = np.random.default_rng(self.seed(al_round, 11))
             return (np.asarray(strategy.select(view, k, rng).indices, dtype=np.int64) if k > 0
                     else np.zeros(0, np.int64))
 
-        if hasattr(self.store, "acquire"):
-            # a durable store: the round's choice and labels are committed there before this
-            # returns, and a retried or resumed round returns them without paying again
-            done = self.store.acquire(al_round, choose, self.oracle, strategy=point_strategy)
-            chosen, labels = done.indices, done.labels
-            pools = self.pools()
-        elif al_round in pools.acquired_round:
-            # a retried message of a round this client already paid for (the server resends when
-            # a reply is lost): the same points, not paid again (no client is asked twice in a
-            # round otherwise: top-ups go to clients not asked yet)
-            paid = np.asarray(pools.acquired_round) == al_round
-            chosen = np.asarray(pools.labeled, dtype=np.int64)[paid]
-            labels = np.asarray(pools.labels, dtype=np.int64)[paid]
-        else:
-            chosen = choose(pools)
-            labels = self.oracle(chosen)
-            pools.add(chosen, labels, al_round)
-            self.store.save(pools)
+        # paid at most once: a retried or resumed round returns its points and labels without
+        # asking the oracle again (a durable store commits them before this returns)
+        done = self.store.acquire(al_round, choose, self.oracle, strategy=point_strategy, pools=pools)
+        chosen, labels = done.indices, done.labels
+        pools = self.pools()
         # the class histogram: an aggregate count per class, never per-point labels (README: privacy)
         per_class = (np.bincount(labels, minlength=self.data.num_classes).astype(int).tolist()
                      if cfg.report_label_histogram else None)
@@ -530,7 +429,7 @@ class ClientWorker:
         if needs_local and len(idx) > 0:  # without local labels LoGo falls back to the global model
             local = self.model(None)
             train_local(local, x[idx], lab, epochs=cfg.local_epochs * cfg.fl_rounds,
-                        batch_size=cfg.batch_size, lr=cfg.learning_rate, seed=self._seed(al_round, 13))
+                        batch_size=cfg.batch_size, lr=cfg.learning_rate, seed=self.seed(al_round, 13))
             extra["local_probs"], extra["local_embeddings"] = predict(local, x)
         return acquisition.LocalView(probs=probs, embeddings=emb, labeled=mask, head_weight=w, head_bias=b,
                                      inputs=x, labels=labels, **extra)

@@ -30,7 +30,8 @@ def worker(context: Context, run_config: dict):
     """The node's ``fedal.client.ClientWorker``: its data (``fedal.client.load_node_data``) and
     its pools, in the SQLite store of its state dir when it has one (``fedal.client.site_worker``),
     else in the node's ``context.state`` (simulation: lives as long as the SuperNode's memory)."""
-    from fedal.client import MemoryPoolStore, site_worker
+    from fedal.client import site_worker
+    from fedal.store import MemoryPoolStore
 
     return site_worker(run_config, dict(context.node_config),
                        lambda: MemoryPoolStore(context.state.config_records, POOLS_KEY, wrap=ConfigRecord))

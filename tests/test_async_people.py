@@ -239,6 +239,7 @@ def test_the_persistent_node_worker_serves_labeling_from_the_durable_store(tmp_p
     in its memory: the grant of a resent message is not granted again, and a second process
     (a fresh ClientApp) continues from the store."""
     from fedal import client as fc
+    from fedal.store import backends
     from fedal.deploy import node_worker
 
     rng = np.random.default_rng(0)
@@ -260,13 +261,13 @@ def test_the_persistent_node_worker_serves_labeling_from_the_durable_store(tmp_p
     assert (m["granted-now"], m["granted"], m["open"], m["paid"]) == (5, 5, 4, 0)
     assert send(0, 5)["granted"] == 5  # the same message again: no second grant
     data = fc.load_node_data(rc, nc)
-    store = fc.node_pool_store(data, Path(nc["state-dir"]))
+    store = backends.node_pool_store(data, Path(nc["state-dir"]))
     model = fc.ClientWorker(data, store).model()
     arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     for _ in range(3):  # people label on the page; one query stays open, fewer than query-pool-low
         q = store.db.next_query("someone")
         store.db.submit_label(q.id, int(data.y[q.index]), "someone")
-    fc._OPEN_STORES.clear()  # as a fresh process would
+    backends._OPEN_STORES.clear()  # as a fresh process would
     m = send(1, 0, arrays, version=3)
     assert (m["granted"], m["paid"], m["n-labeled"], sum(m["acquired-per-class"])) == (5, 3, 3, 3)
     tags = {(x.strategy, x.model_version) for x in store.db.queries()}

@@ -30,6 +30,7 @@ N = 60
 def site(tmp_path):
     """A site with 60 unlabeled points and a way to send it query.labeling messages."""
     from fedal import client as fc
+    from fedal.store import backends
     from fedal.deploy import node_worker
 
     rng = np.random.default_rng(0)
@@ -44,7 +45,7 @@ def site(tmp_path):
             r = node_worker.handle({"kind": "labeling", "run_config": RC, "node_config": nc, "config": conf,
                                     "arrays": arrays})
             assert r["ok"], r
-            fc._OPEN_STORES.clear()  # as a fresh process would
+            backends._OPEN_STORES.clear()  # as a fresh process would
             return r["reply"].metrics()
 
         def arrays(self, seed=None):
@@ -59,11 +60,11 @@ def site(tmp_path):
 
     s = Site()
     s.data = fc.load_node_data(RC, nc)
-    s.store = fc.node_pool_store(s.data, Path(nc["state-dir"]))
+    s.store = backends.node_pool_store(s.data, Path(nc["state-dir"]))
     s.db: PoolStore = s.store.db
     s.y = s.data.y
     yield s
-    fc._OPEN_STORES.clear()
+    backends._OPEN_STORES.clear()
     s.db.close()
 
 

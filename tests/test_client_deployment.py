@@ -20,6 +20,7 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from fedal import client as fc
+from fedal.store import backends
 from fedal.client import LabelsUnavailableError, NodeConfigError, load_node_data
 from fedal.client_app import worker
 from fedal.data.site import SiteDataError
@@ -31,12 +32,12 @@ RC = {"dataset": "digits"}
 
 @pytest.fixture(autouse=True)
 def _fresh_caches():
-    fc._OPEN_STORES.clear()
+    backends._OPEN_STORES.clear()
     fc._site_data.cache_clear()
     yield
-    for s in fc._OPEN_STORES.values():
+    for s in backends._OPEN_STORES.values():
         s.db.close()
-    fc._OPEN_STORES.clear()
+    backends._OPEN_STORES.clear()
     fc._site_data.cache_clear()
 
 
@@ -107,7 +108,7 @@ def test_pools_live_in_the_state_dirs_store_and_a_repeated_round_is_not_paid_aga
     db = tmp_path / "state" / "pools" / w.cfg.experiment / "clinic-3.sqlite"
     assert db.exists() and first.acquired == 5 and len(asked) == 1
     # a restarted client (new process: new store object, empty context) asked for the same round
-    fc._OPEN_STORES.clear()
+    backends._OPEN_STORES.clear()
     w2 = worker(context(node(tmp_path)), RC)
     again = w2.acquire(None, 5, 0, "random")
     assert len(asked) == 1  # the oracle was not asked again
@@ -138,14 +139,14 @@ def test_a_foreign_or_corrupt_store_stops_the_client_with_the_file_named(tmp_pat
     db = w.store.db.path
     # the site's data changed under its paid labels: index i no longer means the same point
     site_npz(tmp_path / "site" / "data.npz", seed=5)
-    fc._OPEN_STORES.clear()
+    backends._OPEN_STORES.clear()
     fc._site_data.cache_clear()
     with pytest.raises(StoreError, match=rf"pool store {db} belongs to another experiment, client or data set: "
                                          r"data fingerprint is .* there but .* here.*holds 5 paid labels: do not delete it"):
         worker(context(node(tmp_path)), RC)
-    for s in fc._OPEN_STORES.values():
+    for s in backends._OPEN_STORES.values():
         s.db.close()
-    fc._OPEN_STORES.clear()
+    backends._OPEN_STORES.clear()
     db.write_bytes(b"this is not a database at all")
     with pytest.raises(StoreError, match=rf"pool store {db} is not an SQLite database"):
         worker(context(node(tmp_path)), RC)
@@ -164,7 +165,8 @@ def test_simulated_clients_keep_their_pools_in_the_store_under_FEDAL_STATE_DIR(t
 CHILD = r"""
 import json, os, sys, time
 import numpy as np
-from fedal.client import ClientWorker, load_node_data, node_pool_store, node_state_dir
+from fedal.client import ClientWorker, load_node_data
+from fedal.store import node_pool_store, node_state_dir
 nc, rc, ledger, rounds = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 data = load_node_data(rc, nc)
 class Slow(ClientWorker):

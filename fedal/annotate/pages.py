@@ -4,7 +4,7 @@ it), and, when there is nothing to label, whether more may come later or the run
 The technical details of a point (query, point index, strategy, AL round) stay on the page, in a
 small "details" line, for the operator.
 
-Which empty page a person sees (``empty_state``), from the site's store (fedal/store.py) and the
+Which empty page a person sees (``empty_state``), from the site's store (fedal/store/) and the
 run's state that the ClientApp records in it (fedal/annotate/annotators.py, ``mark_run``):
 
 - ``finished``: the run sent its last message; nothing more will come in this run.
