@@ -93,12 +93,15 @@ class ClientData:
         if not self.client_id:
             self.client_id = str(self.partition_id)
         if not self.fingerprint:
-            self.fingerprint = array_fingerprint(self.x)
+            self.fingerprint = data_fingerprint(self.x)
         if not self.source:
             self.source = f"partition {self.partition_id} of {self.cfg.dataset}"
 
 
-def array_fingerprint(x: np.ndarray) -> str:
+def data_fingerprint(x: np.ndarray) -> str:
+    """The identity of a client's inputs and their order in its pool store (``fedal.store``: a
+    store refuses other data). Stores on disk hold this SHA-256 form, so it stays as it is; the
+    feature cache keys its files by another digest (``fedal.feature_cache.array_fingerprint``)."""
     import hashlib
 
     h = hashlib.sha256(b"fedal-array-v1\n")

@@ -11,11 +11,10 @@ import json
 import os
 from pathlib import Path
 
+from fedal.deploy import QUIET_ENV
 from fedal.results import ROUNDS_FILE, SUMMARY_FILE
 
-for _k, _v in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-               "RAY_USAGE_STATS_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-               "RAY_DEDUP_LOGS": "0", "OMP_NUM_THREADS": "1"}.items():
+for _k, _v in {**QUIET_ENV, "RAY_DEDUP_LOGS": "0", "OMP_NUM_THREADS": "1"}.items():
     os.environ.setdefault(_k, _v)
 
 

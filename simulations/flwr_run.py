@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from fedal.deploy import QUIET_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
-QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-             "RAY_USAGE_STATS_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 
 
 def write_flower_home(home: Path) -> Path:

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedal.deploy import QUIET_ENV
+
 _BLOCK = re.compile(r"(?:^<!-- doc-test: (?P<mark>[^\n]*?) -->\n)?^```bash\n(?P<code>.*?)^```", re.S | re.M)
 
 
@@ -154,6 +156,5 @@ class DocRunner:
 def _base_env() -> dict[str, str]:
     # what a fresh terminal has: the blocks activate the virtual environment themselves
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    return {**env, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "RAY_USAGE_STATS_ENABLED": "0", "FEDAL_TORCH_THREADS": "1",
+    return {**env, **QUIET_ENV, "FEDAL_TORCH_THREADS": "1",
             "COLUMNS": "200"}  # rich's tables (flwr ls) in full, as in a wide terminal

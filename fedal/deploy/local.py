@@ -46,10 +46,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedal.deploy import QUIET_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
-QUIET_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-             "RAY_USAGE_STATS_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 CONNECTION = "fedal-local"
 HOST = "127.0.0.1"
 
