@@ -53,7 +53,8 @@ def one_line(message: str) -> str:
 
 def is_final(e: BaseException) -> bool:
     """Whether ``e`` is a configuration or data error at the site (asking again is pointless)."""
-    from fedal.client import LabelsUnavailableError, NodeConfigError
+    from fedal.client import LabelsUnavailableError
+    from fedal.client_data import NodeConfigError
     from fedal.data.site import SiteDataError
     from fedal.errors import ConfigError
     from fedal.store import StoreError

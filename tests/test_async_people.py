@@ -44,7 +44,7 @@ class People(threading.Thread):
 
     def page(self, cid: str):
         from fedal.annotate.app import LabelingSite, create_app
-        from fedal.client import load_client_data
+        from fedal.client_data import load_client_data
 
         d = load_client_data(self.rc, int(cid), CLIENTS)
         exp = Config.from_run_config(self.rc).experiment
@@ -140,7 +140,7 @@ def run_with_people(rc: dict, tmp_path, monkeypatch, budget: int | None = None):
         path = site_store_path(state, exp, cid)
         if not path.exists():
             continue
-        from fedal.client import load_client_data
+        from fedal.client_data import load_client_data
 
         d = load_client_data(rc, int(cid), CLIENTS)
         with PoolStore(path, exp, cid, len(d.x), d.fingerprint) as s:
@@ -239,8 +239,9 @@ def test_the_persistent_node_worker_serves_labeling_from_the_durable_store(tmp_p
     in its memory: the grant of a resent message is not granted again, and a second process
     (a fresh ClientApp) continues from the store."""
     from fedal import client as fc
-    from fedal.store import backends
+    from fedal.client_data import load_node_data
     from fedal.deploy import node_worker
+    from fedal.store import backends
 
     rng = np.random.default_rng(0)
     (tmp_path / "site").mkdir()
@@ -260,7 +261,7 @@ def test_the_persistent_node_worker_serves_labeling_from_the_durable_store(tmp_p
     m = send(0, 5)
     assert (m["granted-now"], m["granted"], m["open"], m["paid"]) == (5, 5, 4, 0)
     assert send(0, 5)["granted"] == 5  # the same message again: no second grant
-    data = fc.load_node_data(rc, nc)
+    data = load_node_data(rc, nc)
     store = backends.node_pool_store(data, Path(nc["state-dir"]))
     model = fc.ClientWorker(data, store).model()
     arrays = {k: v.detach().numpy() for k, v in model.state_dict().items()}

@@ -30,8 +30,9 @@ N = 60
 def site(tmp_path):
     """A site with 60 unlabeled points and a way to send it query.labeling messages."""
     from fedal import client as fc
-    from fedal.store import backends
+    from fedal.client_data import load_node_data
     from fedal.deploy import node_worker
+    from fedal.store import backends
 
     rng = np.random.default_rng(0)
     (tmp_path / "site").mkdir()
@@ -59,7 +60,7 @@ def site(tmp_path):
             return out
 
     s = Site()
-    s.data = fc.load_node_data(RC, nc)
+    s.data = load_node_data(RC, nc)
     s.store = backends.node_pool_store(s.data, Path(nc["state-dir"]))
     s.db: PoolStore = s.store.db
     s.y = s.data.y

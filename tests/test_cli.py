@@ -140,7 +140,7 @@ def test_certs_add_gives_a_site_joining_later_its_key_and_touches_nothing_else(t
 
 # ---------------------------------------------------------------------------------- fedal rehearse
 def test_rehearse_grants_every_site_budget_and_refuses_a_protocol_small_sites_cannot_serve(tmp_path, capsys):
-    from fedal.deploy.local import rehearsal_config
+    from fedal.deploy.rehearsal import rehearsal_config
 
     rc = rehearsal_config(3, {"al-rounds": 1})
     assert rc["init-clients"] == rc["clients-per-round"] == rc["min-clients"] == 3 and rc["al-rounds"] == 1

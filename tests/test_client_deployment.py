@@ -20,8 +20,10 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from fedal import client as fc
+from fedal import client_data
 from fedal.store import backends
-from fedal.client import LabelsUnavailableError, NodeConfigError, load_node_data
+from fedal.client import LabelsUnavailableError
+from fedal.client_data import NodeConfigError, load_node_data
 from fedal.client_app import worker
 from fedal.data.site import SiteDataError
 from fedal.store import StoreError
@@ -33,12 +35,12 @@ RC = {"dataset": "digits"}
 @pytest.fixture(autouse=True)
 def _fresh_caches():
     backends._OPEN_STORES.clear()
-    fc._site_data.cache_clear()
+    client_data._site_data.cache_clear()
     yield
     for s in backends._OPEN_STORES.values():
         s.db.close()
     backends._OPEN_STORES.clear()
-    fc._site_data.cache_clear()
+    client_data._site_data.cache_clear()
 
 
 def site_npz(path: Path, n: int = 60, labels: bool = True, seed: int = 0, shape=(64,), classes: int = 10) -> Path:
@@ -140,7 +142,7 @@ def test_a_foreign_or_corrupt_store_stops_the_client_with_the_file_named(tmp_pat
     # the site's data changed under its paid labels: index i no longer means the same point
     site_npz(tmp_path / "site" / "data.npz", seed=5)
     backends._OPEN_STORES.clear()
-    fc._site_data.cache_clear()
+    client_data._site_data.cache_clear()
     with pytest.raises(StoreError, match=rf"pool store {db} belongs to another experiment, client or data set: "
                                          r"data fingerprint is .* there but .* here.*holds 5 paid labels: do not delete it"):
         worker(context(node(tmp_path)), RC)
@@ -165,7 +167,8 @@ def test_simulated_clients_keep_their_pools_in_the_store_under_FEDAL_STATE_DIR(t
 CHILD = r"""
 import json, os, sys, time
 import numpy as np
-from fedal.client import ClientWorker, load_node_data
+from fedal.client import ClientWorker
+from fedal.client_data import load_node_data
 from fedal.store import node_pool_store, node_state_dir
 nc, rc, ledger, rounds = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 data = load_node_data(rc, nc)

@@ -45,7 +45,8 @@ def test_fedavg_weights_each_client_by_its_labeled_set():
 
 # ------------------------------------------------------------------ the probe's g is over U
 def test_probe_entropy_is_the_mean_over_the_unlabeled_pool_only():
-    from fedal.client import ClientWorker, load_client_data
+    from fedal.client import ClientWorker
+    from fedal.client_data import load_client_data
     from fedal.store import MemoryPoolStore
     from fedal.training import predict
     from fedal.uncertainty import entropy
@@ -71,7 +72,8 @@ def test_probe_entropy_is_the_mean_over_the_unlabeled_pool_only():
 def test_probe_leaves_a_clients_pending_labels_out_as_if_paid():
     # asynchronous labeling: a client with `pending` granted-but-unpaid labels is probed as it
     # will be once they are in (its most uncertain points gone), as the synchronous loop sees it
-    from fedal.client import ClientWorker, load_client_data
+    from fedal.client import ClientWorker
+    from fedal.client_data import load_client_data
     from fedal.store import MemoryPoolStore
     from fedal.training import predict
     from fedal.uncertainty import entropy
@@ -96,7 +98,8 @@ def test_probe_leaves_a_clients_pending_labels_out_as_if_paid():
 def test_a_retried_acquire_of_a_paid_round_returns_the_same_points_unpaid_in_memory_too():
     # the server resends query.acquire when a reply is lost; without a durable store the
     # in-memory pools must not pay the round twice
-    from fedal.client import ClientWorker, load_client_data
+    from fedal.client import ClientWorker
+    from fedal.client_data import load_client_data
     from fedal.store import MemoryPoolStore
 
     data = load_client_data(SMALL, 0, M)

@@ -62,7 +62,8 @@ def test_step_schedule_decays_tenfold_every_step_rounds():
 def test_clients_train_with_the_scheduled_rate():
     """A client's update in FL round 3 under step/2 equals one at a constant lr/10: the schedule
     reaches local training (both branches: retrain and warm start)."""
-    from fedal.client import ClientWorker, load_client_data
+    from fedal.client import ClientWorker
+    from fedal.client_data import load_client_data
     from fedal.store import MemoryPoolStore
     from fedal.pools import Pools
 

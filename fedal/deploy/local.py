@@ -3,7 +3,8 @@ of docs/deployment.md with real processes.
 
     fedal rehearse --workdir /tmp/fedal-local --supernodes 3 --run-config "al-rounds=2 fl-rounds=1"
 
-(``python -m fedal.deploy.local`` is the same.) The run config starts from ``REHEARSAL``, a
+(``python -m fedal.deploy.local`` is the same.) The run config starts from
+``fedal.deploy.rehearsal.REHEARSAL``, a
 protocol small sites can serve in which every site gets label budget (init-clients and
 clients-per-round = the number of sites), and ``--run-config`` overrides it; a config whose
 label demand exceeds a site's points is refused before anything starts. It prints the
@@ -47,65 +48,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedal.deploy import QUIET_ENV
+from fedal.deploy.rehearsal import DeploymentError, check_fits_sites, rehearsal_config, site_points, write_sites
 
 ROOT = Path(__file__).resolve().parents[2]
 CONNECTION = "fedal-local"
 HOST = "127.0.0.1"
 
 
-class DeploymentError(RuntimeError):
-    """A step of the local deployment failed; the message names the step and its log file."""
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
-
-
-# the run config of a rehearsal before --run-config: small sites can serve it, and with
-# init-clients = clients-per-round = the number of sites every site gets budget ("{sites}")
-REHEARSAL = {"min-clients": "{sites}", "init-clients": "{sites}", "clients-per-round": "{sites}", "init-points": 10,
-             "points-per-client": 10, "al-rounds": 2, "fl-rounds": 1, "local-epochs": 1}
-
-
-def rehearsal_config(n_sites: int, overrides: dict) -> dict:
-    return {**{k: n_sites if v == "{sites}" else v for k, v in REHEARSAL.items()}, **overrides}
-
-
-def site_points(dataset: str, n_sites: int, points: int) -> int:
-    """Points per site of ``write_sites``: ``points``, or an equal part of the training split."""
-    from fedal.data import load_dataset
-
-    return points or len(load_dataset(dataset).y_train) // n_sites
-
-
-def check_fits_sites(rc: dict, points: int) -> None:
-    """Refuses a run config that asks a site for more labels than it has points: a site chosen in
-    every round pays init-points + al-rounds x points-per-client."""
-    from fedal.config import Config
-
-    cfg = Config.from_run_config(rc)
-    demand = cfg.init_points + cfg.al_rounds * cfg.points_per_client
-    if demand > points:
-        raise DeploymentError(
-            f"a site of {points} points cannot serve init-points = {cfg.init_points} + al-rounds = {cfg.al_rounds} x "
-            f"points-per-client = {cfg.points_per_client} = {demand} labels; lower them in --run-config or raise "
-            "--points-per-site")
-
-
-def write_sites(out: Path, n_sites: int, dataset: str = "digits", points: int = 0, seed: int = 0,
-                labels: bool = True) -> list[Path]:
-    """``out/site-<k>/data.npz`` for k = 1..n: part k of n of the data set's training split
-    (``fedal site export``, IID; ``points`` each, 0 = the whole part), ``x`` as the data set gives
-    it and ``y`` as the oracle's answers unless ``labels`` is False."""
-    from fedal.data.export import ExportError, export_site
-
-    try:
-        return [export_site(dataset, out / f"site-{k}" / "data.npz", k, n_sites, points=points, seed=seed,
-                            labels=labels, force=True).path for k in range(1, n_sites + 1)]
-    except ExportError as e:
-        raise DeploymentError(f"{n_sites} sites of {points} points: {e}") from None
 
 
 @dataclass

@@ -76,7 +76,7 @@ def bench_loading(tmp: Path) -> dict:
     """Fresh-process cost of importing the ClientApp and loading one client's data, cold (no
     cache: what every message paid before) and from the state dir's cache."""
     code = ("import time; t0 = time.time(); import fedal.client_app; t1 = time.time(); "
-            "from fedal.client import load_node_data; import json, sys; "
+            "from fedal.client_data import load_node_data; import json, sys; "
             "d = load_node_data(json.loads(sys.argv[1]), json.loads(sys.argv[2])); "
             "print(json.dumps({'import_s': t1 - t0, 'data_s': time.time() - t1}))")
     out = {}
