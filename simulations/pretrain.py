@@ -41,7 +41,7 @@ def _parser(prog: str = "python -m simulations.pretrain") -> argparse.ArgumentPa
 
 
 def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    from fedal.data import MNIST1D_SEED
+    from fedal.data.builtin import MNIST1D_SEED
 
     if a.epochs < 0:
         p.error(f"--epochs = {a.epochs} is invalid; valid range: >= 0")
