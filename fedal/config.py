@@ -102,7 +102,12 @@ def experiment_key(run_config: Mapping[str, Any]) -> dict[str, Any]:
 
     Keys that some strategy or mode declares it reads, but none of this run's do, are left out:
     the run computes the same whatever they hold (and a finished Rand run stays the same
-    experiment after a new probe key appears)."""
+    experiment after a new probe key appears).
+
+    Recorded runs keep their hashes (tests/test_recorded_hashes.py), which is why one key stays
+    that a run does not read: an asynchronous run's query workers rank by ``async-workers``, not
+    by ``point-strategy`` (nor the keys its point strategy declares), yet these stay in its hash,
+    as asynchronous runs were recorded with them."""
     drop = set(NON_EXPERIMENT_KEYS) | (_declared_keys(None) - _declared_keys(run_config))
     if run_config.get("labeling", "sync") == "sync":
         drop |= set(ASYNC_KEYS)
