@@ -27,7 +27,7 @@ POOLS_KEY = "fedal.pools"
 
 
 def worker(context: Context, run_config: dict):
-    """The node's ``fedal.client.ClientWorker``: its data (``fedal.client.load_node_data``) and
+    """The node's ``fedal.client.ClientWorker``: its data (``fedal.client_data.load_node_data``) and
     its pools, in the SQLite store of its state dir when it has one (``fedal.client.site_worker``),
     else in the node's ``context.state`` (simulation: lives as long as the SuperNode's memory)."""
     from fedal.client import site_worker

@@ -20,6 +20,7 @@ from .base import (
     get,
     register,
     strategy_class,
+    unregister,
 )
 from . import ranking, boundary, diversity, logo, local_diffusion  # noqa: E402,F401  (registration)
 from .ranking import RankByScore, uncertainty_measures  # noqa: E402
@@ -36,4 +37,5 @@ __all__ = [
     "strategy_class",
     "register",
     "uncertainty_measures",
+    "unregister",
 ]

@@ -270,6 +270,11 @@ def register(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
     return add
 
 
+def unregister(name: str) -> None:
+    """Remove point strategy ``name`` (tests and examples that register a throwaway one)."""
+    _REGISTRY.pop(name, None)
+
+
 def available() -> list[str]:
     """Names accepted by `get`, sorted."""
     return sorted(_REGISTRY)

@@ -127,7 +127,7 @@ def node_state_dir(node_config: dict) -> Path | None:
 
 
 def node_pool_store(data, state_dir: Path | None) -> DurablePoolStore | None:
-    """The durable pools of a client (``data``: its ``fedal.client.ClientData``):
+    """The durable pools of a client (``data``: its ``fedal.client_data.ClientData``):
     ``<state-dir>/pools/<experiment id>/<client id>.sqlite`` (None without a state dir). One
     open connection per file and process."""
     if state_dir is None:
