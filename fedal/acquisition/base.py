@@ -14,6 +14,7 @@ from typing import Callable, ClassVar, Optional
 
 import numpy as np
 
+from fedal.registry import Registry
 from fedal.validation import check_int, invalid
 
 
@@ -252,41 +253,30 @@ class Strategy:
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, type[Strategy]] = {}
+_REGISTRY: Registry[type[Strategy]] = Registry("point strategy", "unknown point strategy {name!r}; valid names: {valid}",
+                                               sort=True)
 
 
 def register(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
     """Class decorator adding a strategy to the registry under its configured name."""
 
     def add(cls: type[Strategy]) -> type[Strategy]:
-        if name in _REGISTRY:
-            raise ValueError(f"point strategy {name!r} is registered twice")
         if not (isinstance(cls, type) and issubclass(cls, Strategy)):
             raise TypeError(f"{cls!r} is not a Strategy subclass")
+        _REGISTRY.add(name, cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return add
 
 
-def unregister(name: str) -> None:
-    """Remove point strategy ``name`` (tests and examples that register a throwaway one)."""
-    _REGISTRY.pop(name, None)
+unregister = _REGISTRY.remove
+strategy_class = _REGISTRY.get
 
 
 def available() -> list[str]:
     """Names accepted by `get`, sorted."""
-    return sorted(_REGISTRY)
-
-
-def strategy_class(name: str) -> type[Strategy]:
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown point strategy {name!r}; valid names: {', '.join(available())}"
-        ) from None
+    return list(_REGISTRY.names())
 
 
 def from_config(name: str, cfg) -> Strategy:

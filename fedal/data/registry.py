@@ -15,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 
+from fedal.registry import Registry
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -70,31 +72,16 @@ class DatasetInfo:
             raise ValueError(f"dataset {self.name!r}: input_kind = {self.input_kind!r}; valid: float, uint8")
 
 
-_REGISTRY: dict[str, DatasetInfo] = {}
+_REGISTRY: Registry[DatasetInfo] = Registry("dataset", "dataset {name!r} is not known; valid: {valid}")
 
 
 def register_dataset(info: DatasetInfo) -> DatasetInfo:
-    if info.name in _REGISTRY:
-        raise ValueError(f"dataset {info.name!r} is registered twice")
-    _REGISTRY[info.name] = info
-    return info
+    return _REGISTRY.add(info.name, info)
 
 
-def unregister_dataset(name: str) -> None:
-    """Remove dataset ``name`` (tests and examples that register a throwaway one)."""
-    _REGISTRY.pop(name, None)
-
-
-def dataset_names() -> tuple[str, ...]:
-    """The registered datasets, in registration order (the order shown to users)."""
-    return tuple(_REGISTRY)
-
-
-def get_dataset(name: str) -> DatasetInfo:
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"dataset {name!r} is not known; valid: {', '.join(_REGISTRY)}") from None
+unregister_dataset = _REGISTRY.remove
+dataset_names = _REGISTRY.names  # the registered datasets, in registration order (the order shown to users)
+get_dataset = _REGISTRY.get
 
 
 def resolve_backbone(dataset: str, backbone: str) -> str:

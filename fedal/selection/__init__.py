@@ -32,6 +32,7 @@ from .paper import (  # noqa: E402
     Q_RECORD_MAX_NODES,
     ClientGeometry,
     DiffusionParams,
+    GraphParams,
     class_deficit_weights,
     diffusion_params,
     graph_diagnostics,
@@ -40,7 +41,7 @@ from .rules import ClusteredParams, CoverageParams, PowDParams  # noqa: E402
 
 __all__ = [
     "CLIENT_GRAPH_KEYS", "GRAPH_KEYS", "PROBE_KEYS", "Q_RECORD_MAX_NODES", "ClientGeometry", "ClientStats",
-    "ClientStrategy", "ClusteredParams", "CoverageParams", "DiffusionParams", "NoParams", "PowDParams",
+    "ClientStrategy", "ClusteredParams", "CoverageParams", "DiffusionParams", "GraphParams", "NoParams", "PowDParams",
     "allocate_budget", "available", "class_deficit_weights", "diffusion_params", "get", "graph_diagnostics",
     "order_clients", "plan_round", "register", "unregister",
 ]

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fedal.registry import Registry
+
 
 @dataclass(frozen=True)
 class ClientStats:
@@ -67,36 +69,23 @@ class ClientStrategy:
     params: Callable[[Any], Any] = lambda cfg: NoParams()
 
 
-_REGISTRY: dict[str, ClientStrategy] = {}
+_REGISTRY: Registry[ClientStrategy] = Registry("client strategy",
+                                                "client-strategy = {name!r} is not valid; valid values: {valid}")
 
 
 def register(name: str, **declared: Any) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
     """Decorator adding an ordering function to the registry as client strategy ``name``."""
 
     def add(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        if name in _REGISTRY:
-            raise ValueError(f"client strategy {name!r} is registered twice")
-        _REGISTRY[name] = ClientStrategy(name, fn, **declared)
+        _REGISTRY.add(name, ClientStrategy(name, fn, **declared))
         return fn
 
     return add
 
 
-def unregister(name: str) -> None:
-    """Remove client strategy ``name`` (tests and examples that register a throwaway one)."""
-    _REGISTRY.pop(name, None)
-
-
-def available() -> tuple[str, ...]:
-    """Registered client strategies, in registration order (the order shown to users)."""
-    return tuple(_REGISTRY)
-
-
-def get(name: str) -> ClientStrategy:
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"client-strategy = {name!r} is not valid; valid values: {', '.join(_REGISTRY)}") from None
+unregister = _REGISTRY.remove
+available = _REGISTRY.names  # registered client strategies, in registration order (the order shown to users)
+get = _REGISTRY.get
 
 
 # what the pseudo-updates m_t depend on (every strategy that reads q) and the client graph

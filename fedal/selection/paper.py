@@ -18,20 +18,28 @@ Q_RECORD_MAX_NODES = 2000
 
 
 @dataclass(frozen=True)
-class DiffusionParams:
+class GraphParams:
+    """The client graph's settings (docs/method.md, "Client graph"), shared by the strategies
+    that build it."""
+
     k: int = 7
     rho: float = 0.2
     delta: float = 0.1
-    steps: int = 5
     sigma_scope: str = "edges"
     laplacian: str = "unnormalized"
+
+
+@dataclass(frozen=True)
+class DiffusionParams(GraphParams):
+    steps: int = 5  # Algorithm 1's diffusion horizon H (0: no impact term)
     points_per_client: int = 200  # W: how far a pick moves the projected class counts (balanced)
 
 
 def diffusion_params(cfg) -> DiffusionParams:
     # client-impact = false is the "no impact term" ablation: H = 0 makes v ≡ 0
-    return DiffusionParams(cfg.knn_k, cfg.rho, cfg.delta, cfg.diffusion_steps if cfg.client_impact else 0,
-                           cfg.sigma_scope, cfg.laplacian, cfg.points_per_client)
+    return DiffusionParams(k=cfg.knn_k, rho=cfg.rho, delta=cfg.delta, sigma_scope=cfg.sigma_scope,
+                           laplacian=cfg.laplacian, steps=cfg.diffusion_steps if cfg.client_impact else 0,
+                           points_per_client=cfg.points_per_client)
 
 
 # what Algorithm 1's diffusion reads: the probe, the client graph and the impact term

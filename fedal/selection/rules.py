@@ -14,19 +14,14 @@ import numpy as np
 
 from fedal import client_baselines as fl
 from fedal.selection.base import GRAPH_KEYS, PROBE_KEYS, ClientStats, NoParams, register
-from fedal.selection.paper import ClientGeometry, graph_diagnostics
+from fedal.selection.paper import ClientGeometry, GraphParams, graph_diagnostics
 
 
 @dataclass(frozen=True)
-class CoverageParams:
+class CoverageParams(GraphParams):
     """The client graph's settings (shared with ``diffusion``) and the coverage horizon H."""
 
-    k: int = 7
-    rho: float = 0.2
-    delta: float = 0.1
     steps: int = 20
-    sigma_scope: str = "edges"
-    laplacian: str = "unnormalized"
 
 
 @dataclass(frozen=True)
@@ -48,8 +43,8 @@ def _count(n: int | None, nodes: np.ndarray) -> int:
 
 
 @register("diffusion-coverage", needs_pseudo_updates=True, config_keys=PROBE_KEYS + GRAPH_KEYS + ("coverage-steps",),
-          params=lambda cfg: CoverageParams(cfg.knn_k, cfg.rho, cfg.delta, cfg.coverage_steps,
-                                            cfg.sigma_scope, cfg.laplacian))
+          params=lambda cfg: CoverageParams(k=cfg.knn_k, rho=cfg.rho, delta=cfg.delta, sigma_scope=cfg.sigma_scope,
+                                            laplacian=cfg.laplacian, steps=cfg.coverage_steps))
 def coverage_order(stats: ClientStats, rng: np.random.Generator, params: CoverageParams,
                    n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     """fedal's coverage greedy on the paper's client graph (``fedal.coverage``): each pick covers
