@@ -23,7 +23,7 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m simulations.flwr_run --supernodes 100 $(if $(RUN_CONFIG),--run-config "$(RUN_CONFIG)")
+	$(VENV)/bin/fedal run --supernodes 100 $(if $(RUN_CONFIG),--run-config "$(RUN_CONFIG)")
 
 test: install
 	$(PY) -m pytest -q
