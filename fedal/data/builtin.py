@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from fedal.data.info import cifar100_names
 from fedal.data.registry import Dataset, DatasetInfo, DisplayInfo, register_dataset
 from fedal.errors import ConfigError
-from fedal.image_meta import IMAGE_META, image_meta_entry
+from fedal.image_meta import IMAGE_META, ImageMeta
 
 DIGIT_NAMES = tuple(str(d) for d in range(10))
 
@@ -107,11 +108,6 @@ def _vision_loader(name: str):
     return load
 
 
-def _image(name: str, class_names) -> DisplayInfo:
-    m = image_meta_entry(name)
-    return DisplayInfo((m.image_size[0], m.image_size[1], m.channels), class_names)
-
-
 def _cifar10_names() -> tuple[str, ...]:
     # CINIC-10 shares CIFAR-10's classes: fedal.data.vision checks its class folders against them
     from fedal.data.vision import CIFAR10_CLASSES
@@ -140,11 +136,14 @@ _IMAGE_NAMES = {"cifar10": lambda root: _cifar10_names(),
                 "cinic10": lambda root: _cifar10_names()}
 
 
-def _register_image(name: str) -> None:
-    m, names = IMAGE_META[name], _IMAGE_NAMES[name]
-    register_dataset(DatasetInfo(name, (m.image_size[0], m.image_size[1], m.channels), "uint8", m.num_classes,
-                                 "resnet18", _vision_loader(name), lambda root: _image(name, names(root))))
+def image_dataset(name: str, meta: ImageMeta, class_names: Callable[[str], tuple[str, ...] | None]) -> DatasetInfo:
+    """The entry of an image data set read by ``fedal.data.vision``: 8-bit points of shape
+    (height, width, channels) (``meta.image_size`` is (height, width)), a ResNet-18 for
+    ``backbone = "auto"``; ``class_names(data_root)``: its class names (None: not known)."""
+    shape = (meta.image_size[0], meta.image_size[1], meta.channels)
+    return DatasetInfo(name, shape, "uint8", meta.num_classes, "resnet18", _vision_loader(name),
+                       lambda root: DisplayInfo(shape, class_names(root)))
 
 
 for _name in ("cifar10", "cifar100", "fashion-mnist", "emnist-letters", "cinic10"):
-    _register_image(_name)
+    register_dataset(image_dataset(_name, IMAGE_META[_name], _IMAGE_NAMES[_name]))
