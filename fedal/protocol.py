@@ -41,6 +41,7 @@ METRICS = "metrics"  # a reply's scalars and lists
 CLIENT = "client"  # a reply's ConfigRecord naming the client
 CLIENT_ID = "client-id"  # its one key
 PSEUDO = "pseudo"  # a probe reply's pseudo-update m_t, key "m": (1, D) float32
+FEDAVG_WEIGHT = "num-examples"  # a train reply's |L_z| in METRICS (TrainReply.num_examples): FedAvg's weight
 
 
 def _key(name: str) -> str:

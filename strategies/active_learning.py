@@ -27,7 +27,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from fedal import checkpoint, selection
 from fedal.checkpoint import CheckpointError
 from fedal.config import Config
-from fedal.protocol import ProbeReply, ProbeRequest, TrainRequest
+from fedal.protocol import FEDAVG_WEIGHT, ProbeReply, ProbeRequest, TrainRequest
 from fedal.results import CHECKPOINT_FILE
 from fedal.selection import ClientStats, allocate_budget, order_clients, plan_round
 from fedal.training import evaluate
@@ -118,7 +118,7 @@ class FederatedActiveLearning(Federation):
             if labeled:
                 got = self.send(state, TrainRequest(al_round, fl_round, sched.local_epochs), labeled,
                                 arrays, fl_round=fl_round)
-                arrays = aggregate_arrayrecords(self._ordered(got), "num-examples")
+                arrays = aggregate_arrayrecords(self._ordered(got), FEDAVG_WEIGHT)
             if fl_round in probed:
                 t = time.perf_counter()
                 live = [cid for cid, c in state.clients.items() if c.n_unlabeled > 0]

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from fedal.checkpoint import CheckpointError
-from fedal.protocol import AcquireRequest
+from fedal.protocol import METRICS, AcquireRequest
 from strategies.federation import ALState, ClientFailure, ClientInfo
 
 
@@ -175,7 +175,7 @@ class SyncAcquisition(LabelingPolicy):
         while todo:
             jobs = [(cid, AcquireRequest(n, al_round, strategy)) for cid, n in todo]
             got = loop.exchange(state, jobs, arrays, require_any=False)
-            per_class += loop.take_counts(state, {c: r.content["metrics"] for c, r in got.items()}, "n-unlabeled")
+            per_class += loop.take_counts(state, {c: r.content[METRICS] for c, r in got.items()}, "n-unlabeled")
             done += [cid for cid, _ in todo if cid in got]
             missing = sum(n for cid, n in todo if cid not in got)
             todo = []
