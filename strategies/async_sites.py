@@ -23,7 +23,7 @@ def check_stores(cfg, ck_path, token: str, before: dict, now: dict) -> None:
                if int(m["granted"]) > int(m["granted-run"]) or int(m["n-labeled"]) > int(m["granted-run"])}
     if foreign:
         raise CheckpointError(
-            f"resume: the stores of client(s) "
+            "resume: the stores of client(s) "
             + ", ".join(f"{c} (budget {int(m['granted'])}, {int(m['n-labeled'])} labels, "
                         f"{int(m['granted-run'])} granted by this run)" for c, m in sorted(foreign.items()))
             + f" hold a label budget or labels of experiment {cfg.experiment!r} that another run granted, not "
