@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Callable, Mapping
+from typing import Callable
 
 import numpy as np
 import torch
@@ -178,18 +178,6 @@ class FederatedActiveLearning(Federation):
         return ClientStats(entropy=g, n_unlabeled=n_u, embeddings=emb,
                            prev_entropy=None if np.all(np.isnan(prev)) else prev,
                            predicted_mix=mix, labeled_per_class=state.labeled_per_class)
-
-    def take_counts(self, state: ALState, got: dict[str, Mapping], unlabeled_key: str) -> np.ndarray:
-        """Each replying client's |L| and |U| (``unlabeled_key``: what selection counts as
-        unlabeled) from its reply's metrics (``got``, by client id); returns the summed
-        ``acquired-per-class`` of the replies."""
-        per_class = np.zeros(self.num_classes, dtype=np.int64)
-        for cid, m in got.items():
-            c = state.clients[cid]
-            c.n_labeled, c.n_unlabeled = int(m["n-labeled"]), int(m[unlabeled_key])
-            if "acquired-per-class" in m:
-                per_class += np.asarray(m["acquired-per-class"], dtype=np.int64)
-        return per_class
 
     def choose(self, pids: list[str], stats: ClientStats, diagnostics: dict) -> tuple[list, Callable]:
         """The client strategy's plan for this round, as (client id, labels) pairs (``pids``: the

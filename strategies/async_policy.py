@@ -104,6 +104,7 @@ class AsyncLabeling(LabelingPolicy):
     share (``enrolled``, ``want``, ``granted_by``)."""
 
     records_q = False
+    unlabeled_key = "n-grantable"  # |U| as selection sees it: points not granted yet (granted ones wait for annotators)
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -257,8 +258,7 @@ class AsyncLabeling(LabelingPolicy):
                 if cid in recount:  # the reply counts all of the client's labels: drop what it reported before
                     loop.labeled_per_class = loop.labeled_per_class - self.reported.pop(cid, 0)
                 self.reported[cid] = self.reported.get(cid, 0) + np.asarray(m["acquired-per-class"], dtype=np.int64)
-        # |U| as selection sees it: points not granted yet (granted ones wait for annotators)
-        loop.labeled_per_class = loop.labeled_per_class + loop.take_counts(state, got, "n-grantable")
+        loop.labeled_per_class = loop.labeled_per_class + self.take_counts(loop, state, got)
         for cid, m in got.items():
             self.last[cid] = m
             # the probe sees a client as it will be once its granted labels are in (ClientWorker.probe)

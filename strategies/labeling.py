@@ -16,7 +16,7 @@ the loop calls them.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -30,6 +30,7 @@ class LabelingPolicy:
 
     records_q = True  # the client graph's q matrices go to q.npz
     checkpoints = True  # the loop saves a checkpoint after every AL round (with ``checkpoint_extra``)
+    unlabeled_key = "n-unlabeled"  # the reply's count of the points selection may still choose
 
     def load(self, loop, ck_path):
         """``resume = true``, before any client is asked: the checkpoint to continue from."""
@@ -105,6 +106,18 @@ class LabelingPolicy:
     def report(self, loop, summary: dict, rows: list[dict], wall: float) -> None:
         """The last log lines."""
 
+    def take_counts(self, loop, state: ALState, got: dict[str, Mapping]) -> np.ndarray:
+        """Each replying client's |L| and |U| (``unlabeled_key``: what selection counts as
+        unlabeled) from its reply's metrics (``got``, by client id); returns the summed
+        ``acquired-per-class`` of the replies."""
+        per_class = np.zeros(loop.num_classes, dtype=np.int64)
+        for cid, m in got.items():
+            c = state.clients[cid]
+            c.n_labeled, c.n_unlabeled = int(m["n-labeled"]), int(m[self.unlabeled_key])
+            if "acquired-per-class" in m:
+                per_class += np.asarray(m["acquired-per-class"], dtype=np.int64)
+        return per_class
+
 
 class SyncAcquisition(LabelingPolicy):
     """``labeling = "sync"``: each chosen client picks and labels its points in one
@@ -175,7 +188,7 @@ class SyncAcquisition(LabelingPolicy):
         while todo:
             jobs = [(cid, AcquireRequest(n, al_round, strategy)) for cid, n in todo]
             got = loop.exchange(state, jobs, arrays, require_any=False)
-            per_class += loop.take_counts(state, {c: r.content[METRICS] for c, r in got.items()}, "n-unlabeled")
+            per_class += self.take_counts(loop, state, {c: r.content[METRICS] for c, r in got.items()})
             done += [cid for cid, _ in todo if cid in got]
             missing = sum(n for cid, n in todo if cid not in got)
             todo = []
