@@ -204,3 +204,27 @@ def test_the_check_command(tmp_path, capsys):
     assert "client id:   clinic-3" in out and "fingerprint: sha256:" in out
     assert main([str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- the run's dataset
+def _site(tmp_path, y, **arrays):
+    f = tmp_path / "site.npz"
+    np.savez(f, x=np.zeros((len(y), 64), dtype=np.float32), y=np.asarray(y), **arrays)
+    return load_site_data(f)
+
+
+def test_class_ids_must_stay_below_the_datasets_number_of_classes(tmp_path):
+    from fedal.data.site import check_site_matches
+
+    # digits has 10 classes, ids 0..9: the last valid id passes, the first one past it (10) does not
+    assert check_site_matches(_site(tmp_path, [0, 9, 3]), "digits") == 10
+    with pytest.raises(SiteDataError, match=r"site.npz: the labels use class id 10 \(point 1\), but dataset = "
+                                            r"'digits' has 10 classes \(ids 0\.\.9\)"):
+        check_site_matches(_site(tmp_path, [0, 10, 3]), "digits")
+    # and a site naming as many classes as the dataset passes, one more or fewer does not
+    names = np.array([f"c{i}" for i in range(10)])
+    assert check_site_matches(_site(tmp_path, [0, 9], class_names=names), "digits") == 10
+    for wrong in (names[:9], np.append(names, "c10")):
+        with pytest.raises(SiteDataError, match=rf"the site names {len(wrong)} classes \(c0, c1, c2, c3, c4, "
+                                                rf"\.\.\.\), but dataset = 'digits' has 10"):
+            check_site_matches(_site(tmp_path, [0], class_names=wrong), "digits")
