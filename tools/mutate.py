@@ -1,0 +1,395 @@
+"""``make mutate``: mutation testing of the code that guards paid labels, budgets and state.
+
+A mutant is a copy of a function with one small fault in it (``>=`` made ``>``, a number plus
+one, an argument dropped, a string changed); a mutant *survives* when every test that runs the
+function still passes. The tool is mutmut (pinned in constraints.txt; why mutmut: README,
+"Mutation testing"). What this script adds to it:
+
+- **What is mutated** is read from ``[tool.fedal.mutate]`` in pyproject.toml, the one place to
+  edit: groups of files (globs allowed: ``fedal/store/*.py`` once the store is a package), or
+  ``file::function`` (``Class.method`` for a method) for part of a file, and the test files whose
+  tests may run against them. mutmut's own settings are its ``[tool.mutmut]`` table; this script
+  sets its ``only_mutate`` and test selection from the groups.
+- **Each mutant runs only the tests that cover it**: mutmut runs the listed test files once and
+  records which tests call each function (its "stats"); a mutant of a function runs those tests
+  alone, stopping at the first failure, under a CPU-time limit of 15 times their measured time
+  (a mutant that loops forever is a timeout, counted as killed).
+- **Bounded and incremental**: ``--budget-s`` (MUTATE_BUDGET_S, default 3600) ends the run after
+  that many seconds of wall time; every mutant's result is kept in ``mutants/`` (git-ignored),
+  so the next ``make mutate`` goes on where this one stopped, and reruns only the mutants of
+  functions whose code changed. ``--max-children`` (default 2: the machine's cores).
+- **The report**, ``reports/mutation/README.md``: per group and overall, killed / survived /
+  timeouts / not run, the score (killed + timeouts over all checked mutants, the mutants listed
+  in ``reports/mutation/equivalent.toml`` left out), and every survivor with file:line and its
+  mutation. ``--report`` rewrites it from the kept results without running anything.
+
+Usage: ``python -m tools.mutate [--budget-s S] [--max-children N] [--group NAME ...] [--report]``;
+``python -m tools.mutate mutmut show NAME`` (or ``results``, ``browse``) runs one of mutmut's own
+commands with this configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import fnmatch
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT_DIR = ROOT / "reports" / "mutation"
+EQUIVALENT_FILE = REPORT_DIR / "equivalent.toml"
+CLASS_SEP = "ǁ"  # mutmut's mangled names: x_<function>, xǁ<Class>ǁ<method>
+
+
+# ------------------------------------------------------------------------------------ configuration
+@dataclass
+class Group:
+    name: str
+    specs: list[str]  # "path/glob.py" or "path.py::function" / "path.py::Class.method"
+    tests: list[str]
+
+
+def load_groups(pyproject: Path = ROOT / "pyproject.toml") -> list[Group]:
+    cfg = tomllib.loads(pyproject.read_text())["tool"]["fedal"]["mutate"]
+    tests = cfg.get("tests", {})
+    groups = [Group(name, list(specs), list(tests.get(name, []))) for name, specs in cfg["modules"].items()]
+    unknown = set(tests) - {g.name for g in groups}
+    if unknown:
+        raise SystemExit(f"[tool.fedal.mutate.tests] names groups that [tool.fedal.mutate.modules] lacks: "
+                         f"{sorted(unknown)}")
+    return groups
+
+
+def spec_files(spec: str) -> list[str]:
+    pattern = spec.split("::")[0]
+    files = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob(pattern) if p.suffix == ".py")
+    if not files:
+        raise SystemExit(f"[tool.fedal.mutate.modules]: {pattern!r} matches no Python file")
+    return files
+
+
+def module_of(path: str) -> str:
+    return path[:-3].replace("/", ".").removesuffix(".__init__")
+
+
+def mangled(function: str) -> str:
+    """``Class.method`` or ``function`` as mutmut names it."""
+    if "." in function:
+        cls, meth = function.split(".", 1)
+        return f"x{CLASS_SEP}{cls}{CLASS_SEP}{meth}"
+    return f"x_{function}"
+
+
+def name_patterns(groups: list[Group]) -> dict[str, list[str]]:
+    """Per group, fnmatch patterns of its mutants' names (module.mangled__mutmut_N)."""
+    out = {}
+    for g in groups:
+        pats = []
+        for spec in g.specs:
+            func = spec.split("::")[1] if "::" in spec else None
+            for f in spec_files(spec):
+                pats.append(f"{module_of(f)}.{mangled(func) if func else '*'}__mutmut_*")
+        out[g.name] = pats
+    return out
+
+
+def mutmut_overrides(groups: list[Group]) -> dict:
+    """only_mutate: every group's files, always (mutmut copies a file left out of it over its
+    mutants, which then look current to the next run that names it); the test selection: every
+    group's tests (mutmut records which tests cover which function once for a selection, and
+    records it anew when the selection changes). Which mutants run is chosen by name (``run``)."""
+    files = sorted({f for g in groups for s in g.specs for f in spec_files(s)})
+    tests = sorted({t for g in groups for t in g.tests})
+    return {"only_mutate": files, "pytest_add_cli_args_test_selection": tests}
+
+
+def run_mutmut_cli(args: list[str], groups: list[Group]) -> None:
+    """mutmut's command line, with only_mutate and the test selection set from the groups (its
+    config reader is wrapped: mutmut reads [tool.mutmut] from pyproject.toml and nothing else)."""
+    import mutmut.configuration as mc
+
+    overrides = mutmut_overrides(groups)
+    read = mc._config_reader
+
+    def reader():
+        s = read()
+        return lambda key, default: overrides[key] if key in overrides else s(key, default)
+
+    mc._config_reader = reader
+    mc.reset_config()
+    from mutmut.__main__ import cli
+
+    cli.main(args=args, prog_name="mutmut", standalone_mode=True)
+
+
+# ------------------------------------------------------------------------------------ results
+@dataclass
+class Mutant:
+    name: str
+    path: str
+    status: str
+    line: int | None = None
+    change: str = ""
+    why_equivalent: str | None = None
+
+
+@dataclass
+class GroupResult:
+    group: Group
+    mutants: list[Mutant] = field(default_factory=list)
+
+    def count(self, *statuses: str) -> int:
+        return sum(m.status in statuses for m in self.mutants)
+
+
+def status_of(code) -> str:
+    from mutmut.stats import status_by_exit_code
+
+    return status_by_exit_code[code]
+
+
+def load_results(groups: list[Group], locate_survivors: bool = True) -> list[GroupResult]:
+    patterns = name_patterns(groups)
+    equivalents = load_equivalents()
+    out = []
+    for g in groups:
+        res = GroupResult(g)
+        for path in sorted({f for s in g.specs for f in spec_files(s)}):
+            meta = ROOT / "mutants" / (path + ".meta")
+            codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+            for name, code in sorted(codes.items(), key=lambda kv: _natural(kv[0])):
+                if any(fnmatch.fnmatchcase(name, p) for p in patterns[g.name]):
+                    res.mutants.append(Mutant(name, path, status_of(code)))
+        for m in res.mutants if locate_survivors else []:
+            if m.status in ("survived", "no tests") or m.name in equivalents:
+                m.line, m.change = locate(m)
+            if m.name in equivalents and m.status in ("survived", "no tests"):
+                eq = equivalents[m.name]
+                if eq.get("change") == m.change:
+                    m.status, m.why_equivalent = "equivalent", eq["why"]
+        out.append(res)
+    return out
+
+
+def _natural(name: str):
+    head, _, n = name.rpartition("__mutmut_")
+    return head, int(n) if n.isdigit() else 0
+
+
+def load_equivalents() -> dict[str, dict]:
+    """reports/mutation/equivalent.toml: ``[[mutant]]`` tables with ``name``, ``change`` (the
+    mutated line as the report shows it, so that an entry whose function changed since no longer
+    applies) and ``why``."""
+    if not EQUIVALENT_FILE.exists():
+        return {}
+    return {e["name"]: e for e in tomllib.loads(EQUIVALENT_FILE.read_text()).get("mutant", [])}
+
+
+_function_cache: dict[str, dict[str, tuple[int, int]]] = {}
+
+
+def _functions(path: str) -> dict[str, tuple[int, int]]:
+    """Mangled name -> (first line, last line) of each function and method in ``path``."""
+    if path not in _function_cache:
+        tree = ast.parse((ROOT / path).read_text())
+        spans = {}
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                spans[mangled(node.name)] = (node.lineno, node.end_lineno)
+            elif isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        spans[mangled(f"{node.name}.{item.name}")] = (item.lineno, item.end_lineno)
+        _function_cache[path] = spans
+    return _function_cache[path]
+
+
+def locate(m: Mutant) -> tuple[int | None, str]:
+    """(line in the source file, "old → new") of a mutant, from mutmut's diff of its function."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # mutmut reads mutants/ relative to the working directory
+    try:
+        diff = get_diff_for_mutant(m.name, path=m.path).splitlines()
+    except Exception as e:  # a mutant of a function that is gone: say so instead of failing the report
+        return None, f"(no diff: {type(e).__name__})"
+    finally:
+        os.chdir(cwd)
+    removed = [ln[1:] for ln in diff if ln.startswith("-") and not ln.startswith("---")]
+    added = [ln[1:] for ln in diff if ln.startswith("+") and not ln.startswith("+++")]
+    change = " / ".join(s.strip() for s in removed) + " → " + " / ".join(s.strip() for s in added)
+    func = m.name.rsplit(".", 1)[1].rsplit("__mutmut_", 1)[0]
+    start, end = _functions(m.path).get(func, (1, 0))
+    lines = (ROOT / m.path).read_text().splitlines()
+    line = None
+    if removed:
+        first = removed[0].strip()
+        line = next((i + 1 for i in range(start - 1, min(end, len(lines))) if lines[i].strip() == first), None)
+    return line or start, change
+
+
+def score(results: list[GroupResult]) -> tuple[int, int]:
+    killed = sum(r.count("killed", "timeout", "caught by type check") for r in results)
+    checked = killed + sum(r.count("survived", "no tests", "suspicious", "segfault") for r in results)
+    return killed, checked
+
+
+def write_report(results: list[GroupResult], run_note: str) -> Path:
+    REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    lines = ["# Mutation testing: the code that guards paid labels, budgets and state", "",
+             "Written by `make mutate` (tools/mutate.py; mutmut). Regenerate with:", "",
+             "    make mutate                       # runs what is not run yet, then writes this file",
+             "    MUTATE_BUDGET_S=7200 make mutate  # a longer wall-time budget (default 3600 s)",
+             "    .venv/bin/python -m tools.mutate --report   # this file from the kept results only",
+             "", f"Last run: {run_note}", "",
+             "Score = (killed + timeouts) / (all checked mutants), the equivalent mutants "
+             "(reports/mutation/equivalent.toml, listed below) left out. \"not run\": mutants the "
+             "time budget did not reach (the next `make mutate` goes on with them).", "",
+             "| group | files | mutants | killed | timeout | survived | no tests | equivalent | not run | score |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        k, c = score([r])
+        files = ", ".join(r.group.specs)
+        lines.append(f"| {r.group.name} | {files} | {len(r.mutants)} | {r.count('killed', 'caught by type check')} "
+                     f"| {r.count('timeout')} | {r.count('survived', 'suspicious', 'segfault')} | "
+                     f"{r.count('no tests')} | {r.count('equivalent')} | {r.count('not checked')} | "
+                     f"{_pct(k, c)} |")
+    k, c = score(results)
+    total = sum(len(r.mutants) for r in results)
+    lines.append(f"| **all** | | {total} | {sum(r.count('killed', 'caught by type check') for r in results)} | "
+                 f"{sum(r.count('timeout') for r in results)} | "
+                 f"{sum(r.count('survived', 'suspicious', 'segfault') for r in results)} | "
+                 f"{sum(r.count('no tests') for r in results)} | {sum(r.count('equivalent') for r in results)} | "
+                 f"{sum(r.count('not checked') for r in results)} | **{_pct(k, c)}** |")
+    lines += ["", "## Surviving mutants", ""]
+    surv = [m for r in results for m in r.mutants if m.status in ("survived", "no tests", "suspicious", "segfault")]
+    if not surv:
+        lines.append("None.")
+    for m in surv:
+        lines.append(f"- `{m.path}:{m.line}` {m.status}: `{m.change}` ({m.name})")
+    lines += ["", "## Equivalent mutants (left out of the score)", ""]
+    eq = [m for r in results for m in r.mutants if m.status == "equivalent"]
+    if not eq:
+        lines.append("None.")
+    for m in eq:
+        lines.append(f"- `{m.path}:{m.line}` `{m.change}`: {m.why_equivalent} ({m.name})")
+    lines.append("")
+    out = REPORT_DIR / "README.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def _pct(k: int, c: int) -> str:
+    return f"{100 * k / c:.1f}%" if c else "n/a"
+
+
+# ------------------------------------------------------------------------------------ the run
+def run(groups: list[Group], budget_s: float, max_children: int) -> str:
+    """mutmut run on the groups' mutants without a result and the surviving ones, in a child
+    process (its own process group), ended with SIGINT (mutmut keeps every result it has) when
+    ``budget_s`` runs out. mutmut reruns every mutant named on its command line, so only those
+    are named; a run that made new mutants (a function changed) is followed by one for them."""
+    deadline = time.monotonic() + budget_s
+    notes = []
+    drop_plain_copies(groups)
+    for attempt in range(3):
+        names = to_run(groups, survivors=attempt == 0)
+        left = deadline - time.monotonic()
+        if not names:
+            notes.append("every mutant has a result")
+            break
+        if left < 30:
+            notes.append(f"{len(names)} mutant(s) left for the next run")
+            break
+        cmd = [sys.executable, "-m", "tools.mutate", "mutmut", "run", "--max-children", str(max_children), *names]
+        proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=left)
+            notes.append(f"mutmut run exited {rc}")
+            if rc != 0:
+                break
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            notes.append(f"stopped at the time budget ({budget_s:.0f} s); the next make mutate goes on")
+            break
+        except KeyboardInterrupt:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait()
+            raise
+    return "; ".join(notes)
+
+
+def drop_plain_copies(groups: list[Group]) -> None:
+    """A mutmut run whose only_mutate lacked a file copies it into mutants/ unmutated, and a later
+    run takes the newer copy for made mutants (it compares modification times): remove such
+    copies of the groups' files, so that mutmut makes their mutants (results of unchanged
+    functions are kept in the .meta files)."""
+    for f in {f for g in groups for s in g.specs for f in spec_files(s)}:
+        copy = ROOT / "mutants" / f
+        if copy.exists() and "__mutmut_" not in copy.read_text():
+            copy.unlink()
+
+
+def to_run(groups: list[Group], survivors: bool = True) -> list[str]:
+    """What to name on mutmut's command line: per group, its mutants without a result and (with
+    ``survivors``) the surviving ones, which a new test may kill now (not those listed as
+    equivalent); or the patterns of its names while mutmut has not made its mutants yet."""
+    patterns = name_patterns(groups)
+    again = ("not checked", "survived", "no tests", "suspicious") if survivors else ("not checked",)
+    names: list[str] = []
+    for r in load_results(groups, locate_survivors=survivors):
+        if r.mutants:
+            names += [m.name for m in r.mutants if m.status in again]
+        else:
+            names += patterns[r.group.name]
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    groups = load_groups()
+    if argv[:1] == ["mutmut"]:
+        os.chdir(ROOT)
+        run_mutmut_cli(argv[1:], groups)
+        return 0
+    p = argparse.ArgumentParser(prog="python -m tools.mutate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--budget-s", type=float, default=float(os.environ.get("MUTATE_BUDGET_S", 3600)))
+    p.add_argument("--max-children", type=int, default=int(os.environ.get("MUTATE_MAX_CHILDREN", 2)))
+    p.add_argument("--group", action="append", help="run only this group (repeatable); the report has all")
+    p.add_argument("--report", action="store_true", help="only rewrite the report from the kept results")
+    a = p.parse_args(argv)
+    names = {g.name for g in groups}
+    if a.group and not set(a.group) <= names:
+        p.error(f"unknown group(s) {sorted(set(a.group) - names)}; valid: {', '.join(sorted(names))}")
+    note = "report only"
+    if not a.report:
+        t0 = time.monotonic()
+        chosen = [g for g in groups if not a.group or g.name in a.group]
+        note = run(chosen, a.budget_s, a.max_children)
+        note += f"; wall time {time.monotonic() - t0:.0f} s"
+    results = load_results(groups)
+    out = write_report(results, f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {note}")
+    k, c = score(results)
+    for r in results:
+        print(f"{r.group.name:28s} {_pct(*score([r])):>7s}  ({len(r.mutants)} mutants, "
+              f"{r.count('survived', 'no tests')} surviving, {r.count('not checked')} not run)")
+    print(f"{'all':28s} {_pct(k, c):>7s}; report: {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
