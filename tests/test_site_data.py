@@ -1,5 +1,7 @@
 """Bring-your-own site data (fedal/data/site.py) from real .npz, PNG and JPEG files."""
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -228,3 +230,115 @@ def test_class_ids_must_stay_below_the_datasets_number_of_classes(tmp_path):
         with pytest.raises(SiteDataError, match=rf"the site names {len(wrong)} classes \(c0, c1, c2, c3, c4, "
                                                 rf"\.\.\.\), but dataset = 'digits' has 10"):
             check_site_matches(_site(tmp_path, [0], class_names=wrong), "digits")
+
+
+# ---------------------------------------------------------------------------------- what make mutate found
+# (reports/mutation/README.md): the check command's whole output, hidden entries, pixel modes,
+# labels.csv's edge rows and the folder fingerprint's definition
+def test_the_check_command_prints_what_fedal_will_see(tmp_path, capsys):
+    from fedal.data.site import main
+
+    f = tmp_path / "site.npz"
+    np.savez(f, x=np.zeros((3, 40), np.float32), y=np.array([0, 1, 1]), class_names=np.array(["no", "yes"]))
+    assert main([str(f), "--client-id", "clinic-3"]) == 0
+    d = load_site_data(f, "clinic-3")
+    assert capsys.readouterr().out == (f"data:        {f}\npoints:      3, inputs float32 (40,)\n"
+                                       f"labels:      3 oracle answers, 2 classes\nclasses:     no, yes\n"
+                                       f"fingerprint: {d.fingerprint}\nclient id:   clinic-3\n")
+    np.savez(f, x=np.zeros((2, 40), np.float32))
+    assert main([str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "labels:      none (labels are asked for on request)\nclasses:     -\n" in out
+    assert f"client id:   {load_site_data(f).client_id}\n" in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert capsys.readouterr().out.startswith(
+        "usage: python -m fedal.data.site [-h] [--client-id CLIENT_ID] data_path\n\n"
+        "Check a site's data and print what fedal will see.\n\npositional arguments:\n"
+        "  data_path             an .npz file or an image folder\n")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--client-id CLIENT_ID\n                        the id this site will be configured with" in \
+        capsys.readouterr().out
+
+
+def test_hidden_files_and_folders_are_not_the_sites_data(tmp_path):
+    root = tmp_path / "site"
+    png(root / "a" / "0.png", rgb(0))
+    png(root / "a" / ".1.png", rgb(1))  # e.g. a viewer's thumbnail
+    (root / "a" / ".cache").mkdir()
+    (root / ".git").mkdir()
+    png(root / ".git" / "x.png", rgb(2))
+    d = load_site_data(root)
+    assert d.class_names == ("a",) and d.files == ("a/0.png",)
+    flat = tmp_path / "flat"
+    png(flat / "0.png", rgb(0))
+    png(flat / ".0.png", rgb(1))
+    (flat / ".thumbs").mkdir()
+    assert load_site_data(flat).files == ("0.png",)
+
+
+@pytest.mark.parametrize("mode", ["I", "I;16", "I;16B", "I;16L", "F"])
+def test_16_bit_and_float_images_are_refused(tmp_path, monkeypatch, mode):
+    from PIL import Image as PILImage
+
+    png(tmp_path / "s" / "0.png", rgb(0))
+    monkeypatch.setattr(PILImage, "open", lambda p, *a, **k: PILImage.new(mode, (5, 6)))
+    with pytest.raises(SiteDataError, match=rf"image .*0.png has {re.escape(mode)} pixels \(16-bit or float\); "
+                                            r"fedal reads 8-bit grayscale or colour images: convert it to 8 bits$"):
+        load_site_data(tmp_path / "s")
+
+
+def test_one_bit_images_are_grayscale(tmp_path):
+    Image.fromarray(np.eye(6, 5, dtype=bool)).save(tmp_path / "bw.png")
+    d = load_site_data(tmp_path)
+    assert d.x.shape == (1, 6, 5, 1) and d.x[0, 0, 0, 0] == 255 and d.x[0, 0, 1, 0] == 0
+
+
+def test_an_image_damaged_past_its_header_is_named(tmp_path):
+    png(tmp_path / "s" / "0.png", rgb(0, h=40, w=40))
+    raw = (tmp_path / "s" / "0.png").read_bytes()
+    (tmp_path / "s" / "0.png").write_bytes(raw[: len(raw) // 2])  # the header reads, the pixels do not
+    with pytest.raises(SiteDataError, match=r"image .*0.png cannot be decoded \(.*truncated.*\)$"):
+        load_site_data(tmp_path / "s")
+
+
+def test_the_folder_fingerprint_hashes_names_sizes_and_bytes_in_order(tmp_path):
+    import hashlib
+
+    root = tmp_path / "s"
+    png(root / "b" / "1.png", rgb(1))
+    png(root / "a" / "0.png", rgb(0))
+    h = hashlib.sha256(b"fedal-site-images-v1\n")
+    for name in ("a/0.png", "b/1.png"):
+        data = (root / name).read_bytes()
+        h.update(f"{name}\n{len(data)}\n".encode() + data)
+    assert load_site_data(root).fingerprint == "sha256:" + h.hexdigest()[:32]
+
+
+@pytest.mark.parametrize("csv_text,needle", [
+    ("", r"must start with the header 'file,label'; found nothing$"),
+    ("name,class\n", r"must start with the header 'file,label'; found \['name', 'class'\]$"),
+    ("file,label\nimg0.png,1\nimg1.png,\n", r"line 3: expected 'file,label', got \['img1.png', ''\]$"),
+    ("file,label\nimg0.png,1\n,0\n", r"line 3: expected 'file,label', got \['', '0'\]$"),
+    ("file,label\nimg0.png,1\n", r"has no label for 2 images \(first: img1.png\); give every image a label, or "
+                                 r"remove the file to treat the folder as unlabeled$"),
+])
+def test_labels_csv_rows_are_checked_one_by_one(tmp_path, csv_text, needle):
+    root = tmp_path / "flat"
+    for k in range(3):
+        png(root / f"img{k}.png", rgb(k))
+    (root / "labels.csv").write_text(csv_text)
+    with pytest.raises(SiteDataError, match=needle):
+        load_site_data(root)
+
+
+def test_blank_rows_of_labels_csv_are_skipped_and_an_unreadable_file_is_named(tmp_path):
+    root = tmp_path / "flat"
+    for k in range(2):
+        png(root / f"img{k}.png", rgb(k))
+    (root / "labels.csv").write_text("file,label\nimg0.png,1\n  ,  \n\nimg1.png,0\n")
+    assert load_site_data(root).y.tolist() == [1, 0]
+    (root / "labels.csv").write_bytes(b"file,label\nimg0.png,\xff\xfe\n")
+    with pytest.raises(SiteDataError, match=r"labels.csv cannot be read \('utf-8' codec can't decode"):
+        load_site_data(root)
