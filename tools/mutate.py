@@ -35,6 +35,7 @@ import ast
 import fnmatch
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,6 +176,8 @@ def load_results(groups: list[Group], locate_survivors: bool = True) -> list[Gro
                 eq = equivalents[m.name]
                 if eq.get("change") == m.change:
                     m.status, m.why_equivalent = "equivalent", eq["why"]
+            if m.status in ("survived", "no tests") and sql_case_only(m):
+                m.status, m.why_equivalent = "equivalent", SQL_CASE
         out.append(res)
     return out
 
@@ -237,6 +240,35 @@ def locate(m: Mutant) -> tuple[int | None, str]:
     return line or start, change
 
 
+SQL_CALLS = {"execute", "executemany", "executescript", "_read"}
+SQL_CASE = ("the case of SQL keywords and names in a statement sent to SQLite, which reads them "
+            "case-insensitively (its quoted string values, which it does not, are unchanged)")
+_sql_spans: dict[str, list[tuple[int, int]]] = {}
+
+
+def sql_case_only(m: Mutant) -> bool:
+    """Whether mutant ``m`` only changes the case of SQL text passed to sqlite (execute,
+    executemany, executescript, PoolStore._read), leaving its quoted values ('open', ...) as
+    they were: a rule for a kind of equivalent mutant that mutmut makes by the hundred."""
+    if m.line is None or " → " not in m.change:
+        return False
+    old, new = m.change.split(" → ", 1)
+    quoted = re.compile(r"'[^']*'")
+    if old == new or old.lower() != new.lower() or quoted.findall(old) != quoted.findall(new):
+        return False
+    if m.path not in _sql_spans:
+        spans = []
+        for node in ast.walk(ast.parse((ROOT / m.path).read_text())):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+                if name in SQL_CALLS:
+                    spans.append((node.lineno, node.end_lineno))
+        _sql_spans[m.path] = spans
+    n_lines = old.count(" / ") + 1
+    return any(a <= m.line and m.line + n_lines - 1 <= b for a, b in _sql_spans[m.path])
+
+
 def score(results: list[GroupResult]) -> tuple[int, int]:
     killed = sum(r.count("killed", "timeout", "caught by type check") for r in results)
     checked = killed + sum(r.count("survived", "no tests", "suspicious", "segfault") for r in results)
@@ -276,12 +308,15 @@ def write_report(results: list[GroupResult], run_note: str) -> Path:
         lines.append("None.")
     for m in surv:
         lines.append(f"- `{m.path}:{m.line}` {m.status}: `{m.change}` ({m.name})")
-    lines += ["", "## Equivalent mutants (left out of the score)", ""]
+    lines += ["", "## Equivalent mutants (left out of the score)", "",
+              "Judged one by one in reports/mutation/equivalent.toml, and by one rule (tools/mutate.py, "
+              f"sql_case_only): {SQL_CASE}.", ""]
     eq = [m for r in results for m in r.mutants if m.status == "equivalent"]
     if not eq:
         lines.append("None.")
     for m in eq:
-        lines.append(f"- `{m.path}:{m.line}` `{m.change}`: {m.why_equivalent} ({m.name})")
+        why = "SQL case (the rule above)" if m.why_equivalent == SQL_CASE else m.why_equivalent
+        lines.append(f"- `{m.path}:{m.line}` `{m.change}`: {why} ({m.name})")
     lines.append("")
     out = REPORT_DIR / "README.md"
     out.write_text("\n".join(lines))
@@ -293,14 +328,14 @@ def _pct(k: int, c: int) -> str:
 
 
 # ------------------------------------------------------------------------------------ the run
-def run(groups: list[Group], budget_s: float, max_children: int) -> str:
+def run(groups: list[Group], budget_s: float, max_children: int, all_groups: list[Group]) -> str:
     """mutmut run on the groups' mutants without a result and the surviving ones, in a child
     process (its own process group), ended with SIGINT (mutmut keeps every result it has) when
     ``budget_s`` runs out. mutmut reruns every mutant named on its command line, so only those
     are named; a run that made new mutants (a function changed) is followed by one for them."""
     deadline = time.monotonic() + budget_s
     notes = []
-    drop_plain_copies(groups)
+    prepare(all_groups)
     for attempt in range(3):
         names = to_run(groups, survivors=attempt == 0)
         left = deadline - time.monotonic()
@@ -333,15 +368,24 @@ def run(groups: list[Group], budget_s: float, max_children: int) -> str:
     return "; ".join(notes)
 
 
-def drop_plain_copies(groups: list[Group]) -> None:
-    """A mutmut run whose only_mutate lacked a file copies it into mutants/ unmutated, and a later
-    run takes the newer copy for made mutants (it compares modification times): remove such
-    copies of the groups' files, so that mutmut makes their mutants (results of unchanged
-    functions are kept in the .meta files)."""
-    for f in {f for g in groups for s in g.specs for f in spec_files(s)}:
+def prepare(groups: list[Group]) -> None:
+    """Before mutmut runs: a file it last copied unmutated (a run whose only_mutate lacked it)
+    looks to it like made mutants, as the copy is newer than the source: such copies are removed
+    so that it makes the mutants (results of unchanged functions stay in the .meta files). And
+    its record of which tests call which function knows only the functions that had mutants when
+    it was made: when the mutated files change, the record is made anew."""
+    files = sorted({f for g in groups for s in g.specs for f in spec_files(s)})
+    dropped = False
+    for f in files:
         copy = ROOT / "mutants" / f
         if copy.exists() and "__mutmut_" not in copy.read_text():
             copy.unlink()
+            dropped = True
+    marker = ROOT / "mutants" / "fedal-mutate-files.json"
+    if dropped or not marker.exists() or json.loads(marker.read_text()) != files:
+        (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+        marker.parent.mkdir(exist_ok=True)
+        marker.write_text(json.dumps(files))
 
 
 def to_run(groups: list[Group], survivors: bool = True) -> list[str]:
@@ -379,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.report:
         t0 = time.monotonic()
         chosen = [g for g in groups if not a.group or g.name in a.group]
-        note = run(chosen, a.budget_s, a.max_children)
+        note = run(chosen, a.budget_s, a.max_children, groups)
         note += f"; wall time {time.monotonic() - t0:.0f} s"
     results = load_results(groups)
     out = write_report(results, f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {note}")
