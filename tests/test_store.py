@@ -282,7 +282,8 @@ def test_a_database_of_another_experiment_client_or_data_is_refused(tmp_path, ov
         open_store(path, **over)
     msg = str(e.value)
     assert str(path) in msg and needle in msg and "belongs to another experiment" in msg
-    assert "it holds 3 paid labels: do not delete it" in msg and "new state directory" in msg
+    assert msg.endswith("it holds 3 paid labels: do not delete it; restore it (with its -wal file) from a backup, "
+                        "or give this client a new state directory to start a new experiment")
     with open_store(path) as s:  # refusing changed nothing
         assert s.n_labeled == 3
 
@@ -404,3 +405,37 @@ def test_files_are_made_in_wal_mode_with_full_sync(tmp_path):
         assert s._read("PRAGMA journal_mode")[0][0] == "wal"
         assert s._read("PRAGMA synchronous")[0][0] == 2  # FULL
         assert s._read("PRAGMA busy_timeout")[0][0] >= 1000
+
+
+# ---------------------------------------------------------------------------------- what make mutate found
+def test_a_refused_store_closes_its_connection(tmp_path, monkeypatch):
+    import fedal.store
+
+    path = tmp_path / "pools.sqlite"
+    _store_with_labels(path)
+    closed = []
+    real = sqlite3.connect
+
+    class Tracked:
+        def __init__(self, *a, **k):
+            self._c = real(*a, **k)
+
+        def __getattr__(self, name):
+            return getattr(self._c, name)
+
+        def close(self):
+            closed.append(True)
+            self._c.close()
+
+    monkeypatch.setattr(fedal.store.sqlite3, "connect", Tracked)
+    with pytest.raises(StoreError, match="belongs to another experiment"):
+        open_store(path, client_id="site-b")
+    assert closed == [True]
+
+
+def test_indices_that_are_not_integers_are_refused_naming_their_type(tmp_path):
+    with open_store(tmp_path / "pools.sqlite") as s:
+        with pytest.raises(StoreError, match=r"^AL round 0: the point strategy returned float64 indices; "
+                                             r"integers expected$"):
+            s.acquire(0, lambda p: np.array([1.0, 2.0]), oracle)
+        assert s.n_labeled == 0
