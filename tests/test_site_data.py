@@ -342,3 +342,90 @@ def test_blank_rows_of_labels_csv_are_skipped_and_an_unreadable_file_is_named(tm
     (root / "labels.csv").write_bytes(b"file,label\nimg0.png,\xff\xfe\n")
     with pytest.raises(SiteDataError, match=r"labels.csv cannot be read \('utf-8' codec can't decode"):
         load_site_data(root)
+
+
+@pytest.mark.parametrize("dataset,x,needle", [
+    ("digits", np.zeros((2, 40), np.float32),
+     r"the site's points are float32 of shape \(40,\), but the run's dataset = 'digits' expects float32 points of "
+     r"shape \(64,\), feature vectors scaled as the data set's own: digits pixel/16, mnist1d as generated; convert "
+     r"the data or run with the dataset that matches it$"),
+    ("cifar10", np.zeros((2, 32, 32, 3), np.float32),  # the right shape, the wrong kind
+     r"the site's points are float32 of shape \(32, 32, 3\), but the run's dataset = 'cifar10' expects uint8 points "
+     r"of shape \(32, 32, 3\), 8-bit images, \(H, W, C\) per point; convert the data or run with the dataset"),
+    ("mnist1d", np.zeros((2, 40), np.uint8),
+     r"are uint8 of shape \(40,\), but the run's dataset = 'mnist1d' expects float32 points of shape \(40,\)"),
+])
+def test_points_of_another_shape_or_kind_are_refused_with_what_the_dataset_expects(tmp_path, dataset, x, needle):
+    from fedal.data.site import check_site_matches
+
+    np.savez(tmp_path / "site.npz", x=x)
+    with pytest.raises(SiteDataError, match=needle):
+        check_site_matches(load_site_data(tmp_path / "site.npz"), dataset)
+
+
+def test_what_each_dataset_expects_of_a_site():
+    from fedal.data.site import expected_inputs
+
+    assert expected_inputs("mnist1d") == ((40,), "float", 10) and expected_inputs("digits") == ((64,), "float", 10)
+    assert expected_inputs("cifar10") == ((32, 32, 3), "uint8", 10)
+    assert expected_inputs("cifar100")[2] == 100
+
+
+@pytest.mark.parametrize("n,shown", [(3, "c0, c1, c2"), (5, "c0, c1, c2, c3, c4"), (6, "c0, c1, c2, c3, c4, ...")])
+def test_a_wrong_number_of_class_names_lists_the_first_five(tmp_path, n, shown):
+    from fedal.data.site import check_site_matches
+
+    site = _site(tmp_path, [0], class_names=np.array([f"c{i}" for i in range(n)]))
+    with pytest.raises(SiteDataError, match=rf"the site names {n} classes \({re.escape(shown)}\), but dataset = "
+                                            r"'digits' has 10$"):
+        check_site_matches(site, "digits")
+
+
+def test_client_ids_are_checked_and_kept_as_given(tmp_path):
+    from fedal.data.site import check_client_id
+
+    assert check_client_id("clinic-3.b_2") == "clinic-3.b_2"
+    for bad in ("a b", "-lead", "", "x" * 65):
+        with pytest.raises(SiteDataError, match=rf"^client-id {re.escape(repr(bad))} is not valid: use 1-64 letters, "
+                                                r"digits, '\.', '_' or '-', starting with a letter or digit$"):
+            check_client_id(bad)
+    np.savez(tmp_path / "s.npz", x=np.zeros((2, 3)))
+    assert load_site_data(tmp_path / "s.npz", client_id="site-7").client_id == "site-7"
+
+
+@pytest.mark.parametrize("arrays,needle", [
+    (dict(x=np.zeros((2, 3)), class_names=np.array([["a", "b"]])), r"must be a non-empty 1-D array of strings; "
+                                                                    r"got dtype <U1, shape \(1, 2\)$"),
+    (dict(x=np.zeros((2, 3)), class_names=np.array([1, 2])), r"got dtype int64, shape \(2,\)$"),
+    (dict(x=np.zeros((2, 3)), class_names=np.array([], dtype=str)), r"got dtype <U1, shape \(0,\)$"),
+    (dict(x=np.zeros((2, 3)), class_names=np.array(["a", "b", "a"])), r"array 'class_names' repeats a name: "
+                                                                      r"\['a', 'b', 'a'\]$"),
+    (dict(x=np.full((2, 3), 1e39)), r"array 'x' has values too large for float32$"),
+    (dict(x=np.zeros((2, 3)), z=np.zeros(2)), r"holds unexpected arrays \['z'\]; valid names: x, y, class_names "
+                                               r"\(x required\)$"),
+    (dict(x=np.zeros(4)), r"array 'x' has shape \(4,\); expected \(N, \.\.\.\) with N >= 1 points and at least one "
+                          r"feature dimension$"),
+])
+def test_bad_npz_arrays_are_named_with_what_is_expected(tmp_path, arrays, needle):
+    np.savez(tmp_path / "s.npz", **arrays)
+    with pytest.raises(SiteDataError, match=needle):
+        load_site_data(tmp_path / "s.npz")
+
+
+def test_a_single_class_name_is_enough_and_an_unreadable_npz_says_how_to_write_one(tmp_path):
+    np.savez(tmp_path / "s.npz", x=np.zeros((2, 3)), y=np.array([0, 0]), class_names=np.array(["only"]))
+    assert load_site_data(tmp_path / "s.npz").class_names == ("only",)
+    (tmp_path / "s.npz").write_bytes(b"not a zip")
+    with pytest.raises(SiteDataError, match=r"s.npz is not a readable .npz file \(.*\); write it with "
+                                            r"numpy.savez\(path, x=\.\.\., y=\.\.\.\)$"):
+        load_site_data(tmp_path / "s.npz")
+
+
+def test_the_npz_fingerprint_hashes_the_inputs_dtype_shape_and_bytes(tmp_path):
+    import hashlib
+
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.savez(tmp_path / "s.npz", x=x, y=np.array([0, 1, 0]))
+    h = hashlib.sha256(b"fedal-site-npz-v1\n")
+    h.update(f"{x.dtype.str} {x.shape}\n".encode() + x.tobytes())
+    assert load_site_data(tmp_path / "s.npz").fingerprint == "sha256:" + h.hexdigest()[:32]
