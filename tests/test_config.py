@@ -1,3 +1,4 @@
+import re
 import tomllib
 from pathlib import Path
 
@@ -123,3 +124,61 @@ def test_every_experiment_key_and_only_those_change_the_hash():
     # the seed and experiment-id still make another experiment of a site's labels, outside the hash
     assert Config.from_run_config({**HASH_BASE, "seed": 7}).experiment == f"{h}-s7" != base.experiment
     assert Config.from_run_config({**HASH_BASE, "experiment-id": "exp-7"}).experiment == "exp-7"
+
+
+# Every numeric key's valid range, written out as the spec (docs/method.md and the README's run
+# configuration): (key, low, low open, high, high open, whole number, note). Each end is tried on
+# both sides, and every refusal names the key, the value and the range in the same words.
+NUMBER_RANGES = [
+    ("dirichlet-alpha", 0, True, None, False, False, ""),
+    ("shard-class-fraction", 0, True, 1, False, False, ""),
+    *[(k, 1, False, None, False, True, "") for k in (
+        "init-clients", "init-points", "clients-per-round", "points-per-client", "fl-rounds", "local-epochs",
+        "batch-size", "pseudo-epochs", "knn-k", "diffusion-steps", "local-k", "min-clients",
+        "annotators-per-site")],
+    ("al-rounds", 0, False, None, False, True, ""),
+    ("sketch-dim", 0, False, None, False, True, "0: off"),
+    ("learning-rate", 0, True, None, False, False, ""),
+    ("pseudo-lr", 0, True, None, False, False, ""),
+    ("wait-timeout", 0, True, None, False, False, "seconds"),
+    ("send-timeout", 0, True, None, False, False, "seconds"),
+    ("max-retries", 0, False, None, False, True, ""),
+    ("retry-backoff", 0, False, None, False, False, "seconds"),
+    ("stop-after-round", -1, False, None, False, True, "-1: off"),
+    ("rho", 0, False, None, False, False, "0 disables anisotropy"),
+    ("delta", 0, True, 1, True, False, ""),
+    ("query-pool-low", 0, False, None, False, True, ""),
+    ("query-pool-refill", 1, False, None, False, True, ""),
+    ("label-noise", 0, False, 1, False, False, ""),
+    ("sim-fl-round-s", 0, True, None, False, False, "simulated seconds"),
+    ("sim-select-s", 0, False, None, False, False, "simulated seconds"),
+    ("labeling-deadline-s", 0, False, None, False, False, "seconds on the run's clock; 0: none"),
+]
+RANGE_BASE = {"query-pool-low": 0}  # query-pool-refill must also be >= query-pool-low
+
+
+@pytest.mark.parametrize("key,lo,lo_open,hi,hi_open,whole,note", NUMBER_RANGES, ids=[r[0] for r in NUMBER_RANGES])
+def test_every_numeric_key_takes_exactly_its_range(key, lo, lo_open, hi, hi_open, whole, note):
+    valid = (("a whole number in " if whole else "") + ("(" if lo_open else "[") + f"{lo:g}, "
+             + ("∞)" if hi is None else f"{hi:g}" + (")" if hi_open else "]")) + (f" ({note})" if note else ""))
+    step = 1 if whole else 0.5
+
+    def refused(value):
+        value = value if whole else float(value)  # the run config holds the key's type
+        with pytest.raises(ConfigError) as e:
+            Config.from_run_config({**RANGE_BASE, key: value})
+        assert str(e.value) == f"{key} = {value!r} is invalid; valid: {valid}"
+
+    def accepted(value):
+        assert Config.from_run_config({**RANGE_BASE, key: value}).to_run_config()[key] == value
+
+    refused(lo - step)
+    refused(lo) if lo_open else accepted(lo)
+    accepted(lo + step if hi is None else (lo + hi) / 2)
+    if hi is not None:
+        refused(hi + step)
+        refused(hi) if hi_open else accepted(hi)
+    if whole:  # a fraction that the run config's coercion lets through (a script's Config.replace)
+        field = key.replace("-", "_")
+        with pytest.raises(ConfigError, match=rf"^{key} = {lo + 1.5} is invalid; valid: {re.escape(valid)}$"):
+            Config.from_run_config(RANGE_BASE).replace(**{field: lo + 1.5})
