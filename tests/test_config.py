@@ -182,3 +182,137 @@ def test_every_numeric_key_takes_exactly_its_range(key, lo, lo_open, hi, hi_open
         field = key.replace("-", "_")
         with pytest.raises(ConfigError, match=rf"^{key} = {lo + 1.5} is invalid; valid: {re.escape(valid)}$"):
             Config.from_run_config(RANGE_BASE).replace(**{field: lo + 1.5})
+
+
+# the keys with a fixed set of values, written out as the spec (the strategies and training modes
+# come from their registries, tested with them)
+CHOICES = {
+    "dataset": "mnist1d, digits, cifar10, cifar100, fashion-mnist, emnist-letters, cinic10",
+    "partition": "dirichlet, shard, iid", "pseudo-params": "head, all", "pseudo-optimizer": "gd, adam",
+    "sigma-scope": "edges, all", "laplacian": "unnormalized, rw, sym", "local-space": "embedding, input",
+    "device": "auto, cpu, cuda", "backbone": "auto, cnn1d, mlp, resnet18, resnet50, resnet101",
+    "on-client-failure": "skip, stop", "labeling": "sync, async", "annotators": "simulated, people",
+    "async-budget": "selection, standing",
+}
+
+
+@pytest.mark.parametrize("key", list(CHOICES) + ["client-strategy", "point-strategy", "training-mode"])
+def test_every_choice_key_names_its_valid_values(key):
+    from fedal import config
+
+    valid = CHOICES.get(key) or ", ".join({"client-strategy": config.CLIENT_STRATEGIES,
+                                           "point-strategy": config.POINT_STRATEGIES,
+                                           "training-mode": config.TRAINING_MODES}[key])
+    with pytest.raises(ConfigError) as e:
+        Config.from_run_config({key: "nope"})
+    assert str(e.value) == f"{key} = 'nope' is invalid; valid: {valid}"
+    for value in valid.split(", "):  # and each valid value is accepted (alone, as far as it goes)
+        if key not in ("annotators", "client-strategy", "training-mode"):
+            assert Config.from_run_config({key: value}).to_run_config()[key] == value
+
+
+@pytest.mark.parametrize("rc,message", [
+    ({"client-strategy": "balanced-diffusion", "report-label-histogram": False},
+     "client-strategy = 'balanced-diffusion' steers by the labeled set's class counts, which clients report only "
+     "with report-label-histogram = true; set it to true or choose another client-strategy (random, entropy, "
+     "diffusion)"),
+    ({"async-workers": "entropy,nope"},
+     "async-workers = 'entropy,nope' is invalid; valid: a comma-separated list of entropy, least-confidence, margin"),
+    ({"async-workers": " , "},
+     "async-workers = ' , ' is invalid; valid: a comma-separated list of entropy, least-confidence, margin"),
+    ({"query-pool-low": 12, "query-pool-refill": 11},
+     "query-pool-refill = 11 is invalid; valid: at least query-pool-low = 12"),
+    ({"labeling": "async", "stop-after-round": 0},
+     "stop-after-round = 0 needs a run that can resume; an asynchronous run with simulated annotators cannot (their "
+     "query pools live in the clients' memory): set stop-after-round = -1, or annotators = 'people'"),
+    ({"annotators": "people", "labeling-deadline-s": 5.0},
+     "annotators = 'people' needs labeling = 'async' (labeling = 'sync'): people label each site's query pool on its "
+     "labeling page while the server trains; the synchronous loop asks each client's oracle (its data's labels) "
+     "instead; set labeling = \"async\""),
+    ({"labeling": "async", "annotators": "people"},
+     "annotators = 'people' needs labeling-deadline-s > 0: how many seconds after the last AL round's grants the run "
+     "waits for people's labels before it withdraws the open queries and ends (e.g. labeling-deadline-s = 86400 for "
+     "a day)"),
+    ({"freeze-backbone": True},
+     "freeze-backbone = true with the cnn1d backbone needs backbone-weights = <path of a pretrained CNN1D state dict> "
+     "(python -m simulations.pretrain writes one); a frozen randomly initialised cnn1d would never learn features"),
+    ({"freeze-backbone": True, "dataset": "digits", "backbone-weights": "w.pt"},
+     "freeze-backbone = true needs a pretrained backbone; backbone = 'auto' (dataset 'digits'); valid: resnet18, "
+     "resnet50, resnet101 (or auto on an image dataset), or cnn1d (auto on mnist1d) with backbone-weights"),
+    ({"freeze-backbone": True, "backbone": "mlp"},
+     "freeze-backbone = true needs a pretrained backbone; backbone = 'mlp' (dataset 'mnist1d'); valid: resnet18, "
+     "resnet50, resnet101 (or auto on an image dataset), or cnn1d (auto on mnist1d) with backbone-weights"),
+])
+def test_combinations_that_cannot_run_are_refused_saying_why(rc, message):
+    with pytest.raises(ConfigError) as e:
+        Config.from_run_config(rc)
+    assert str(e.value) == message
+
+
+def test_the_combinations_that_can_run_pass():
+    ok = [{"client-strategy": "balanced-diffusion"}, {"query-pool-low": 12, "query-pool-refill": 12},
+          {"labeling": "async", "annotators": "people", "labeling-deadline-s": 0.5, "stop-after-round": 0},
+          {"labeling": "sync", "stop-after-round": 0}, {"freeze-backbone": True, "backbone-weights": "w.pt"},
+          {"freeze-backbone": True, "dataset": "cifar10"}, {"freeze-backbone": True, "backbone": "resnet50"},
+          {"freeze-backbone": True, "dataset": "digits", "backbone": "cnn1d", "backbone-weights": "w.pt"}]
+    for rc in ok:
+        Config.from_run_config(rc)
+
+
+def test_a_bad_annotator_latency_is_named_with_the_form():
+    with pytest.raises(ConfigError, match=r"^annotator-latency = 'gamma:k=2' is invalid; valid: kind:key=value,\.\.\. "
+                                          r"e\.g\. lognormal:median=6,sigma=0\.5 \(.+\)$"):
+        Config.from_run_config({"annotator-latency": "gamma:k=2"})
+
+
+def test_worker_measures_and_label_budget():
+    cfg = Config.from_run_config({"async-workers": " margin, entropy ,", "init-clients": 3, "init-points": 7,
+                                  "al-rounds": 2, "clients-per-round": 4, "points-per-client": 5})
+    assert cfg.worker_measures == ("margin", "entropy")
+    assert cfg.label_budget == 3 * 7 + 2 * 4 * 5
+
+
+@pytest.mark.parametrize("key,value,coerced", [
+    ("client-impact", "False", False), ("client-impact", "yes", True), ("client-impact", "0", False),
+    ("client-impact", 1, True), ("client-impact", 0, False), ("client-impact", "TRUE", True),
+    ("knn-k", 5.0, 5), ("knn-k", "6", 6), ("rho", 1, 1.0), ("rho", "0.25", 0.25), ("suite", 3, "3"),
+])
+def test_run_config_values_are_coerced_to_each_keys_type(key, value, coerced):
+    got = Config.from_run_config({key: value}).to_run_config()[key]
+    assert got == coerced and type(got) is type(coerced)
+
+
+@pytest.mark.parametrize("key,value,valid", [
+    ("client-impact", "maybe", "true or false"), ("client-impact", 2, "true or false"),
+    ("client-impact", 0.5, "true or false"), ("knn-k", 5.5, "an integer"), ("knn-k", True, "an integer"),
+    ("knn-k", "five", "an integer"), ("rho", True, "a number"), ("rho", "high", "a number"),
+    ("knn-k", None, "an integer"),
+])
+def test_values_of_the_wrong_type_are_named(key, value, valid):
+    with pytest.raises(ConfigError) as e:
+        Config.from_run_config({key: value})
+    assert str(e.value) == f"{key} = {value!r} is invalid; valid: {valid}"
+
+
+def test_overrides_are_field_names_and_unknown_ones_are_refused():
+    assert Config.from_run_config({"knn-k": 3}, knn_k="4").knn_k == 4
+    with pytest.raises(ConfigError, match=r"^unknown config field 'knnk'; valid keys: seed, dataset, "):
+        Config.from_run_config(knnk=3)
+    with pytest.raises(ConfigError, match=r"^unknown run-config key\(s\) \['a', 'b'\]; valid keys: seed, dataset, "):
+        Config.from_run_config({"b": 1, "a": 2})
+
+
+def test_the_federation_checks_name_the_limit_they_hit():
+    cfg = Config.from_run_config({"init-clients": 2, "clients-per-round": 2, "points-per-client": 10,
+                                  "init-points": 10})
+    cfg.check_against_clients({0: (0, 10), 1: (5, 3)})  # the limits themselves pass
+    with pytest.raises(ConfigError, match=r"^the federation has no clients; start at least one SuperNode$"):
+        cfg.check_against_clients({})
+    with pytest.raises(ConfigError, match=r"^init-clients = 2 is invalid; valid: a whole number in \[1, 1\] "
+                                          r"\(at most the 1 clients\)$"):
+        cfg.check_against_clients({0: (0, 10)})
+    with pytest.raises(ConfigError, match=r"^points-per-client = 10 is invalid; valid: a whole number in \[1, 9\] "
+                                          r"\(at most the largest client's unlabeled pool, 9\)$"):
+        cfg.check_against_clients({0: (0, 9), 1: (0, 2)})
+    with pytest.raises(ConfigError, match=r"^init-points = 10 is invalid; valid: a whole number in \[1, 9\]"):
+        cfg.replace(points_per_client=5).check_against_clients({0: (0, 9), 1: (0, 2)})
