@@ -316,3 +316,38 @@ def test_the_federation_checks_name_the_limit_they_hit():
         cfg.check_against_clients({0: (0, 9), 1: (0, 2)})
     with pytest.raises(ConfigError, match=r"^init-points = 10 is invalid; valid: a whole number in \[1, 9\]"):
         cfg.replace(points_per_client=5).check_against_clients({0: (0, 9), 1: (0, 2)})
+
+
+def test_the_hash_leaves_out_what_this_run_never_reads():
+    from fedal.config import experiment_key
+
+    def key(rc):
+        return experiment_key(Config.from_run_config(rc).to_run_config())
+
+    def same(a, b):
+        return Config.from_run_config(a).config_hash() == Config.from_run_config(b).config_hash()
+
+    # a strategy's own keys count only when the run uses that strategy
+    assert same({"client-strategy": "random", "knn-k": 3}, {"client-strategy": "random", "knn-k": 9})
+    assert not same({"knn-k": 3}, {"knn-k": 9})  # diffusion reads it
+    assert same({"point-strategy": "entropy", "local-k": 3}, {"point-strategy": "entropy", "local-k": 9})
+    assert "local-k" in key({}) and "local-k" not in key({"point-strategy": "entropy"})
+    # asynchronous labeling's keys count only in an asynchronous run
+    assert same({"query-pool-low": 1}, {"query-pool-low": 2})
+    assert "query-pool-low" not in key({}) and "labeling" not in key({})
+    assert "query-pool-low" in key({"labeling": "async"}) and key({"labeling": "async"})["labeling"] == "async"
+    # the keys added after asynchronous runs were recorded count only away from their default
+    for k in ("annotators", "labeling-deadline-s", "async-budget"):
+        assert k not in key({"labeling": "async"}), k
+    assert key({"labeling": "async", "async-budget": "standing"})["async-budget"] == "standing"
+    # and never the keys that only name or place a run
+    assert not {"seed", "run-dir", "resume", "experiment-id"} & set(key({"labeling": "async"}))
+
+
+def test_the_registries_choices_are_module_attributes_and_others_are_not():
+    from fedal import config
+
+    assert "diffusion" in config.CLIENT_STRATEGIES and "base" in config.POINT_STRATEGIES
+    assert "warm-start" in config.TRAINING_MODES
+    with pytest.raises(AttributeError, match=r"^module 'fedal.config' has no attribute 'NOPE'$"):
+        config.NOPE  # noqa: B018
