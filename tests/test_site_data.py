@@ -429,3 +429,11 @@ def test_the_npz_fingerprint_hashes_the_inputs_dtype_shape_and_bytes(tmp_path):
     h = hashlib.sha256(b"fedal-site-npz-v1\n")
     h.update(f"{x.dtype.str} {x.shape}\n".encode() + x.tobytes())
     assert load_site_data(tmp_path / "s.npz").fingerprint == "sha256:" + h.hexdigest()[:32]
+
+
+def test_labels_csv_is_read_as_csv_with_quoted_commas_and_line_breaks(tmp_path):
+    root = tmp_path / "flat"
+    for k in range(2):
+        png(root / f"img{k}.png", rgb(k))
+    (root / "labels.csv").write_bytes(b'file,label\r\nimg0.png,"benign, small"\r\nimg1.png,"two\r\nlines"\r\n')
+    assert load_site_data(root).class_names == ("benign, small", "two\r\nlines")

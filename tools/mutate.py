@@ -10,22 +10,24 @@ function still passes. The tool is mutmut (pinned in constraints.txt; why mutmut
   ``file::function`` (``Class.method`` for a method) for part of a file, and the test files whose
   tests may run against them. mutmut's own settings are its ``[tool.mutmut]`` table; this script
   sets its ``only_mutate`` and test selection from the groups.
-- **Each mutant runs only the tests that cover it**: mutmut runs the listed test files once and
-  records which tests call each function (its "stats"); a mutant of a function runs those tests
-  alone, stopping at the first failure, under a CPU-time limit of 15 times their measured time
-  (a mutant that loops forever is a timeout, counted as killed).
+- **Each mutant runs only the tests that cover it**: per group, mutmut runs the group's tests
+  once and records which tests call each function (its "stats"); a mutant of a function runs
+  those tests alone, stopping at the first failure, under a CPU-time limit of 15 times their
+  measured time (a mutant that loops forever is a timeout, counted as killed). Each group works
+  in its own folder, ``mutants/<group>/`` (mutmut keeps one test selection per folder).
 - **Bounded and incremental**: ``--budget-s`` (MUTATE_BUDGET_S, default 3600) ends the run after
   that many seconds of wall time; every mutant's result is kept in ``mutants/`` (git-ignored),
-  so the next ``make mutate`` goes on where this one stopped, and reruns only the mutants of
-  functions whose code changed. ``--max-children`` (default 2: the machine's cores).
+  so the next ``make mutate`` goes on where this one stopped: it runs the mutants without a
+  result, those of functions whose code changed, and the surviving ones (a new test may kill
+  them). ``--max-children`` (default 2: the machine's cores).
 - **The report**, ``reports/mutation/README.md``: per group and overall, killed / survived /
   timeouts / not run, the score (killed + timeouts over all checked mutants, the mutants listed
   in ``reports/mutation/equivalent.toml`` left out), and every survivor with file:line and its
   mutation. ``--report`` rewrites it from the kept results without running anything.
 
 Usage: ``python -m tools.mutate [--budget-s S] [--max-children N] [--group NAME ...] [--report]``;
-``python -m tools.mutate mutmut show NAME`` (or ``results``, ``browse``) runs one of mutmut's own
-commands with this configuration.
+``python -m tools.mutate mutmut GROUP show NAME`` (or ``results``, ``browse``) runs one of mutmut's
+own commands in a group's folder with its configuration.
 """
 
 from __future__ import annotations
@@ -102,22 +104,41 @@ def name_patterns(groups: list[Group]) -> dict[str, list[str]]:
     return out
 
 
-def mutmut_overrides(groups: list[Group]) -> dict:
-    """only_mutate: every group's files, always (mutmut copies a file left out of it over its
-    mutants, which then look current to the next run that names it); the test selection: every
-    group's tests (mutmut records which tests cover which function once for a selection, and
-    records it anew when the selection changes). Which mutants run is chosen by name (``run``)."""
-    files = sorted({f for g in groups for s in g.specs for f in spec_files(s)})
-    tests = sorted({t for g in groups for t in g.tests})
-    return {"only_mutate": files, "pytest_add_cli_args_test_selection": tests}
+WORK = ROOT / "mutants"  # one working folder per group: WORK/<slug>/, mutmut's mutants/ inside it
+LINKED = ("fedal", "strategies", "simulations", "tools", "tests", "weights", "docs", "README.md", "pyproject.toml")
 
 
-def run_mutmut_cli(args: list[str], groups: list[Group]) -> None:
-    """mutmut's command line, with only_mutate and the test selection set from the groups (its
-    config reader is wrapped: mutmut reads [tool.mutmut] from pyproject.toml and nothing else)."""
+def slug(group: Group) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", group.name.lower()).strip("-")
+
+
+def workdir(group: Group) -> Path:
+    """The group's working folder: links to the project's files, and mutmut's mutants/ (its
+    copies, its mutants, its results). One per group, as mutmut keeps one test selection per
+    folder and forgets every result when the selection changes."""
+    d = WORK / slug(group)
+    d.mkdir(parents=True, exist_ok=True)
+    for name in LINKED:
+        link = d / name
+        if not link.is_symlink() and (ROOT / name).exists():
+            link.symlink_to(ROOT / name)
+    return d
+
+
+def mutmut_overrides(group: Group) -> dict:
+    """only_mutate: the group's files; the test selection: the group's tests."""
+    return {"only_mutate": sorted({f for s in group.specs for f in spec_files(s)}),
+            "pytest_add_cli_args_test_selection": list(group.tests)}
+
+
+def run_mutmut_cli(args: list[str], group: Group) -> None:
+    """mutmut's command line in the group's working folder, with only_mutate and the test
+    selection set from the group (its config reader is wrapped: mutmut reads [tool.mutmut] from
+    pyproject.toml and nothing else)."""
     import mutmut.configuration as mc
 
-    overrides = mutmut_overrides(groups)
+    os.chdir(workdir(group))
+    overrides = mutmut_overrides(group)
     read = mc._config_reader
 
     def reader():
@@ -164,14 +185,14 @@ def load_results(groups: list[Group], locate_survivors: bool = True) -> list[Gro
     for g in groups:
         res = GroupResult(g)
         for path in sorted({f for s in g.specs for f in spec_files(s)}):
-            meta = ROOT / "mutants" / (path + ".meta")
+            meta = WORK / slug(g) / "mutants" / (path + ".meta")
             codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
             for name, code in sorted(codes.items(), key=lambda kv: _natural(kv[0])):
                 if any(fnmatch.fnmatchcase(name, p) for p in patterns[g.name]):
                     res.mutants.append(Mutant(name, path, status_of(code)))
         for m in res.mutants if locate_survivors else []:
             if m.status in ("survived", "no tests") or m.name in equivalents:
-                m.line, m.change = locate(m)
+                m.line, m.change = locate(m, WORK / slug(g))
             if m.name in equivalents and m.status in ("survived", "no tests"):
                 eq = equivalents[m.name]
                 if eq.get("change") == m.change:
@@ -215,12 +236,12 @@ def _functions(path: str) -> dict[str, tuple[int, int]]:
     return _function_cache[path]
 
 
-def locate(m: Mutant) -> tuple[int | None, str]:
+def locate(m: Mutant, where: Path) -> tuple[int | None, str]:
     """(line in the source file, "old → new") of a mutant, from mutmut's diff of its function."""
     from mutmut.mutation.diff_apply import get_diff_for_mutant
 
     cwd = os.getcwd()
-    os.chdir(ROOT)  # mutmut reads mutants/ relative to the working directory
+    os.chdir(where)  # mutmut reads mutants/ relative to the working directory
     try:
         diff = get_diff_for_mutant(m.name, path=m.path).splitlines()
     except Exception as e:  # a mutant of a function that is gone: say so instead of failing the report
@@ -328,63 +349,67 @@ def _pct(k: int, c: int) -> str:
 
 
 # ------------------------------------------------------------------------------------ the run
-def run(groups: list[Group], budget_s: float, max_children: int, all_groups: list[Group]) -> str:
-    """mutmut run on the groups' mutants without a result and the surviving ones, in a child
-    process (its own process group), ended with SIGINT (mutmut keeps every result it has) when
-    ``budget_s`` runs out. mutmut reruns every mutant named on its command line, so only those
-    are named; a run that made new mutants (a function changed) is followed by one for them."""
+def run(groups: list[Group], budget_s: float, max_children: int) -> str:
+    """mutmut run, group after group in the order of [tool.fedal.mutate.modules], on each group's
+    mutants without a result and its surviving ones, in a child process (its own process group),
+    ended with SIGINT (mutmut keeps every result it has) when ``budget_s`` runs out. mutmut
+    reruns every mutant named on its command line, so only those are named; a run that made new
+    mutants (a function changed) is followed by one for them."""
     deadline = time.monotonic() + budget_s
     notes = []
-    prepare(all_groups)
-    for attempt in range(3):
-        names = to_run(groups, survivors=attempt == 0)
-        left = deadline - time.monotonic()
-        if not names:
-            notes.append("every mutant has a result")
-            break
-        if left < 30:
-            notes.append(f"{len(names)} mutant(s) left for the next run")
-            break
-        cmd = [sys.executable, "-m", "tools.mutate", "mutmut", "run", "--max-children", str(max_children), *names]
-        proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=left)
-            notes.append(f"mutmut run exited {rc}")
-            if rc != 0:
+    for g in groups:
+        prepare(g)
+        for attempt in range(3):
+            names = to_run([g], survivors=attempt == 0)
+            left = deadline - time.monotonic()
+            if not names:
                 break
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGINT)
+            if left < 30:
+                notes.append(f"{g.name}: {len(names)} mutant(s) left for the next run")
+                break
+            cmd = [sys.executable, "-m", "tools.mutate", "mutmut", g.name, "run", "--max-children",
+                   str(max_children), *names]
+            proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
             try:
-                proc.wait(timeout=120)
+                rc = proc.wait(timeout=left)
+                if rc != 0:
+                    notes.append(f"{g.name}: mutmut run exited {rc}")
+                    break
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                notes.append(f"stopped in {g.name!r} at the time budget ({budget_s:.0f} s); the next make "
+                             "mutate goes on")
+                return "; ".join(notes)
+            except KeyboardInterrupt:
+                os.killpg(proc.pid, signal.SIGINT)
                 proc.wait()
-            notes.append(f"stopped at the time budget ({budget_s:.0f} s); the next make mutate goes on")
-            break
-        except KeyboardInterrupt:
-            os.killpg(proc.pid, signal.SIGINT)
-            proc.wait()
-            raise
-    return "; ".join(notes)
+                raise
+    return "; ".join(notes) or "every mutant has a result"
 
 
-def prepare(groups: list[Group]) -> None:
-    """Before mutmut runs: a file it last copied unmutated (a run whose only_mutate lacked it)
-    looks to it like made mutants, as the copy is newer than the source: such copies are removed
-    so that it makes the mutants (results of unchanged functions stay in the .meta files). And
-    its record of which tests call which function knows only the functions that had mutants when
-    it was made: when the mutated files change, the record is made anew."""
-    files = sorted({f for g in groups for s in g.specs for f in spec_files(s)})
+def prepare(group: Group) -> None:
+    """Before mutmut runs in a group's folder: a file it last copied unmutated looks to it like
+    made mutants (the copy is newer than the source), so such copies are removed and it makes
+    the mutants (results of unchanged functions stay in the .meta files); and when the group's
+    files change, its record of which tests call which function is made anew (it knows only the
+    functions that had mutants when it was made)."""
+    work = workdir(group) / "mutants"
+    files = sorted({f for s in group.specs for f in spec_files(s)})
     dropped = False
     for f in files:
-        copy = ROOT / "mutants" / f
+        copy = work / f
         if copy.exists() and "__mutmut_" not in copy.read_text():
             copy.unlink()
             dropped = True
-    marker = ROOT / "mutants" / "fedal-mutate-files.json"
+    marker = work / "fedal-mutate-files.json"
     if dropped or not marker.exists() or json.loads(marker.read_text()) != files:
-        (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
-        marker.parent.mkdir(exist_ok=True)
+        (work / "mutmut-stats.json").unlink(missing_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(files))
 
 
@@ -407,8 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     groups = load_groups()
     if argv[:1] == ["mutmut"]:
-        os.chdir(ROOT)
-        run_mutmut_cli(argv[1:], groups)
+        by_name = {g.name: g for g in groups}
+        if len(argv) < 2 or argv[1] not in by_name:
+            raise SystemExit(f"usage: python -m tools.mutate mutmut GROUP COMMAND ...; groups: {', '.join(by_name)}")
+        run_mutmut_cli(argv[2:], by_name[argv[1]])
         return 0
     p = argparse.ArgumentParser(prog="python -m tools.mutate", description=__doc__.split("\n\n")[0])
     p.add_argument("--budget-s", type=float, default=float(os.environ.get("MUTATE_BUDGET_S", 3600)))
@@ -423,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.report:
         t0 = time.monotonic()
         chosen = [g for g in groups if not a.group or g.name in a.group]
-        note = run(chosen, a.budget_s, a.max_children, groups)
+        note = run(chosen, a.budget_s, a.max_children)
         note += f"; wall time {time.monotonic() - t0:.0f} s"
     results = load_results(groups)
     out = write_report(results, f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {note}")
