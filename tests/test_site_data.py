@@ -437,3 +437,14 @@ def test_labels_csv_is_read_as_csv_with_quoted_commas_and_line_breaks(tmp_path):
         png(root / f"img{k}.png", rgb(k))
     (root / "labels.csv").write_bytes(b'file,label\r\nimg0.png,"benign, small"\r\nimg1.png,"two\r\nlines"\r\n')
     assert load_site_data(root).class_names == ("benign, small", "two\r\nlines")
+
+
+def test_an_image_dataset_takes_uint8_points_of_its_height_width_and_channels(tmp_path, monkeypatch):
+    from fedal import image_meta
+    from fedal.data.site import check_site_matches, expected_inputs
+
+    np.savez(tmp_path / "site.npz", x=np.zeros((2, 32, 32, 3), np.uint8), y=np.array([9, 0]))
+    assert check_site_matches(load_site_data(tmp_path / "site.npz"), "cifar10") == 10
+    # image_size is (height, width): a data set of 24x32 images takes points of shape (24, 32, C)
+    monkeypatch.setitem(image_meta.IMAGE_META, "cifar10", image_meta.ImageMeta(10, 3, (24, 32), (0.5,) * 3, (0.2,) * 3))
+    assert expected_inputs("cifar10") == ((24, 32, 3), "uint8", 10)

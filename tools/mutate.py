@@ -68,6 +68,10 @@ def load_groups(pyproject: Path = ROOT / "pyproject.toml") -> list[Group]:
     if unknown:
         raise SystemExit(f"[tool.fedal.mutate.tests] names groups that [tool.fedal.mutate.modules] lacks: "
                          f"{sorted(unknown)}")
+    untested = [g.name for g in groups if not any(not t.startswith("-") for t in g.tests)]
+    if untested:  # mutmut would run the whole suite for them
+        raise SystemExit(f"[tool.fedal.mutate.tests] lists no tests for {untested}; name the test files "
+                         "whose tests may run against each group")
     return groups
 
 
