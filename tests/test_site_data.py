@@ -180,7 +180,7 @@ def test_images_of_another_size_are_named(tmp_path):
     (lambda r: (r / "empty").mkdir(parents=True), r"class folder .*empty holds no .png/.jpg/.jpeg images"),
     (lambda r: r.mkdir(), "holds no .png/.jpg/.jpeg images and no class folders"),
     (lambda r: (png(r / "cls" / "deeper" / "b.png", rgb(2)), png(r / "cls" / "c.png", rgb(2))),
-     r"class folder .*cls holds a folder \(deeper/\)"),
+     r"class folder .*cls holds a folder \(deeper/\); a class folder holds images only$"),
     (lambda r: (png(r / "cls" / "b.png", rgb(2)), (r / "labels.csv").write_text("file,label\n")),
      "has class folders and a labels.csv"),
     (lambda r: (png(r / "a.png", rgb(1)), (r / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")),
@@ -448,3 +448,20 @@ def test_an_image_dataset_takes_uint8_points_of_its_height_width_and_channels(tm
     # image_size is (height, width): a data set of 24x32 images takes points of shape (24, 32, C)
     monkeypatch.setitem(image_meta.IMAGE_META, "cifar10", image_meta.ImageMeta(10, 3, (24, 32), (0.5,) * 3, (0.2,) * 3))
     assert expected_inputs("cifar10") == ((24, 32, 3), "uint8", 10)
+
+
+def test_the_derived_client_id_and_the_paths_fedal_cannot_read(tmp_path):
+    import hashlib
+
+    np.savez(tmp_path / "s.npz", x=np.zeros((2, 3)))
+    d = load_site_data(tmp_path / "s.npz", client_id="")  # empty: derived, as for None
+    digest = hashlib.sha256(f"{(tmp_path / 's.npz').resolve()}\n{d.fingerprint}".encode()).hexdigest()
+    assert d.client_id == f"site-{digest[:12]}" == load_site_data(tmp_path / "s.npz").client_id
+    with pytest.raises(SiteDataError, match=r"^client-id 'a b' is not valid: use 1-64 letters, digits, '\.', '_' or "
+                                            r"'-', starting with a letter or digit$"):
+        load_site_data(tmp_path / "s.npz", client_id="a b")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(SiteDataError, match=r"notes.txt is neither an .npz file nor a folder; valid forms: "
+                                            r"<file>.npz with x \(and y\), <folder>/<class>/\*.png\|jpg, "
+                                            r"<folder>/\*.png\|jpg \(with an optional labels.csv\)$"):
+        load_site_data(tmp_path / "notes.txt")
