@@ -1,3 +1,4 @@
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -335,6 +336,8 @@ def test_the_hash_leaves_out_what_this_run_never_reads():
     # asynchronous labeling's keys count only in an asynchronous run
     assert same({"query-pool-low": 1}, {"query-pool-low": 2})
     assert "query-pool-low" not in key({}) and "labeling" not in key({})
+    # a recorded config from before "labeling" existed is a synchronous run's
+    assert experiment_key({"dataset": "digits", "query-pool-low": 3}) == {"dataset": "digits"}
     assert "query-pool-low" in key({"labeling": "async"}) and key({"labeling": "async"})["labeling"] == "async"
     # the keys added after asynchronous runs were recorded count only away from their default
     for k in ("annotators", "labeling-deadline-s", "async-budget"):
@@ -351,3 +354,29 @@ def test_the_registries_choices_are_module_attributes_and_others_are_not():
     assert "warm-start" in config.TRAINING_MODES
     with pytest.raises(AttributeError, match=r"^module 'fedal.config' has no attribute 'NOPE'$"):
         config.NOPE  # noqa: B018
+
+
+def test_the_paper_protocols_hash_is_the_one_its_recorded_runs_carry():
+    # the hash names the experiment that sites' paid labels and recorded runs belong to: the
+    # defaults hash to the name of the runs recorded in results/ before the asynchronous keys
+    # existed (their config.json lacks "labeling": read as a synchronous run)
+    from fedal.config import experiment_hash
+
+    recorded = json.loads((ROOT / "results/mnist1d-dirichlet-scratch/Ours/7eee1ae99b6c-s0/config.json").read_text())
+    assert "labeling" not in recorded["config"]
+    assert experiment_hash(recorded["config"]) == recorded["config_hash"] == "7eee1ae99b6c"
+    assert Config.from_run_config({}).config_hash() == "7eee1ae99b6c"
+
+
+def test_a_training_modes_own_keys_count_only_when_the_run_uses_it(monkeypatch):
+    # no training mode declares a run-config key today; the rule is the strategies' rule
+    import types
+
+    from fedal import continual
+    from fedal.config import DEFAULTS, experiment_key
+
+    modes = {**continual.MODES, "keyed": types.SimpleNamespace(config_keys=("knn-k",))}
+    monkeypatch.setattr(continual, "MODES", types.MappingProxyType(modes))
+    rc = {**DEFAULTS, "client-strategy": "random", "point-strategy": "entropy"}
+    assert "knn-k" not in experiment_key({**rc, "training-mode": "warm-start"})
+    assert experiment_key({**rc, "training-mode": "keyed"})["knn-k"] == 7

@@ -109,7 +109,8 @@ def name_patterns(groups: list[Group]) -> dict[str, list[str]]:
 
 
 WORK = ROOT / "mutants"  # one working folder per group: WORK/<slug>/, mutmut's mutants/ inside it
-LINKED = ("fedal", "strategies", "simulations", "tools", "tests", "weights", "docs", "README.md", "pyproject.toml")
+LINKED = ("fedal", "strategies", "simulations", "tools", "tests", "weights", "docs", "results", "README.md",
+          "pyproject.toml")
 
 
 def slug(group: Group) -> str:
