@@ -255,6 +255,7 @@ def test_the_combinations_that_can_run_pass():
           {"labeling": "async", "annotators": "people", "labeling-deadline-s": 0.5, "stop-after-round": 0},
           {"labeling": "sync", "stop-after-round": 0}, {"freeze-backbone": True, "backbone-weights": "w.pt"},
           {"freeze-backbone": True, "dataset": "cifar10"}, {"freeze-backbone": True, "backbone": "resnet50"},
+          {"freeze-backbone": True, "backbone": "resnet101"}, {"freeze-backbone": True, "backbone": "resnet18"},
           {"freeze-backbone": True, "dataset": "digits", "backbone": "cnn1d", "backbone-weights": "w.pt"}]
     for rc in ok:
         Config.from_run_config(rc)
