@@ -276,6 +276,7 @@ def test_worker_measures_and_label_budget():
 
 @pytest.mark.parametrize("key,value,coerced", [
     ("client-impact", "False", False), ("client-impact", "yes", True), ("client-impact", "0", False),
+    ("client-impact", "1", True), ("client-impact", "NO", False),
     ("client-impact", 1, True), ("client-impact", 0, False), ("client-impact", "TRUE", True),
     ("knn-k", 5.0, 5), ("knn-k", "6", 6), ("rho", 1, 1.0), ("rho", "0.25", 0.25), ("suite", 3, "3"),
 ])
