@@ -299,6 +299,8 @@ def test_values_of_the_wrong_type_are_named(key, value, valid):
 
 def test_overrides_are_field_names_and_unknown_ones_are_refused():
     assert Config.from_run_config({"knn-k": 3}, knn_k="4").knn_k == 4
+    with pytest.raises(ConfigError, match=r"^knn-k = 'four' is invalid; valid: an integer$"):
+        Config.from_run_config(knn_k="four")
     with pytest.raises(ConfigError, match=r"^unknown config field 'knnk'; valid keys: seed, dataset, "):
         Config.from_run_config(knnk=3)
     with pytest.raises(ConfigError, match=r"^unknown run-config key\(s\) \['a', 'b'\]; valid keys: seed, dataset, "):
