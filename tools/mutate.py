@@ -328,6 +328,10 @@ def write_report(results: list[GroupResult], run_note: str) -> Path:
                  f"{sum(r.count('survived', 'suspicious', 'segfault') for r in results)} | "
                  f"{sum(r.count('no tests') for r in results)} | {sum(r.count('equivalent') for r in results)} | "
                  f"{sum(r.count('not checked') for r in results)} | **{_pct(k, c)}** |")
+    idle = [r.group.name for r in results if not r.mutants]
+    if idle:
+        lines += ["", f"Not run yet (no results; `python -m tools.mutate --group NAME` runs one): "
+                      f"{', '.join(idle)}."]
     lines += ["", "## Surviving mutants", ""]
     surv = [m for r in results for m in r.mutants if m.status in ("survived", "no tests", "suspicious", "segfault")]
     if not surv:
@@ -452,13 +456,20 @@ def main(argv: list[str] | None = None) -> int:
     if a.group and not set(a.group) <= names:
         p.error(f"unknown group(s) {sorted(set(a.group) - names)}; valid: {', '.join(sorted(names))}")
     note = "report only"
+    old = REPORT_DIR / "README.md"
+    if a.report and old.exists():  # keep what the last run said
+        last = [ln for ln in old.read_text().splitlines() if ln.startswith("Last run: ")]
+        note = last[0].removeprefix("Last run: ").split(", ", 1)[1] if last and ", " in last[0] else note
     if not a.report:
         t0 = time.monotonic()
         chosen = [g for g in groups if not a.group or g.name in a.group]
         note = run(chosen, a.budget_s, a.max_children)
         note += f"; wall time {time.monotonic() - t0:.0f} s"
     results = load_results(groups)
-    out = write_report(results, f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {note}")
+    stamp = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
+    if a.report and old.exists() and last:
+        stamp = last[0].removeprefix("Last run: ").split(", ", 1)[0]
+    out = write_report(results, f"{stamp}, {note}")
     k, c = score(results)
     for r in results:
         print(f"{r.group.name:28s} {_pct(*score([r])):>7s}  ({len(r.mutants)} mutants, "
