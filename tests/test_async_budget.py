@@ -72,3 +72,19 @@ def test_selection_grants_are_cut_to_what_is_left_in_pick_order():
     assert cap_plan(plan, 12) == [(3, 12)]
     assert cap_plan(plan, 0) == [] and cap_plan(plan, -5) == []
     assert cap_plan([(2, 0), (4, 6)], 10) == [(4, 6)]  # a client granted nothing is dropped
+
+
+def test_the_last_label_of_the_budget_is_granted_and_nothing_moves_once_it_is_gone():
+    # one label left: it is granted (a top-up of 1 is a top-up)
+    assert standing_top_ups({"a": 1, "b": 1}, {"a": reply(5, 5), "b": reply(5, 5)}, {}, 1, 4, {"a": 0, "b": 1}) == \
+        {"a": 1}
+    # none left: no site's want changes either (it doubles only when a site is looked at)
+    want = {"a": 4, "b": 4}
+    assert standing_top_ups({"a": 1, "b": 1}, {"a": reply(5, 5), "b": reply(5, 5)}, want, 0, 4, {"a": 0, "b": 1}) == {}
+    assert want == {"a": 4, "b": 4}
+
+
+def test_a_site_not_connected_now_ranks_first_among_its_rounds_picks():
+    # "x" (a client of the checkpoint not connected yet) has no place in the federation's order
+    ups = standing_top_ups({"x": 1, "y": 1}, {"x": reply(0, 0), "y": reply(0, 0)}, {}, 1000, 5, {"y": 0})
+    assert list(ups) == ["x", "y"]
