@@ -65,6 +65,7 @@ from fedal import checkpoint
 from fedal.checkpoint import CheckpointError
 from fedal.async_labeling import STRATEGY_TAGS
 from fedal.results import CHECKPOINT_FILE
+from strategies.async_budget import budget_left, cap_plan, standing_top_ups
 from strategies.client_selection import allocate_budget, plan_round
 
 MAX_TAIL_ROUNDS = 100  # a guard: tail rounds after the last grant, waiting for labels to come in
@@ -161,40 +162,21 @@ def run_async(loop, recorder=None) -> list[dict]:
         return got
 
     # async-budget = "standing": a site once granted budget keeps a standing share (module
-    # docstring); ``enrolled`` holds the AL round of each such site's latest selection grant
+    # docstring; its rule: strategies/async_budget.py); ``enrolled`` holds the AL round of each
+    # such site's latest selection grant
     standing = cfg.async_budget == "standing"
     enrolled: dict[str, int] = {c: int(v) for c, v in ex.get("enrolled", {}).items()}
     want: dict[str, int] = {c: int(v) for c, v in ex.get("want", {}).items()}  # each enrolled site's top-up
     granted_by = {k: int(v) for k, v in ex.get("granted_by", {"selection": 0, "standing": 0}).items()}
 
     def remaining() -> int:
-        """The run's label budget not granted yet."""
-        return cfg.label_budget - sum(int(m["granted"]) for m in last.values())
+        return budget_left(cfg.label_budget, last)
 
     def top_ups() -> dict[str, int]:
-        """The standing share's grants at this message, latest picks first, while the run's
-        budget lasts: an enrolled site owed fewer labels than its ``want`` is granted ``want``
-        more. ``want`` starts at query-pool-refill and doubles whenever a site is found with
-        nothing owed (its annotators ran dry since the last message), so it adapts to the pace of
-        each site's annotators, simulated or people, without the server knowing it."""
         if not standing:
             return {}
-        left, ups = remaining(), {}
-        order = {c: i for i, c in enumerate(state.clients)}
-        for cid in sorted(enrolled, key=lambda c: (-enrolled[c], order.get(c, 0))):
-            m = last.get(cid)
-            if left <= 0:
-                break
-            if m is None:
-                continue
-            owed = int(m["granted"]) - int(m["paid"])
-            if owed == 0 and cid in want:
-                want[cid] *= 2
-            w = want.setdefault(cid, cfg.query_pool_refill)
-            n = min(w, left, int(m["n-grantable"])) if owed < w else 0
-            if n > 0:
-                ups[cid], left = n, left - n
-        return ups
+        return standing_top_ups(enrolled, last, want, remaining(), cfg.query_pool_refill,
+                                {c: i for i, c in enumerate(state.clients)})
 
     def can_top_up() -> bool:
         return standing and remaining() > 0 and any(int(last[c]["n-grantable"]) > 0 for c in enrolled if c in last)
@@ -301,12 +283,7 @@ def run_async(loop, recorder=None) -> list[dict]:
             if standing or people:
                 # the standing share has spent part of the budget, or (people) a resumed run repeats a
                 # round some of whose grants were sent before the crash: grant what is left
-                left, capped = remaining(), []
-                for z, n in plan:
-                    if min(n, left) > 0:
-                        capped.append((z, min(n, left)))
-                        left -= min(n, left)
-                plan = capped
+                plan = cap_plan(plan, remaining())
             times["select"] = time.perf_counter() - t
             tick(cfg.sim_select_s)
             clock["version"] += 1
