@@ -253,9 +253,10 @@ def test_the_check_command_prints_what_fedal_will_see(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert capsys.readouterr().out.startswith(
-        "usage: python -m fedal.data.site [-h] [--client-id CLIENT_ID] data_path\n\n"
-        "Check a site's data and print what fedal will see.\n\npositional arguments:\n"
-        "  data_path             an .npz file or an image folder\n")
+        "usage: python -m fedal.data.site [-h] [--client-id CLIENT_ID]\n"
+        "                                 [--dataset {mnist1d,digits,cifar10,cifar100,fashion-mnist,emnist-letters,"
+        "cinic10}]\n                                 data_path\n\n"
+        "Check a site's data and print what fedal will see; with --dataset, also that\n")
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--client-id CLIENT_ID\n                        the id this site will be configured with" in \
@@ -401,8 +402,8 @@ def test_client_ids_are_checked_and_kept_as_given(tmp_path):
     (dict(x=np.zeros((2, 3)), class_names=np.array(["a", "b", "a"])), r"array 'class_names' repeats a name: "
                                                                       r"\['a', 'b', 'a'\]$"),
     (dict(x=np.full((2, 3), 1e39)), r"array 'x' has values too large for float32$"),
-    (dict(x=np.zeros((2, 3)), z=np.zeros(2)), r"holds unexpected arrays \['z'\]; valid names: x, y, class_names "
-                                               r"\(x required\)$"),
+    (dict(x=np.zeros((2, 3)), z=np.zeros(2)), r"holds unexpected arrays \['z'\]; valid names: x, y, class_names, "
+                                               r"shape \(x required\)$"),
     (dict(x=np.zeros(4)), r"array 'x' has shape \(4,\); expected \(N, \.\.\.\) with N >= 1 points and at least one "
                           r"feature dimension$"),
 ])
