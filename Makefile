@@ -12,7 +12,7 @@ export FLWR_DISABLE_UPDATE_CHECK=1
 export RAY_USAGE_STATS_ENABLED=0
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 
-.PHONY: install demo test bench bench-selection bench-vision report clean
+.PHONY: install demo test mutate bench bench-selection bench-vision report clean
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Mutation testing of the code that guards paid labels, budgets and state (tools/mutate.py,
+# [tool.fedal.mutate] in pyproject.toml); not part of make test. Bounded by MUTATE_BUDGET_S
+# (wall seconds, default 3600) and incremental: the next run goes on where one stopped. Writes
+# reports/mutation/README.md.
+mutate: install
+	$(PIP) mutmut
+	nice -n 10 $(PY) -m tools.mutate
 
 bench-selection: install
 	$(PY) -m simulations.benchmarks.bench_selection

@@ -1,4 +1,4 @@
-"""The run's label budget under asynchronous labeling (strategies/async_loop.py; docs/method.md,
+"""The run's label budget under asynchronous labeling (strategies/async_policy.py; docs/method.md,
 "Asynchronous labeling"): what is left of it, the standing share's top-ups (``async-budget =
 "standing"``) and client selection's grants cut to what is left. Pure functions of the sites'
 last ``query.labeling`` replies (by client id: ``granted``, ``paid``, ``n-grantable``), so that
@@ -16,7 +16,7 @@ def budget_left(label_budget: int, last: dict[str, dict]) -> int:
 
 def standing_top_ups(enrolled: dict[str, int], last: dict[str, dict], want: dict[str, int], left: int,
                      refill: int, order: dict[str, int]) -> dict[str, int]:
-    """The standing share's grants at one message (strategies/async_loop.py), by client id: latest picks
+    """The standing share's grants at one message (strategies/async_policy.py), by client id: latest picks
     first (``enrolled``: each site's AL round of its latest selection grant; ties in ``order``),
     while ``left`` (the run's budget not granted yet) lasts, an enrolled site owed fewer labels
     than its ``want`` is granted ``want`` more, or what it can still be granted or what is left

@@ -279,6 +279,22 @@ def test_base_quota_when_the_budget_is_below_the_class_count():
     assert y_hat[select("base", view, 2).indices].tolist() == [0, 1]
 
 
+def test_base_fills_a_class_with_the_point_nearest_to_becoming_it_whatever_it_is_predicted():
+    """DCSDB(z, c) for a point predicted as another class is its distance to c's boundary: at
+    class 2's turn, a point predicted 0 just beside the 0–2 boundary (302°, 5·sin 2° = 0.17 away)
+    is nearer to class 2 than the point predicted 2 deep inside its sector (0.87 from any
+    boundary), so BASE asks about it."""
+    angles = np.deg2rad([0, 120, 240])
+    w = 3.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    deg, radius = np.array([59, 61.5, 302, 240]), np.array([5.0, 5.0, 5.0, 1.0])
+    emb = radius[:, None] * np.stack([np.cos(np.deg2rad(deg)), np.sin(np.deg2rad(deg))], axis=1)
+    view = view_from(softmax(emb @ w.T), emb=emb, w=w, b=np.zeros(3))
+    assert np.argmax(emb @ w.T, axis=1).tolist() == [0, 1, 0, 2]
+    sel = select("base", view, 3)
+    assert sel.indices.tolist() == [0, 1, 2]  # class 0's turn, class 1's, class 2's
+    np.testing.assert_allclose(-sel.utilities, 5 * np.sin(np.deg2rad([1, 1.5, 2])))
+
+
 # --- coreset / hybrid -------------------------------------------------------------------------
 
 

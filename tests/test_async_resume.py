@@ -319,7 +319,9 @@ def test_a_standing_people_run_resumes_and_a_client_back_later_is_checked_and_re
 
 def test_a_people_run_stops_after_a_round_and_resumes_to_the_end(tmp_path, monkeypatch):
     # stop-after-round stages a people run: it stops after checkpointing that AL round, the sites
-    # keep what they were granted, and resume = true goes on to the end with the budget paid once
+    # keep what they were granted, and resume = true goes on to the end with the budget paid once,
+    # choosing the clients an uninterrupted run chooses (client-strategy = random: the picks are
+    # the server's random state, restored from the checkpoint)
     from fedal.client_app import build_client_app
 
     state = tmp_path / "state"
@@ -340,6 +342,15 @@ def test_a_people_run_stops_after_a_round_and_resumes_to_the_end(tmp_path, monke
     totals = store_totals(state, rc)
     assert all(n == d for _, n, d in totals.values()), "a point paid twice"
     assert grid.loop.summary["paid"] == sum(n for _, n, _ in totals.values()) == cfg.label_budget
+
+    whole = {**RC, "run-dir": str(tmp_path / "runs"), "run-name": "whole", "experiment-id": "whole"}
+    assert Config.from_run_config(whole).config_hash() == cfg.config_hash()  # the same experiment, seed
+    with people_labeling(whole, state):
+        result(in_thread(lambda: run_inprocess(whole, CLIENTS, record=True))[0])
+    # the AL rounds' picks (the tail rounds choose nobody, and their number follows the people's pace)
+    picks = [r["chosen_clients"] for r in rows_on_file(tmp_path / "runs" / "whole") if not r["tail"]]
+    assert [r["chosen_clients"] for r in on_file if not r["tail"]] == picks
+    assert len(picks) == RC["al-rounds"] and all(picks)
 
 
 def test_stop_after_round_is_refused_for_simulated_annotators():

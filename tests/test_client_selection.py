@@ -156,3 +156,32 @@ def test_balanced_diffusion_spreads_the_batch_over_classes_the_labeled_set_lacks
     assert all(p < 20 for p in order_clients("balanced-diffusion", mirrored, rng, params, n=4))
     plain = order_clients("diffusion", stats, rng, params, n=4)
     assert 0 < sum(p >= 20 for p in plain) < 4  # without the term, both groups
+
+
+# what make mutate found (reports/mutation/README.md): the budget's last label, clients with
+# nothing to give, the random strategy's draw, the diagnostics, and data that runs out
+def test_allocate_budget_places_the_last_label_and_skips_clients_with_nothing():
+    # 4 labels: client 0 gives 2, client 3 holds none, client 1 gives its 1, client 2 the last 1
+    assert allocate_budget([0, 3, 1, 2], np.array([2, 1, 5, 0]), per_client=2, clients=2) == \
+        [(0, 2), (1, 1), (2, 1)]
+
+
+def test_plan_round_draws_the_random_order_from_the_servers_generator():
+    from fedal.selection import DiffusionParams, plan_round
+
+    stats = ClientStats(entropy=np.zeros(8), n_unlabeled=np.full(8, 10))
+    plan = plan_round("random", stats, np.random.default_rng(4), DiffusionParams(), per_client=5, clients=3)
+    order = order_clients("random", stats, np.random.default_rng(4))
+    assert plan == [(int(z), 5) for z in order[:3]]
+
+
+def test_plan_round_fills_the_diagnostics_and_stops_when_the_data_runs_out():
+    from fedal.selection import DiffusionParams, plan_round
+
+    rng = np.random.default_rng(0)
+    stats = ClientStats(rng.random(12), np.full(12, 3), rng.standard_normal((12, 1, 8)))
+    diagnostics: dict = {}
+    plan = plan_round("diffusion", stats, rng, DiffusionParams(k=3), per_client=50, clients=3, diagnostics=diagnostics)
+    # 12 clients of 3 points cannot give 150 labels: every one gives all it has, and the plan ends
+    assert sorted(z for z, _ in plan) == list(range(12)) and all(k == 3 for _, k in plan)
+    assert diagnostics["nodes"] == 12 and diagnostics["edges"] > 0 and "q" in diagnostics

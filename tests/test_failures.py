@@ -207,6 +207,24 @@ def test_two_live_nodes_claiming_one_client_id_are_refused():
         run_inprocess(FAST, M, grid_class=Twins)
 
 
+def test_a_late_node_claiming_the_id_of_a_connected_client_is_refused():
+    # after AL round 0 a new node joins and answers as client 2, whose own node still answers:
+    # one site's labels must not move to another machine silently, so the run stops
+    class LateTwin(FaultyGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            out = super().send_and_receive(messages, timeout=timeout)
+            if messages[0].metadata.message_type == "query.acquire" and 99 not in self.contexts:
+                [ctx] = [c for c in self.contexts.values() if int(c.node_config["partition-id"]) == 2]
+                self.contexts[99] = Context(run_id=ctx.run_id, node_id=99, node_config=dict(ctx.node_config),
+                                            state=RecordDict(), run_config=dict(ctx.run_config))
+            return out
+
+    with pytest.raises(FederationError, match=r"client id '2' is claimed by 2 live nodes \(99, 1014\); every "
+                                              r"SuperNode needs its own client-id"):
+        run_inprocess(FAST, M, grid_class=LateTwin)
+
+
 def test_the_server_waits_for_min_clients_and_then_starts():
     class SlowStart(FaultyGrid):
         calls = 0

@@ -169,6 +169,27 @@ def test_cached_features_invalidation(tmp_path, images, monkeypatch):
     assert len(calls) == 8
 
 
+@pytest.mark.parametrize("path", ["weights file", "random init", "caller's backbone"])
+def test_another_normalisation_is_never_served_stale_features(tmp_path, images, path):
+    """Each of cached_features' three ways to identify the backbone keys the transform too: the
+    features of the same images under another normalisation are computed, never the cached ones."""
+    other = BackboneTransform(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    kw = dict(backbone_name="resnet18", dataset="cifar10", partition=0, batch_size=16)
+    if path == "weights file":
+        torch.save(build_backbone("resnet18", seed=1).state_dict(), tmp_path / "w.pt")
+        kw["weights"] = str(tmp_path / "w.pt")
+    elif path == "random init":
+        kw.update(weights=None, init_seed=3)
+    else:
+        kw.update(weights=None, backbone=build_backbone("resnet18", seed=7))
+    cache = FeatureCache(tmp_path / "cache")
+    f1 = cached_features(cache, images, transform=TR, **kw)
+    f2 = cached_features(cache, images, transform=other, **kw)
+    assert (cache.hits, cache.misses) == (0, 2)
+    assert not np.allclose(f1, f2)  # what the second extraction computed, not the first's features
+    assert np.array_equal(cached_features(cache, images, transform=other, **kw), f2) and cache.hits == 1
+
+
 def test_key_parts_change_with_inputs(resnet18, images):
     ident = backbone_identity("resnet18", backbone=resnet18, transform=TR)
     k1 = feature_key(ident, images, dataset="cifar10", partition=0)

@@ -215,24 +215,43 @@ def test_a_row_written_after_the_last_checkpoint_is_dropped_and_recomputed(tmp_p
     assert json.loads((tmp_path / "r" / SUMMARY_FILE).read_text())["completed"]
 
 
-def test_the_checkpoint_restores_the_random_state_and_weights_bit_for_bit(tmp_path):
-    from fedal import checkpoint
+# A resume rewrites rounds.jsonl (dropping a row the checkpoint lacks). The rewrite fails here
+# half-way, at a file-size limit as a full disk would, in a child process (the limit would hit
+# pytest's own files too): the rows on file must be the old ones, whole, never half a file.
+REWRITE_FAILS = """
+import json, resource, signal, sys
+from pathlib import Path
+from fedal.results import ROUNDS_FILE, RunRecorder
 
-    rng = np.random.default_rng(5)
-    rng.random(3)
-    w = {"a": np.arange(6, dtype=np.float32).reshape(2, 3) / 7, "b": np.ones(2, np.float64) / 3}
-    ck = checkpoint.Checkpoint(al_round=2, weights=w, clients={"0": (3, 4), "site-b": (0, 9)},
-                               prev_entropy={"0": 0.25}, labeled_per_class=[1, 2],
-                               rng_state=rng.bit_generator.state, rows=[{"round": 0, "accuracy": 0.1}],
-                               config_hash="abc", seed=1)
-    checkpoint.save(tmp_path / "c.npz", ck)
-    back = checkpoint.load(tmp_path / "c.npz", "abc", 1)
-    assert list(back.weights) == ["a", "b"]
-    assert all(np.array_equal(back.weights[k], w[k]) and back.weights[k].dtype == w[k].dtype for k in w)
-    again = np.random.default_rng()
-    again.bit_generator.state = back.rng_state
-    assert np.array_equal(again.random(4), rng.random(4))
-    assert back.clients == {"0": (3, 4), "site-b": (0, 9)} and back.prev_entropy == {"0": 0.25}
+run_dir = Path(sys.argv[1])
+rows = [{"round": i, "labels": 10 * i, "accuracy": 0.5, "note": "x" * 200} for i in range(3)]
+rec = RunRecorder(run_dir, {"seed": 0})
+for row in rows:
+    rec.add_round(row)
+with open(run_dir / ROUNDS_FILE, "a") as f:
+    f.write('{"round": 3, "lab')  # the crash cut the next row short
+rec = RunRecorder(run_dir, {"seed": 0}, resume=True)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (300, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    rec.resume_from(rows)
+except OSError as e:
+    print("rewrite failed:", e.strerror)
+"""
+
+
+def test_a_failure_while_resume_rewrites_the_rows_leaves_the_old_file_whole(tmp_path):
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "r"
+    out = subprocess.run([sys.executable, "-c", REWRITE_FAILS, str(run_dir)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert out.returncode == 0 and "rewrite failed: File too large" in out.stdout, out.stdout + out.stderr
+    lines = (run_dir / ROUNDS_FILE).read_text().splitlines()
+    assert len(lines) == 4 and [json.loads(line)["round"] for line in lines[:3]] == [0, 1, 2]
+    assert lines[3] == '{"round": 3, "lab'  # untouched: the next resume still sees what the crash left
+    assert [p.name for p in run_dir.iterdir() if p.suffix == ".tmp"] == []  # and no temporary file
 
 
 def test_resume_through_flowers_simulation_engine_gives_the_golden_rows(tmp_path, monkeypatch):

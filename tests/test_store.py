@@ -1,4 +1,4 @@
-"""The durable pool store (fedal/store.py): paid labels survive crashes and are paid once."""
+"""The durable pool store (fedal/store/): paid labels survive crashes and are paid once."""
 
 import json
 import os
@@ -282,7 +282,8 @@ def test_a_database_of_another_experiment_client_or_data_is_refused(tmp_path, ov
         open_store(path, **over)
     msg = str(e.value)
     assert str(path) in msg and needle in msg and "belongs to another experiment" in msg
-    assert "it holds 3 paid labels: do not delete it" in msg and "new state directory" in msg
+    assert msg.endswith("it holds 3 paid labels: do not delete it; restore it (with its -wal file) from a backup, "
+                        "or give this client a new state directory to start a new experiment")
     with open_store(path) as s:  # refusing changed nothing
         assert s.n_labeled == 3
 
@@ -318,6 +319,46 @@ def test_a_corrupt_store_is_refused_with_the_file_and_the_problem(tmp_path, tamp
     with pytest.raises(StoreError, match=needle) as e:
         open_store(path)
     assert str(path) in str(e.value) and "do not delete it" in str(e.value)
+
+
+_PENDING_ROUND_1 = "INSERT INTO acquisitions VALUES (1, 'pending', 'entropy', 1, 0.0, NULL)"
+
+
+@pytest.mark.parametrize("idx", [50, -1])  # the first index past each end of 0..49 (n_points = 50)
+@pytest.mark.parametrize("sql,needle", [
+    (["UPDATE labels SET idx = {i} WHERE idx = 4"], r"labeled index {i} lies outside 0\.\.49"),
+    (["INSERT INTO queries(idx, model_version, strategy, state, created_at) "
+      "VALUES ({i}, 0, 'random', 'withdrawn', 0.0)"], r"query 1 asks about point {i}, outside 0\.\.49"),
+    (["INSERT INTO reserve VALUES (0, {i}, 1, 'entropy', NULL, NULL)"],
+     r"reserve entry 0 names point {i}, outside 0\.\.49"),
+    ([_PENDING_ROUND_1, "INSERT INTO chosen VALUES (1, 0, {i})"],
+     r"a chosen point \({i}, AL round 1\) does not belong to a pending acquisition or lies out of range"),
+])
+def test_a_stored_index_just_outside_the_pool_is_corrupt(tmp_path, sql, needle, idx):
+    # the corruption checks' boundaries: index n_points is one past the last point
+    path = tmp_path / "pools.sqlite"
+    _store_with_labels(path)
+    _tamper(path, *(q.format(i=idx) for q in sql))
+    with pytest.raises(StoreError, match=needle.format(i=idx)):
+        open_store(path)
+
+
+def test_the_last_point_is_a_valid_index_everywhere(tmp_path):
+    # the other side of the boundary: index n_points - 1 is stored, queried and reserved
+    path = tmp_path / "pools.sqlite"
+    with open_store(path) as s:
+        s.acquire(0, lambda p: [49], oracle)
+        s.set_budget(10)
+        assert len(s.add_queries([48], 1, "entropy")) == 1
+        assert s.set_reserve([47], 1, ["entropy"], low=1, refill=1) == 1
+    with open_store(path) as s:
+        assert s.labeled_arrays()[0].tolist() == [49]
+        assert [q.index for q in s.queries()] == [48] and [e.index for e in s.reserve()] == [47]
+        for add in (lambda: s.add_queries([50], 1, "entropy"),
+                    lambda: s.set_reserve([50], 1, ["entropy"], low=1, refill=1),
+                    lambda: s.acquire(1, lambda p: [50], oracle)):
+            with pytest.raises(StoreError, match=r"outside 0\.\.49: \[50\]"):
+                add()
 
 
 def test_a_file_that_is_not_sqlite_is_refused(tmp_path):
@@ -364,3 +405,37 @@ def test_files_are_made_in_wal_mode_with_full_sync(tmp_path):
         assert s._read("PRAGMA journal_mode")[0][0] == "wal"
         assert s._read("PRAGMA synchronous")[0][0] == 2  # FULL
         assert s._read("PRAGMA busy_timeout")[0][0] >= 1000
+
+
+# ---------------------------------------------------------------------------------- what make mutate found
+def test_a_refused_store_closes_its_connection(tmp_path, monkeypatch):
+    import fedal.store.database
+
+    path = tmp_path / "pools.sqlite"
+    _store_with_labels(path)
+    closed = []
+    real = sqlite3.connect
+
+    class Tracked:
+        def __init__(self, *a, **k):
+            self._c = real(*a, **k)
+
+        def __getattr__(self, name):
+            return getattr(self._c, name)
+
+        def close(self):
+            closed.append(True)
+            self._c.close()
+
+    monkeypatch.setattr(fedal.store.database.sqlite3, "connect", Tracked)
+    with pytest.raises(StoreError, match="belongs to another experiment"):
+        open_store(path, client_id="site-b")
+    assert closed == [True]
+
+
+def test_indices_that_are_not_integers_are_refused_naming_their_type(tmp_path):
+    with open_store(tmp_path / "pools.sqlite") as s:
+        with pytest.raises(StoreError, match=r"^AL round 0: the point strategy returned float64 indices; "
+                                             r"integers expected$"):
+            s.acquire(0, lambda p: np.array([1.0, 2.0]), oracle)
+        assert s.n_labeled == 0

@@ -3,6 +3,7 @@ budgets, undo, leases, concurrent annotators in several processes, and the v1 ->
 v2 -> v3 migrations (the reserve itself: tests/test_async_reserve.py)."""
 
 import multiprocessing as mp
+import re
 import sqlite3
 import time
 
@@ -450,3 +451,40 @@ def test_notes_outlive_the_process_and_stay_apart_from_the_stores_own_keys(tmp_p
         assert s.budget is None
     with open_store(tmp_path / "a.sqlite") as s:
         assert s.note("refills") == "2" and s.note("budget") == "junk" and s.budget is None
+
+
+# ---------------------------------------------------------------------------------- what make mutate found
+# (reports/mutation/README.md): who closed a query and when, the errors of skip, the stored logits
+def test_a_skip_records_who_and_when_and_is_refused_for_unknown_or_paid_queries(tmp_path):
+    clock = FakeClock(1000.0)
+    with open_store(tmp_path / "p.sqlite", clock=clock) as s:
+        s.set_budget(5)
+        a, b = s.add_queries([4, 6], 1, "entropy")
+        s.next_query("ann-1")
+        clock.t = 1010.0
+        q = s.skip(a, "ann-1")
+        assert (q.state, q.closed_by, q.closed_at, q.claimed_by, q.lease_until) == ("skipped", "ann-1", 1010.0, None, None)
+        assert s.skip(a, "ann-2").closed_by == "ann-1"  # skipping again changes nothing
+        with pytest.raises(StoreError, match=rf"^query 99 does not exist in {re.escape(str(s.path))}$"):
+            s.skip(99, "ann-1")
+        s.submit_label(b, 2, "ann-1")
+        with pytest.raises(QueryClosed, match=r"^query 2 \(point 6\) is labeled; only an open query can be skipped$"):
+            s.skip(b, "ann-1")
+        with pytest.raises(StoreError, match=r"annotator name '' must have 1-200 characters"):
+            s.skip(a, "")
+
+
+def test_stored_logits_come_back_by_point(tmp_path):
+    with open_store(tmp_path / "p.sqlite") as s:
+        s.acquire(0, lambda p: [3, 8], oracle)
+        s.set_logits([8, 3], [[0.5, -1.25], [2.0, 3.0]])
+        assert s.logits() == {3: [2.0, 3.0], 8: [0.5, -1.25]}
+        assert list(s.logits()) == [3, 8]
+
+
+def test_a_migration_is_stamped_with_the_stores_clock(tmp_path):
+    path = tmp_path / "p.sqlite"
+    make_v1_store(path)
+    with open_store(path, clock=FakeClock(4321.5)) as s:
+        stamps = dict(s._read("SELECT key, value FROM meta WHERE key LIKE 'migrated_from_%'"))
+        assert stamps == {"migrated_from_v1_at": "4321.5", "migrated_from_v2_at": "4321.5"}
