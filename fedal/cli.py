@@ -35,12 +35,11 @@ COMMANDS: dict = {
                  "(python -m fedal.deploy.certs)"),
         "add": ("fedal.deploy.certs", "main_add", "one more SuperNode key: a site that joins later"),
     },
-    "annotate": ("fedal.annotate.app", "main", "a site's labeling page (fedal-annotate)"),
+    "annotate": ("fedal.annotate.app", "main", "a site's labeling page (fedal-annotate, python -m fedal.annotate.app)"),
     "rehearse": ("fedal.deploy.local", "main", "a whole deployment on this machine over loopback "
                  "(python -m fedal.deploy.local)"),
     "pretrain": ("simulations.pretrain", "main", "pretrain a vision backbone (python -m simulations.pretrain)"),
 }
-NO_PROG = {"fedal.annotate.app"}  # its parser names itself (fedal-annotate)
 
 
 def _usage(prog: str, table: dict) -> str:
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None, prog: str = "fedal") -> int:
             continue
         module, func, _ = entry
         fn = getattr(importlib.import_module(module), func)
-        rc = fn(argv) if module in NO_PROG else fn(argv, prog=prog)
+        rc = fn(argv, prog=prog)
         return int(rc or 0)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -106,6 +107,8 @@ def test_the_people_rehearsal_of_the_labeling_page_runs_as_written(tmp_path):
         deadline = time.time() + 600
         while proc.poll() is None and time.time() < deadline:
             said = log.read_text(errors="replace")
+            if re.search(r"^run \d+: finished", said, re.M):
+                break
             exp = re.search(r"^experiment id (\S+)$", said, re.M)
             pages = dict(re.findall(r"^site-(\d): labeling page (http://127\.0\.0\.1:\d+/\?token=\S+) ", said, re.M))
             busy = False
@@ -141,9 +144,20 @@ def test_the_people_rehearsal_of_the_labeling_page_runs_as_written(tmp_path):
                     pass
             if not busy:
                 time.sleep(0.5)
+        # the run has ended: the pages stay up and say so (no "connection refused" for whoever has one
+        # open) until Ctrl-C, which stops everything with the run's exit status
+        assert "finished:completed" in said, said[-4000:]
+        deadline = time.time() + 60
+        while "the labeling pages stay up" not in said and time.time() < deadline:
+            time.sleep(0.5)
+            said = log.read_text(errors="replace")
+        for k in (1, 2):
+            browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+            with browser.open(pages[str(k)], timeout=30) as r:
+                assert "This labeling run has finished" in r.read().decode()
+        assert proc.poll() is None, said[-4000:]
+        os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(60) == 0, log.read_text()[-4000:]
-        said = log.read_text(errors="replace")
-        assert "finished:completed" in said
         exp = re.search(r"^experiment id (\S+)$", said, re.M).group(1)
         (run_dir,) = (workdir / "runs").glob(f"*-{exp}")
         summary = json.loads((run_dir / "summary.json").read_text())

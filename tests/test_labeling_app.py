@@ -69,7 +69,7 @@ def test_main_exits_2_with_the_message_and_a_store_of_other_data_is_refused(tmp_
             "--experiment-id", "exp", "--client-id", "site-a"]
     assert appmod.main(argv) == 2
     err = capsys.readouterr().err
-    assert "fedal-annotate: error:" in err and "data fingerprint is" in err and "do not delete it" in err
+    assert "fedal annotate: error:" in err and "data fingerprint is" in err and "do not delete it" in err
 
 
 def test_token_from_env_and_classes_from_num_classes(tmp_path, monkeypatch):

@@ -340,8 +340,8 @@ def build_site(args) -> tuple[LabelingSite, Path]:
     return site, db
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="fedal-annotate", description=(
+def parse_args(argv=None, prog: str = "fedal annotate"):
+    ap = argparse.ArgumentParser(prog=prog, description=(
         "The labeling page of one site: label the site's query pool in a browser on this machine. Run it "
         "next to the site's SuperNode with the same data-path, state-dir, experiment id and client id."))
     ap.add_argument("--data-path", required=True, help="the site's data: an .npz file or an image folder")
@@ -371,33 +371,34 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv=None, prog: str = "fedal annotate") -> int:
+    # prog: how the user called it (fedal/cli.py passes "fedal annotate"; fedal-annotate is its old name)
+    args = parse_args(argv, prog)
     try:
         site, db = build_site(args)
     except StartupError as e:
-        print(f"fedal-annotate: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     host, port = args.host, args.port
     if not is_loopback(host):
-        print(f"fedal-annotate: warning: serving on {host}: the site's data is visible to whoever reaches this "
+        print(f"{prog}: warning: serving on {host}: the site's data is visible to whoever reaches this "
               "address with the token; the default 127.0.0.1 keeps it on this machine", file=sys.stderr)
     try:  # a clear message instead of uvicorn's traceback when the port is taken
         with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host.strip("[]"), port))
     except OSError as e:
-        print(f"fedal-annotate: error: cannot serve on {host}:{port} ({e.strerror or e}); pick another --port",
+        print(f"{prog}: error: cannot serve on {host}:{port} ({e.strerror or e}); pick another --port",
               file=sys.stderr)
         return 2
     import uvicorn
 
     shown = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
     d, names = site.display, site.class_names
-    print(f"fedal-annotate: site {site.site_name}, {len(site.x)} points drawn as {d.kind}s of shape "
+    print(f"{prog}: site {site.site_name}, {len(site.x)} points drawn as {d.kind}s of shape "
           f"{'x'.join(map(str, d.shape))}, {len(names)} classes ({', '.join(names[:5])}"
           f"{', ...' if len(names) > 5 else ''}), store {db}\n"
-          f"fedal-annotate: open http://{shown}:{port}/ in a browser on this machine and enter the token", flush=True)
+          f"{prog}: open http://{shown}:{port}/ in a browser on this machine and enter the token", flush=True)
     extra = [] if is_loopback(host) else [host.strip("[]"), shown]
     # no access log: request lines may carry ?token=
     uvicorn.run(create_app(site, allowed_hosts=extra), host=host.strip("[]"), port=port, log_level="warning",

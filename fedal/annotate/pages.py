@@ -82,8 +82,8 @@ def login_page(status: int) -> str:
                 f'<main><div class="card"><h2>{escape(why)}</h2>'
                 '<form method="post" action="/login"><label>Token <input type="password" name="token" '
                 'autocomplete="current-password" autofocus></label> <button>Open</button></form>'
-                '<p class="help">The site operator has it (the file given to <code>fedal-annotate '
-                '--token-file</code>).</p></div></main>')
+                '<p class="help">The person who runs labeling at your site has it: ask them for this '
+                "page's token.</p></div></main>")
 
 
 def empty_state(p: Progress, finished: bool) -> str:

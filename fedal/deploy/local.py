@@ -25,7 +25,8 @@ does, in order, what an operator does on several machines (docs/deployment.md):
 With ``annotators='people'`` in ``--run-config`` (and ``labeling='async'``,
 ``labeling-deadline-s``) it also starts a labeling page next to every SuperNode (``fedal-annotate``
 on a free loopback port, a token file per site in the workdir) and prints each page's address
-with its token.
+with its token. When the run ends the pages stay up, saying that the run has finished, until
+Ctrl-C (or ``--exit-when-done``: scripts).
 
 Every process it starts runs in its own process group and is stopped by PID (the group: a
 SuperLink's or SuperNode's ``flower-superexec`` and the app processes it spawned), also on an
@@ -371,6 +372,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m fedal.deploy.loca
     ap.add_argument("--no-persistent-worker", dest="persistent_worker", action="store_false",
                     help="no persistent-worker=true in the node configs: fedal's imports and data are loaded "
                          "by every message's ClientApp process")
+    ap.add_argument("--exit-when-done", action="store_true",
+                    help="with annotators='people': stop the labeling pages and exit when the run ends "
+                         "(by default they stay up, saying the run has finished, until Ctrl-C)")
     args = ap.parse_args(argv)
     import tomllib
 
@@ -393,6 +397,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m fedal.deploy.loca
         dep.up()
         print(f"SuperLink on {HOST}:{dep.port}, {args.supernodes} SuperNodes online ({time.time() - t0:.0f} s); "
               f"logs in {dep.logs}", flush=True)
+        pages: list[Proc] = []
         if rc.get("annotators") == "people":
             # people label: a page next to every SuperNode (docs/labeling.md), one token per site
             import secrets
@@ -403,14 +408,27 @@ def main(argv: list[str] | None = None, prog: str = "python -m fedal.deploy.loca
                 secret = secrets.token_urlsafe(18)
                 with os.fdopen(fd, "w") as f:
                     f.write(secret)
-                _, url = dep.start_annotate(k, rc["experiment-id"], token, wait_s=args.timeout)
+                proc, url = dep.start_annotate(k, rc["experiment-id"], token, wait_s=args.timeout)
+                pages.append(proc)
                 print(f"site-{k}: labeling page {url}/?token={secret} (token in {token})", flush=True)
         run_id = dep.run(rc)
         print(f"run {run_id} submitted; waiting", flush=True)
         status = dep.wait_run(run_id, args.timeout)
         print(f"run {run_id}: {status} after {time.time() - t0:.0f} s; results in {dep.run_dir(rc)}; "
               f"paid labels in {dep.sites}/site-*/state/pools/{rc['experiment-id']}/", flush=True)
-        return 0 if status == "finished:completed" else 1
+        code = 0 if status == "finished:completed" else 1
+        if pages and not args.exit_when_done:
+            # people may still have a page open: it now says that the run has finished (instead of
+            # a browser's "connection refused") until the operator stops the rehearsal
+            print("the labeling pages stay up and say that the run has finished; press Ctrl-C to stop them",
+                  flush=True)
+            signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill stops them as Ctrl-C does
+            try:
+                while any(p.alive() for p in pages):
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+        return code
 
 
 if __name__ == "__main__":
