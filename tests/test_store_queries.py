@@ -474,12 +474,43 @@ def test_a_skip_records_who_and_when_and_is_refused_for_unknown_or_paid_queries(
             s.skip(a, "")
 
 
+def test_withdrawn_queries_record_why_and_when_and_say_so_when_answered(tmp_path):
+    clock = FakeClock(1000.0)
+    with open_store(tmp_path / "p.sqlite", clock=clock) as s:
+        a, _ = s.add_queries([1, 2], 0, "random")
+        s.next_query("ann")
+        clock.t = 1020.0
+        assert s.withdraw_open() == 2  # no reason given: 'withdrawn'
+        q = s.query(a)
+        assert (q.state, q.closed_by, q.closed_at, q.claimed_by, q.lease_until) == (
+            "withdrawn", "withdrawn", 1020.0, None, None)
+        with pytest.raises(QueryClosed, match=r"^query 1 \(point 1\) was withdrawn \(withdrawn\); it is not paid$"):
+            s.submit_label(a, 1, "ann")
+
+
 def test_stored_logits_come_back_by_point(tmp_path):
     with open_store(tmp_path / "p.sqlite") as s:
         s.acquire(0, lambda p: [3, 8], oracle)
         s.set_logits([8, 3], [[0.5, -1.25], [2.0, 3.0]])
         assert s.logits() == {3: [2.0, 3.0], 8: [0.5, -1.25]}
         assert list(s.logits()) == [3, 8]
+
+
+def test_logits_are_stored_as_float64_whatever_the_model_gives_and_bad_shapes_are_refused(tmp_path):
+    with open_store(tmp_path / "p.sqlite") as s:
+        s.acquire(0, lambda p: list(range(12)), oracle)
+        s.set_logits([3, 8], np.array([[0.5, -1.25], [2.0, 3.0]], dtype=np.float32))  # a torch model's
+        s.set_logits([5], [[1, 2]])
+        kept = {3: [0.5, -1.25], 5: [1.0, 2.0], 8: [2.0, 3.0]}
+        assert s.logits() == kept and s.pools().logits == kept
+        for idx, logits, shape in (([3], [[1.0, 2.0], [3.0, 4.0]], "(2, 2)"), ([3, 8], [1.0, 2.0], "(2,)")):
+            with pytest.raises(StoreError, match=rf"^set_logits: {len(idx)} indices need a 2-D array with "
+                                                 rf"{len(idx)} rows, got shape {re.escape(shape)}$"):
+                s.set_logits(idx, logits)
+        with pytest.raises(StoreError, match=r"^logits are stored only for labeled points; not labeled: "
+                                             r"\[12, 13, 14, 15, 16, 17, 18, 19, 20, 21\]$"):  # the first ten
+            s.set_logits(list(range(12, 24)), np.ones((12, 2)))
+        assert s.logits() == kept
 
 
 def test_a_migration_is_stamped_with_the_stores_clock(tmp_path):
