@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -439,3 +440,10 @@ def test_indices_that_are_not_integers_are_refused_naming_their_type(tmp_path):
                                              r"integers expected$"):
             s.acquire(0, lambda p: np.array([1.0, 2.0]), oracle)
         assert s.n_labeled == 0
+
+
+def test_a_store_file_sqlite_cannot_open_is_refused_naming_it(tmp_path):
+    path = tmp_path / "pools.sqlite"
+    path.symlink_to(tmp_path / "unmounted" / "pools.sqlite")  # e.g. a state dir on a disk that is gone
+    with pytest.raises(StoreError, match=rf"^pool store {re.escape(str(path))} cannot be opened \(unable to open database file\)"):
+        open_store(path)

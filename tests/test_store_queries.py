@@ -488,6 +488,34 @@ def test_withdrawn_queries_record_why_and_when_and_say_so_when_answered(tmp_path
             s.submit_label(a, 1, "ann")
 
 
+def test_last_paid_names_the_query_undo_would_unpay(tmp_path):
+    with open_store(tmp_path / "p.sqlite") as s:
+        s.acquire(0, lambda p: [7], oracle)  # an acquisition's label is nobody's to undo
+        a, b = s.add_queries([10, 20], 0, "random")
+        assert s.last_paid("alice") is None
+        for label in (1, 2):
+            s.submit_label(s.next_query("alice").id, label, "alice")
+        last = s.last_paid("alice")
+        assert (last.id, last.index, last.label) == (b, 20, 2) and s.last_paid("bob") is None
+        assert s.undo_last("alice").id == b and s.last_paid("alice").id == a
+        with pytest.raises(StoreError, match=r"^annotator name '' must have 1-200 characters$"):
+            s.last_paid("")
+
+
+def test_a_grant_takes_whole_counts_only_records_a_grant_of_0_and_stamps_what_it_withdraws(tmp_path):
+    clock = FakeClock(1000.0)
+    with open_store(tmp_path / "a.sqlite", clock=clock) as s:
+        for bad in (1.5, True):
+            with pytest.raises(StoreError, match=rf"^grant = {bad!r} must be a count >= 0$"):
+                s.grant("run:0", bad)
+        s.acquire(0, lambda p: [1, 2], oracle)
+        q, _ = s.add_queries([3, 4], 0, "random")
+        clock.t = 1050.0
+        assert s.budget is None and s.grant("run:0", 0) == 0  # the budget: what is paid, so spent
+        assert s.budget == 2 and s.grant("run:0", 5) == 0  # the key is used
+        assert (s.query(q).state, s.query(q).closed_by, s.query(q).closed_at) == ("withdrawn", "budget", 1050.0)
+
+
 def test_stored_logits_come_back_by_point(tmp_path):
     with open_store(tmp_path / "p.sqlite") as s:
         s.acquire(0, lambda p: [3, 8], oracle)
