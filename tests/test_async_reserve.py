@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedal.store import PoolStore
+from fedal.store import PoolStore, StoreError
 
 RC = {"dataset": "digits", "labeling": "async", "annotators": "people", "labeling-deadline-s": 60.0,
       "query-pool-low": 2, "query-pool-refill": 4}  # async-workers: entropy, least-confidence, margin
@@ -324,3 +324,22 @@ def test_a_message_that_finds_the_budget_spent_leaves_no_reserve(site):
     assert len(paid) == 2 and site.db.progress().spent and site.db.progress().open == 0
     site.send(1, 0, site.arrays(seed=1), version=4)
     assert site.db.reserve() == []
+
+
+def test_set_reserve_refuses_bad_input_naming_it_and_stamps_when_it_was_ranked(tmp_path):
+    ident = dict(experiment_id="exp-1", client_id="site-a", n_points=50, data_fingerprint="fp")
+    with PoolStore(tmp_path / "p.sqlite", **ident, clock=lambda: 1234.5) as s:
+        for points, tags, low, refill, msg in (
+                ([1, 2], ["entropy"], 2, 4, r"2 points need as many strategies \(got 1\)"),
+                ([1, 99], ["entropy"] * 2, 2, 4, r"indices outside 0\.\.49: \[99\]"),
+                ([1], ["entropy"], -1, 4, r"low = -1 must be a count >= 0"),
+                ([1], ["entropy"], True, 4, r"low = True must be a count >= 0"),
+                ([1], ["entropy"], 2, 1.5, r"refill = 1\.5 must be a count >= 0")):
+            with pytest.raises(StoreError, match=rf"^set_reserve: {msg}$"):
+                s.set_reserve(points, 0, tags, low=low, refill=refill)
+        assert s.reserve() == []
+        s.set_budget(10)
+        # query-pool-low = 0 (fedal/config.py allows it): the page never refills between messages
+        assert s.set_reserve([1, 2], 0, ["entropy"] * 2, low=0, refill=0) == 2 and s.promote_reserve() == []
+        # when the reserve was ranked, for whoever reads the site's file (the meta table)
+        assert s._read("SELECT value FROM meta WHERE key = 'reserve:set_at'") == [("1234.5",)]
