@@ -272,7 +272,7 @@ def test_promotions_never_pass_the_budget_nor_ask_a_point_twice_under_concurrenc
 def test_a_spent_budget_promotes_nothing_and_withdraws_what_is_open(tmp_path):
     path = tmp_path / "p.sqlite"
     ident = dict(experiment_id="exp-1", client_id="site-a", n_points=50, data_fingerprint="fp")
-    with PoolStore(path, **ident) as s:
+    with PoolStore(path, **ident, clock=lambda: 1234.5) as s:
         assert s.promote_reserve() == []  # no reserve (a simulated site's store, a v2 file migrated)
         s.set_budget(3)
         s.add_queries([1, 2], 0, "random")
@@ -288,9 +288,29 @@ def test_a_spent_budget_promotes_nothing_and_withdraws_what_is_open(tmp_path):
         assert s.promote_reserve() == []
         p = s.progress()
         assert (p.open, p.withdrawn, p.labeled) == (0, 1, 2)
+        assert {(q.closed_by, q.closed_at) for q in s.queries("withdrawn")} == {("budget", 1234.5)}
         assert [e.index for e in s.reserve()] == [6, 7, 8]  # kept, for a budget that grows again
         s.set_budget(None)  # no budget: the store cannot tell what may be paid, nothing is promoted
         assert s.promote_reserve() == []
+
+
+def test_the_reserve_is_promoted_only_when_fewer_than_low_are_open_and_only_with_its_settings(tmp_path):
+    path = tmp_path / "p.sqlite"
+    ident = dict(experiment_id="exp-1", client_id="site-a", n_points=50, data_fingerprint="fp")
+    with PoolStore(path, **ident) as s:
+        s.set_budget(10)
+        _, b = s.add_queries([1, 2], 0, "random")
+        s.set_reserve([2, 5, 6, 7], 1, ["entropy"] * 4, low=2, refill=2)
+        assert s.promote_reserve() == []  # 2 open, low = 2: not low yet
+        s.skip(b, "ann")  # point 2: the annotator cannot tell; it is not asked again
+        assert [s.query(i).index for i in s.promote_reserve()] == [5, 6]
+        for _ in range(2):  # 1 open: low again
+            s.submit_label(s.next_query("ann").id, 0, "ann")
+        raw = sqlite3.connect(path)  # a setting lost (an operator's script): the page must go on
+        raw.execute("DELETE FROM meta WHERE key = 'reserve:refill'")
+        raw.commit()
+        raw.close()
+        assert s.promote_reserve() == [] and [e.index for e in s.reserve()] == [7]
 
 
 def test_a_new_message_replaces_the_reserve_and_the_last_one_clears_it(site):
