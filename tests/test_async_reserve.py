@@ -300,17 +300,18 @@ def test_the_reserve_is_promoted_only_when_fewer_than_low_are_open_and_only_with
     with PoolStore(path, **ident) as s:
         s.set_budget(10)
         _, b = s.add_queries([1, 2], 0, "random")
-        s.set_reserve([2, 5, 6, 7], 1, ["entropy"] * 4, low=2, refill=2)
+        s.set_reserve([2, 5, 6, 7], 1, ["entropy"] * 4, low=2, refill=2, count_note="refills")
         assert s.promote_reserve() == []  # 2 open, low = 2: not low yet
         s.skip(b, "ann")  # point 2: the annotator cannot tell; it is not asked again
         assert [s.query(i).index for i in s.promote_reserve()] == [5, 6]
+        assert s.note("refills") == "1"  # the site's first refill
         for _ in range(2):  # 1 open: low again
             s.submit_label(s.next_query("ann").id, 0, "ann")
         raw = sqlite3.connect(path)  # a setting lost (an operator's script): the page must go on
         raw.execute("DELETE FROM meta WHERE key = 'reserve:refill'")
         raw.commit()
         raw.close()
-        assert s.promote_reserve() == [] and [e.index for e in s.reserve()] == [7]
+        assert s.promote_reserve() == [] and [e.index for e in s.reserve()] == [7] and s.note("refills") == "1"
 
 
 def test_a_new_message_replaces_the_reserve_and_the_last_one_clears_it(site):

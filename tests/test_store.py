@@ -445,5 +445,6 @@ def test_indices_that_are_not_integers_are_refused_naming_their_type(tmp_path):
 def test_a_store_file_sqlite_cannot_open_is_refused_naming_it(tmp_path):
     path = tmp_path / "pools.sqlite"
     path.symlink_to(tmp_path / "unmounted" / "pools.sqlite")  # e.g. a state dir on a disk that is gone
-    with pytest.raises(StoreError, match=rf"^pool store {re.escape(str(path))} cannot be opened \(unable to open database file\)"):
+    with pytest.raises(StoreError, match=rf"^pool store {re.escape(str(path))} cannot be opened "
+                                         r"\(unable to open database file\)"):
         open_store(path)
