@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fedal.pools import Pools
-from fedal.store import PoolStore, StoreError
+from fedal.store import BudgetSpent, PoolStore, StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 ID = dict(experiment_id="exp-1", client_id="site-a", n_points=50, data_fingerprint="fp-abc")
@@ -448,3 +448,51 @@ def test_a_store_file_sqlite_cannot_open_is_refused_naming_it(tmp_path):
     with pytest.raises(StoreError, match=rf"^pool store {re.escape(str(path))} cannot be opened "
                                          r"\(unable to open database file\)"):
         open_store(path)
+
+
+def test_an_acquisition_spends_the_budget_exactly_never_past_it_and_names_ten_bad_points(tmp_path):
+    with open_store(tmp_path / "pools.sqlite") as s:
+        s.set_budget(14)
+        a = s.acquire(0, first_unlabeled(12), lambda i: np.asarray(i, dtype=np.int32) % 7)
+        assert a.labels.dtype == np.int64 and a.labels.tolist() == [i % 7 for i in range(12)]
+        first_ten = r"\[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\]$"
+        with pytest.raises(StoreError, match=r"^AL round 1: chosen indices are already labeled \(a label would be "
+                                             r"paid twice\): " + first_ten):
+            s.acquire(1, lambda p: list(range(12)), must_not_be_called)
+        with pytest.raises(StoreError, match=r"^AL round 1: chosen indices outside 0\.\.49: "
+                                             r"\[50, 51, 52, 53, 54, 55, 56, 57, 58, 59\]$"):
+            s.acquire(1, lambda p: list(range(50, 62)), must_not_be_called)
+        with pytest.raises(BudgetSpent, match=r"^AL round 1: 3 more labels would exceed the budget of 14 "
+                                              r"\(12 paid\)$"):
+            s.acquire(1, lambda p: [20, 21, 22], must_not_be_called)
+        with pytest.raises(StoreError, match=r"^AL round 1: the oracle returned float64 labels; integer class "
+                                             r"ids expected$"):
+            s.acquire(1, lambda p: [20, 21], lambda i: [0.0, 1.0])
+        assert s.acquire(1, must_not_be_called, oracle).paid_now and s.n_labeled == 14  # to the last label
+
+
+def test_a_batch_that_labelers_overtook_while_the_oracle_worked_stays_pending(tmp_path):
+    with open_store(tmp_path / "pools.sqlite") as s:
+
+        def oracle_while_people_pay(queries):  # a person pays these queries while the oracle works
+            def label(ids):
+                for q in queries:
+                    s.submit_label(q, 0, "ann")
+                return oracle(ids)
+            return label
+
+        s.set_budget(30)
+        queries = s.add_queries(list(range(20, 31)), 0, "random")
+        with pytest.raises(StoreError, match=r"^AL round 0: points \[20, 21, 22, 23, 24, 25, 26, 27, 28, 29\] were "
+                                             r"labeled through the query pool after they were chosen; the round "
+                                             r"stays pending \(a label would be paid twice\)$"):
+            s.acquire(0, lambda p: list(range(20, 32)), oracle_while_people_pay(queries))
+        assert s.pending(0).tolist() == list(range(20, 32)) and s.n_labeled == 11
+        s.set_budget(21)  # 11 paid; round 1 chooses 8 (19), and 2 more are paid meanwhile: 21, exactly
+        s.acquire(1, lambda p: list(range(8)), oracle_while_people_pay(s.add_queries([40, 41], 0, "random")))
+        assert s.n_labeled == 21
+        s.set_budget(24)  # round 2 chooses 3 (24), but 1 more is paid meanwhile
+        with pytest.raises(BudgetSpent, match=r"^AL round 2: 3 more labels would exceed the budget of 24 \(22 paid\); "
+                                              r"the round stays pending$"):
+            s.acquire(2, lambda p: [10, 11, 12], oracle_while_people_pay(s.add_queries([42], 0, "random")))
+        assert s.pending(2).tolist() == [10, 11, 12] and s.n_labeled == 22

@@ -135,17 +135,28 @@ def test_a_query_opened_before_the_budget_was_lowered_to_the_paid_count_is_refus
 
 def test_a_budget_spent_behind_the_stores_back_pays_nothing_and_withdraws(tmp_path):
     path = tmp_path / "p.sqlite"
-    with open_store(path) as s:
-        s.set_budget(5)
-        a, b = s.add_queries([1, 2], 0, "random")
-        s.submit_label(a, 1, "ann")
+
+    def spend_it():
         raw = sqlite3.connect(path)  # e.g. an operator's script sets the budget to what is paid
         raw.execute("UPDATE meta SET value = '1' WHERE key = 'budget'")
         raw.commit()
         raw.close()
+
+    clock = FakeClock(1000.0)
+    with open_store(path, clock=clock) as s:
+        s.set_budget(5)
+        a, b = s.add_queries([1, 2], 0, "random")
+        s.submit_label(a, 1, "ann")
+        spend_it()
         with pytest.raises(BudgetSpent, match="spent; query .* was withdrawn, not paid"):
             s.submit_label(b, 2, "ann")
         assert s.n_labeled == 1 and s.query(b).state == "withdrawn"
+        s.set_budget(2)
+        (c,) = s.add_queries([3], 0, "random")
+        spend_it()
+        clock.t = 1100.0
+        assert s.next_query("ann") is None  # a page asking for the next point withdraws it
+        assert (s.query(c).state, s.query(c).closed_by, s.query(c).closed_at) == ("withdrawn", "budget", 1100.0)
 
 
 def test_withdrawn_and_skipped_queries_are_not_paid(tmp_path):
