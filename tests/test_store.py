@@ -69,8 +69,10 @@ def test_acquire_is_idempotent_within_a_round(tmp_path):
 def test_an_empty_acquisition_is_recorded_too(tmp_path):
     with open_store(tmp_path / "pools.sqlite") as s:
         assert s.acquire(2, first_unlabeled(0), oracle).paid_now
-        assert not s.acquire(2, must_not_be_called, must_not_be_called).paid_now
-        assert s.n_labeled == 0
+        again = s.acquire(2, must_not_be_called, must_not_be_called)
+        assert (again.al_round, again.paid_now) == (2, False) and s.n_labeled == 0
+        # what a retried round's caller does with them: index its data (integer arrays, even empty)
+        assert np.zeros((50, 3))[again.indices].shape == (0, 3) and again.labels.dtype == np.int64
 
 
 def test_invalid_choices_and_answers_are_refused_before_paying(tmp_path):
