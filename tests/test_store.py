@@ -1,5 +1,6 @@
 """The durable pool store (fedal/store/): paid labels survive crashes and are paid once."""
 
+import fcntl
 import json
 import os
 import re
@@ -62,8 +63,23 @@ def test_acquire_is_idempotent_within_a_round(tmp_path):
         p = s.pools()
         assert isinstance(p, Pools) and p.labeled == [0, 1, 2, 3, 4, 5, 6]
         assert p.acquired_round == [0] * 4 + [1] * 3
+        s.acquire(2, first_unlabeled(1), oracle)  # no strategy named: none recorded
         strategies = sqlite3.connect(s.path).execute("SELECT strategy FROM labels ORDER BY pos").fetchall()
-        assert [r[0] for r in strategies] == ["random"] * 4 + ["entropy"] * 3
+        assert [r[0] for r in strategies] == ["random"] * 4 + ["entropy"] * 3 + [""]
+
+
+def test_a_paid_round_is_answered_while_another_process_holds_the_acquisition_lock(tmp_path):
+    path = tmp_path / "pools.sqlite"
+    with open_store(path, lock_timeout=0.2) as s:
+        s.acquire(0, first_unlabeled(2), oracle)
+        with open(f"{path}.lock", "w") as lock:  # another process is acquiring (the server resent round 0)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            assert s.acquire(0, must_not_be_called, must_not_be_called).indices.tolist() == [0, 1]
+            with pytest.raises(StoreError, match=r"another process \(unknown\) has been acquiring for 0.2 s; "
+                                                 r"AL round 1 was not acquired$"):
+                s.acquire(1, first_unlabeled(2), must_not_be_called)
+        with pytest.raises(StoreError, match=r"^al_round = -1 must be >= 0$"):
+            s.acquire(-1, must_not_be_called, must_not_be_called)
 
 
 def test_an_empty_acquisition_is_recorded_too(tmp_path):
