@@ -101,12 +101,14 @@ def test_invalid_choices_and_answers_are_refused_before_paying(tmp_path):
         with pytest.raises(StoreError, match="same index twice"):
             s.acquire(1, lambda p: [7, 7], oracle)
         assert s.pending(1) is None  # a refused choice leaves no trace
-        with pytest.raises(StoreError, match=r"oracle returned \(1,\) labels for 2 points"):
-            s.acquire(1, lambda p: [8, 9], lambda i: [0])
+        with pytest.raises(StoreError, match=r"^AL round 1: the oracle returned \(1,\) labels for 2 points$"):
+            s.acquire(1, lambda p: [8, 9], lambda i: [0], strategy="entropy")
         # the choice was valid: it stays pending, and the retry asks about the same points
         assert s.pending(1).tolist() == [8, 9]
-        a = s.acquire(1, must_not_be_called, oracle)
+        a = s.acquire(1, must_not_be_called, oracle)  # a restarted client, which knows no strategy
         assert a.indices.tolist() == [8, 9] and s.pending(1) is None
+        # the labels are recorded as chosen by the strategy that chose them
+        assert s._read("SELECT DISTINCT strategy FROM labels WHERE al_round = 1") == [("entropy",)]
 
 
 def test_all_labels_of_a_batch_commit_together(tmp_path):
