@@ -435,7 +435,10 @@ def test_the_store_path_is_one_file_per_experiment_and_client_and_refuses_unsafe
     assert site_store_path(tmp_path, "exp-1", "clinic-3") == tmp_path / "pools" / "exp-1" / "clinic-3.sqlite"
     for exp, cid, bad in (("../etc/passwd", "a", "experiment-id"), ("exp", "a b", "client-id"),
                           ("", "a", "experiment-id"), ("exp", ".hidden", "client-id")):
-        with pytest.raises(StoreError, match=f"{bad} .* is not valid: use 1-64 letters"):
+        value = exp if bad == "experiment-id" else cid
+        with pytest.raises(StoreError, match=rf"^{bad} '{re.escape(value)}' is not valid: use 1-64 letters, digits, "
+                                             r"'\.', '_' or '-', starting with a letter or digit \(it names a folder "
+                                             r"or file of the state-dir\)$"):
             site_store_path(tmp_path, exp, cid)
 
 
