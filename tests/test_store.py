@@ -90,6 +90,15 @@ def test_an_empty_acquisition_is_recorded_too(tmp_path):
         # what a retried round's caller does with them: index its data (integer arrays, even empty)
         assert np.zeros((50, 3))[again.indices].shape == (0, 3) and again.labels.dtype == np.int64
 
+        def oracle_down(ids):
+            raise RuntimeError("the oracle is down")
+
+        with pytest.raises(RuntimeError):  # an empty round whose oracle failed stays pending, empty
+            s.acquire(3, first_unlabeled(0), oracle_down)
+        assert s.pending(3).size == 0
+        retried = s.acquire(3, must_not_be_called, oracle)
+        assert retried.paid_now and np.zeros((50, 3))[retried.indices].shape == (0, 3)
+
 
 def test_invalid_choices_and_answers_are_refused_before_paying(tmp_path):
     with open_store(tmp_path / "pools.sqlite") as s:

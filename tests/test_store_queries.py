@@ -54,8 +54,10 @@ def test_queries_are_claimed_labeled_and_paid_once(tmp_path):
         assert s.next_query("ann-1").id == ids[2]
         with pytest.raises(StoreError, match="does not exist"):
             s.submit_label(999, 1, "ann-1")
-        with pytest.raises(StoreError, match="class id >= 0"):
-            s.submit_label(ids[2], -1, "ann-1")
+        for bad in (-1, 1.5, True):  # nothing that is not a class id is paid as one
+            with pytest.raises(StoreError, match=rf"^label {bad!r} must be a class id >= 0$"):
+                s.submit_label(ids[2], bad, "ann-1")
+        assert s.n_labeled == 1
 
 
 def test_newer_model_versions_are_asked_first_and_leases_expire(tmp_path):
