@@ -46,7 +46,7 @@ def test_queries_are_claimed_labeled_and_paid_once(tmp_path):
         assert r.paid_now and (r.index, r.label) == (5, 3)
         assert s.labeled_arrays()[0].tolist() == [5] and s.pools().acquired_round == [2]
         again = s.submit_label(q.id, 3, "ann-2")  # a double click, a retried request
-        assert not again.paid_now and s.n_labeled == 1
+        assert (again.query_id, again.index, again.label, again.paid_now) == (q.id, 5, 3, False) and s.n_labeled == 1
         with pytest.raises(QueryClosed, match="already labeled 3 by ann-1; undo that label first"):
             s.submit_label(q.id, 4, "ann-2")
         assert s.n_labeled == 1 and s.labeled_arrays()[1].tolist() == [3]
@@ -98,7 +98,7 @@ def test_add_queries_leaves_out_labeled_open_and_pending_points_and_validates(tm
 
 # ---------------------------------------------------------------------------------- budgets
 def test_budget_is_exact_and_open_queries_are_withdrawn_never_paid(tmp_path):
-    with open_store(tmp_path / "p.sqlite") as s:
+    with open_store(tmp_path / "p.sqlite", clock=FakeClock(1000.0)) as s:
         s.acquire(0, lambda p: [0, 1], oracle)
         s.set_budget(5)
         ids = s.add_queries(list(range(10, 20)), 1, "entropy")
@@ -111,7 +111,7 @@ def test_budget_is_exact_and_open_queries_are_withdrawn_never_paid(tmp_path):
         assert paid == [10, 11, 12] and s.n_labeled == 5
         p = s.progress()
         assert (p.budget, p.labeled, p.remaining, p.open, p.withdrawn, p.labeled_queries) == (5, 5, 0, 0, 7, 3)
-        assert p.spent
+        assert p.spent and {(q.closed_by, q.closed_at) for q in s.queries("withdrawn")} == {("budget", 1000.0)}
         for qid in ids[3:]:  # a page that still shows one of them cannot pay it
             with pytest.raises(QueryClosed, match="withdrawn"):
                 s.submit_label(qid, 1, "ann")
@@ -502,6 +502,10 @@ def test_withdrawn_queries_record_why_and_when_and_say_so_when_answered(tmp_path
             "withdrawn", "withdrawn", 1020.0, None, None)
         with pytest.raises(QueryClosed, match=r"^query 1 \(point 1\) was withdrawn \(withdrawn\); it is not paid$"):
             s.submit_label(a, 1, "ann")
+        (c,) = s.add_queries([3], 0, "random")
+        s.withdraw_open(reason="")  # no reason given: none shown
+        with pytest.raises(QueryClosed, match=rf"^query {c} \(point 3\) was withdrawn; it is not paid$"):
+            s.submit_label(c, 1, "ann")
 
 
 def test_last_paid_names_the_query_undo_would_unpay(tmp_path):
