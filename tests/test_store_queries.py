@@ -43,7 +43,7 @@ def test_queries_are_claimed_labeled_and_paid_once(tmp_path):
         other = s.next_query("ann-2")
         assert other.id == ids[1]  # never the point another annotator holds
         r = s.submit_label(q.id, 3, "ann-1")
-        assert r.paid_now and (r.index, r.label) == (5, 3)
+        assert r.paid_now and (r.query_id, r.index, r.label) == (q.id, 5, 3)
         assert s.labeled_arrays()[0].tolist() == [5] and s.pools().acquired_round == [2]
         again = s.submit_label(q.id, 3, "ann-2")  # a double click, a retried request
         assert (again.query_id, again.index, again.label, again.paid_now) == (q.id, 5, 3, False) and s.n_labeled == 1
@@ -152,7 +152,7 @@ def test_a_budget_spent_behind_the_stores_back_pays_nothing_and_withdraws(tmp_pa
         spend_it()
         with pytest.raises(BudgetSpent, match="spent; query .* was withdrawn, not paid"):
             s.submit_label(b, 2, "ann")
-        assert s.n_labeled == 1 and s.query(b).state == "withdrawn"
+        assert s.n_labeled == 1 and (s.query(b).state, s.query(b).closed_at) == ("withdrawn", 1000.0)
         s.set_budget(2)
         (c,) = s.add_queries([3], 0, "random")
         spend_it()
@@ -462,7 +462,7 @@ def test_a_grant_raises_the_budget_once_per_key_and_never_past_one_label_per_poi
 def test_notes_outlive_the_process_and_stay_apart_from_the_stores_own_keys(tmp_path):
     with open_store(tmp_path / "a.sqlite") as s:
         assert s.note("refills") is None
-        s.note("refills", "2")
+        assert s.note("refills", 2) == "2"  # what is stored: a string
         s.note("budget", "junk")  # a note named like a store key does not touch the budget
         assert s.budget is None
     with open_store(tmp_path / "a.sqlite") as s:
