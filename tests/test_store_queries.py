@@ -116,7 +116,8 @@ def test_budget_is_exact_and_open_queries_are_withdrawn_never_paid(tmp_path):
             with pytest.raises(QueryClosed, match="withdrawn"):
                 s.submit_label(qid, 1, "ann")
         assert s.add_queries([30, 31], 2, "entropy") == []  # nothing is asked once spent
-        with pytest.raises(StoreError, match="below the 5 labels already paid"):
+        with pytest.raises(StoreError, match=r"^budget = 4 is below the 5 labels already paid; a budget cannot "
+                                             r"un-pay labels$"):
             s.set_budget(4)
         with pytest.raises(BudgetSpent, match="exceed the budget of 5"):
             s.acquire(1, lambda p: [40], oracle)
@@ -126,13 +127,20 @@ def test_budget_is_exact_and_open_queries_are_withdrawn_never_paid(tmp_path):
 
 
 def test_a_query_opened_before_the_budget_was_lowered_to_the_paid_count_is_refused(tmp_path):
-    with open_store(tmp_path / "p.sqlite") as s:
+    with open_store(tmp_path / "p.sqlite", clock=FakeClock(1000.0)) as s:
         (qid,) = s.add_queries([7], 0, "random")
         s.set_budget(0)
-        assert s.query(qid).state == "withdrawn"
+        assert (s.query(qid).state, s.query(qid).closed_by, s.query(qid).closed_at) == ("withdrawn", "budget", 1000.0)
         with pytest.raises(QueryClosed):
             s.submit_label(qid, 0, "ann")
         assert s.n_labeled == 0
+        for bad in (-1, 1.5, True):
+            with pytest.raises(StoreError, match=rf"^budget = {bad!r} must be a count >= 0$"):
+                s.set_budget(bad)
+        s.set_budget(None)  # no limit again: what is asked may be paid
+        assert s.budget is None and s.progress().remaining is None
+        (qid,) = s.add_queries([7], 1, "random")
+        assert s.submit_label(qid, 0, "ann").paid_now
 
 
 def test_a_budget_spent_behind_the_stores_back_pays_nothing_and_withdraws(tmp_path):
@@ -520,6 +528,9 @@ def test_last_paid_names_the_query_undo_would_unpay(tmp_path):
         assert s.undo_last("alice").id == b and s.last_paid("alice").id == a
         with pytest.raises(StoreError, match=r"^annotator name '' must have 1-200 characters$"):
             s.last_paid("")
+        assert s.last_paid("a" * 200) is None  # 200 characters: a name
+        with pytest.raises(StoreError, match=r"^annotator name 'a{201}' must have 1-200 characters$"):
+            s.last_paid("a" * 201)
 
 
 def test_a_grant_takes_whole_counts_only_records_a_grant_of_0_and_stamps_what_it_withdraws(tmp_path):
