@@ -175,6 +175,9 @@ def test_withdrawn_and_skipped_queries_are_not_paid(tmp_path):
         s.add_queries([4], 3, "entropy")
         assert s.withdraw_open(older_than=1, reason="refill") == 3  # the version-0 queries
         assert [q.state for q in s.queries()] == ["withdrawn"] * 3 + ["open"]
+        with pytest.raises(StoreError, match=r"^query state 'paid' is not one of \('open', 'labeled', 'withdrawn', "
+                                             r"'skipped'\)$"):
+            s.queries("paid")
         with pytest.raises(QueryClosed, match=r"was withdrawn \(refill\); it is not paid"):
             s.submit_label(a, 1, "ann")
         s.add_queries([1], 3, "entropy")  # a withdrawn point may be asked again
