@@ -37,6 +37,9 @@ def test_queries_are_claimed_labeled_and_paid_once(tmp_path):
         ids = s.add_queries([5, 6, 7], model_version=2, strategy="entropy", guesses=[1, 2, 3],
                             confidences=[0.4, 0.5, 0.6])
         assert len(ids) == 3 and [q.state for q in s.queries()] == ["open"] * 3
+        p = s.progress()  # a page's counts before anyone labels (no annotator asked about: None)
+        assert (p.labeled, p.open, p.claimed, p.labeled_queries, p.withdrawn, p.skipped, p.by_annotator) == (
+            0, 3, 0, 0, 0, 0, None)
         q = s.next_query("ann-1")
         assert (q.id, q.index, q.model_version, q.strategy, q.guess, q.confidence) == (ids[0], 5, 2, "entropy", 1, 0.4)
         assert s.next_query("ann-1").id == q.id  # the claim comes back to its holder (a reloaded page)
