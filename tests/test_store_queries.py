@@ -89,14 +89,24 @@ def test_add_queries_leaves_out_labeled_open_and_pending_points_and_validates(tm
         added = s.add_queries([0, 2, 3, 4, 5], 1, "entropy")
         assert [s.query(i).index for i in added] == [3, 4]  # a skipped point may be asked again
         assert s.candidates().tolist() == list(range(6, 50))
-        with pytest.raises(StoreError, match="same point appears twice"):
-            s.add_queries([9, 9], 1, "x")
-        with pytest.raises(StoreError, match=r"outside 0\.\.49: \[50\]"):
-            s.add_queries([50], 1, "x")
-        with pytest.raises(StoreError, match="probability"):
-            s.add_queries([9], 1, "x", guesses=[1], confidences=[float("nan")])
-        with pytest.raises(StoreError, match="model_version"):
-            s.add_queries([9], -1, "x")
+        n_queries, ten = len(s.queries()), ", ".join(map(str, range(50, 60)))
+        for change, msg in (
+                (dict(indices=[9, 9]), "the same point appears twice"),
+                (dict(indices=list(range(50, 62))), rf"indices outside 0\.\.49: \[{ten}\]"),
+                (dict(indices=[-1]), r"indices outside 0\.\.49: \[-1\]"),
+                (dict(indices=[9.0]), "indices must be integers, got float64"),
+                *((dict(model_version=v), rf"model_version = {v!r} must be an integer >= 0") for v in (-1, 1.5, True)),
+                (dict(guesses=[1, 2]), r"1 points need as many guesses and confidences \(got 2 and 1\)"),
+                (dict(confidences=[0.5, 0.5]), r"1 points need as many guesses and confidences \(got 1 and 2\)"),
+                (dict(guesses=[-1]), "a guess is a class id >= 0"),
+                *((dict(confidences=[v]), r"a confidence is a probability in \[0, 1\]")
+                  for v in (float("nan"), 1.01, -0.01))):
+            args = dict(indices=[9], model_version=1, strategy="x", guesses=[1], confidences=[0.5]) | change
+            with pytest.raises(StoreError, match=rf"^add_queries: {msg}$"):
+                s.add_queries(**args)
+        assert len(s.queries()) == n_queries  # nothing was added
+        # the edges are valid: version 0, class 0, probabilities 0 and 1
+        assert [s.query(q).confidence for q in s.add_queries([9, 10], 0, "x", [0, 0], [0.0, 1.0])] == [0.0, 1.0]
 
 
 # ---------------------------------------------------------------------------------- budgets
