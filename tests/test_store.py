@@ -149,9 +149,10 @@ def test_everything_persists_across_reopening(tmp_path):
         s.acquire(0, first_unlabeled(3), oracle)
         s.acquire(1, lambda p: [20, 30], oracle)
         s.set_logits([0, 30], [[0.5, -1.25, 3.0], [1e-9, 2.0, -7.5]])
+        s.set_budget(5)  # all of it paid
         before = s.pools_dict()
     with open_store(path) as s:
-        assert s.pools_dict() == before
+        assert s.pools_dict() == before and s.progress().spent
         p = s.pools()
         assert p.labeled == [0, 1, 2, 20, 30] and p.labels == [0, 1, 2, 6, 2]
         assert p.acquired_round == [0, 0, 0, 1, 1]
@@ -341,6 +342,14 @@ def _store_with_labels(path):
     (lambda p: _tamper(p, "DELETE FROM acquisitions"), "labels of AL round 0 have no committed acquisition"),
     (lambda p: _tamper(p, "INSERT INTO reserve VALUES (0, 99, 1, 'entropy', NULL, NULL)"),
      "reserve entry 0 names point 99, outside 0..49"),
+    (lambda p: _tamper(p, "INSERT INTO logits VALUES (7, 2, zeroblob(16))"),
+     "stored logits of point 7 have no label or a wrong size"),
+    (lambda p: _tamper(p, "INSERT INTO logits VALUES (3, 2, zeroblob(8))"),
+     "stored logits of point 3 have no label or a wrong size"),
+    (lambda p: _tamper(p, "INSERT INTO meta VALUES ('budget', 'ten')"),
+     "its budget 'ten' is not a count of at least the 2 paid labels; it holds 2 paid labels"),
+    (lambda p: _tamper(p, "INSERT INTO meta VALUES ('budget', '1')"),
+     "its budget '1' is not a count of at least the 2 paid labels"),
 ])
 def test_a_corrupt_store_is_refused_with_the_file_and_the_problem(tmp_path, tamper, needle):
     path = tmp_path / "pools.sqlite"
