@@ -576,3 +576,17 @@ def test_a_store_is_refused_without_its_identity_a_write_ahead_log_or_its_lock(t
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_a_store_failing_the_integrity_check_is_refused_naming_the_first_three_problems(tmp_path):
+    path = tmp_path / "pools.sqlite"
+    with open_store(path) as s:
+        s.add_queries([1, 2, 3, 4, 5], 0, "random")
+    # an index whose entries no longer match its rows (as a torn write may leave it); the rows still read
+    _tamper(path, "PRAGMA writable_schema = ON",
+            "UPDATE sqlite_master SET sql = replace(sql, 'ON queries(idx)', 'ON queries(model_version)') "
+            "WHERE name = 'queries_one_open'")
+    first_three = "; ".join(f"row {i} missing from index queries_one_open" for i in (1, 2, 3))
+    with pytest.raises(StoreError, match=rf"^pool store {re.escape(str(path))} fails SQLite's integrity check "
+                                         rf"\({first_three}\); it may hold paid labels: do not delete it"):
+        open_store(path)
