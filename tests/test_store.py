@@ -334,33 +334,27 @@ def _store_with_labels(path):
         s.acquire(0, lambda p: [3, 4], oracle)
 
 
-@pytest.mark.parametrize("tamper,needle", [
-    (lambda p: _tamper(p, "UPDATE labels SET idx = 99 WHERE idx = 4"),
-     r"labeled index 99 lies outside 0\.\.49; it holds 2 paid labels: do not delete it"),
-    (lambda p: _tamper(p, "CREATE TABLE l2 AS SELECT * FROM labels", "DROP TABLE labels",
-                       "ALTER TABLE l2 RENAME TO labels",
-                       "INSERT INTO labels SELECT 9, 3, 5, 0, 'x', 0.0"),
-     "index 3 is labeled 2 times; it holds 3 paid labels"),
-    (lambda p: _tamper(p, "UPDATE meta SET value = '4' WHERE key = 'schema_version'"),
-     "schema version '4'; this fedal reads version 3: open it with the fedal version that wrote it; it may hold "
-     "paid labels: do not delete it$"),
-    (lambda p: _tamper(p, "DELETE FROM acquisitions"),
-     "labels of AL round 0 have no committed acquisition; it holds 2 paid labels: do not delete it"),
-    (lambda p: _tamper(p, "INSERT INTO reserve VALUES (0, 99, 1, 'entropy', NULL, NULL)"),
-     "reserve entry 0 names point 99, outside 0..49; it holds 2 paid labels: do not delete it"),
-    (lambda p: _tamper(p, "INSERT INTO logits VALUES (7, 2, zeroblob(16))"),
-     "stored logits of point 7 have no label or a wrong size; it holds 2 paid labels: do not delete it"),
-    (lambda p: _tamper(p, "INSERT INTO logits VALUES (3, 2, zeroblob(8))"),
-     "stored logits of point 3 have no label or a wrong size; it holds 2 paid labels: do not delete it"),
-    (lambda p: _tamper(p, "INSERT INTO meta VALUES ('budget', 'ten')"),
-     "its budget 'ten' is not a count of at least the 2 paid labels; it holds 2 paid labels"),
-    (lambda p: _tamper(p, "INSERT INTO meta VALUES ('budget', '1')"),
-     "its budget '1' is not a count of at least the 2 paid labels; it holds 2 paid labels: do not delete it"),
+_HOLDS_2 = "; it holds 2 paid labels: do not delete it"  # the end of a refusal: what the file holds
+
+
+@pytest.mark.parametrize("sql,needle", [
+    (["UPDATE labels SET idx = 99 WHERE idx = 4"], r"labeled index 99 lies outside 0\.\.49" + _HOLDS_2),
+    (["CREATE TABLE l2 AS SELECT * FROM labels", "DROP TABLE labels", "ALTER TABLE l2 RENAME TO labels",
+      "INSERT INTO labels SELECT 9, 3, 5, 0, 'x', 0.0"], "index 3 is labeled 2 times; it holds 3 paid labels"),
+    (["UPDATE meta SET value = '4' WHERE key = 'schema_version'"], "schema version '4'; this fedal reads version "
+     "3: open it with the fedal version that wrote it; it may hold paid labels: do not delete it$"),
+    (["DELETE FROM acquisitions"], "labels of AL round 0 have no committed acquisition" + _HOLDS_2),
+    (["INSERT INTO reserve VALUES (0, 99, 1, 'entropy', NULL, NULL)"],
+     "reserve entry 0 names point 99, outside 0..49" + _HOLDS_2),
+    (["INSERT INTO logits VALUES (7, 2, zeroblob(16))"], "logits of point 7 have no label or a wrong size" + _HOLDS_2),
+    (["INSERT INTO logits VALUES (3, 2, zeroblob(8))"], "logits of point 3 have no label or a wrong size" + _HOLDS_2),
+    (["INSERT INTO meta VALUES ('budget', 'ten')"], "its budget 'ten' is not a count of at least the 2 paid labels"),
+    (["INSERT INTO meta VALUES ('budget', '1')"], "budget '1' is not a count of at least the 2 paid labels" + _HOLDS_2),
 ])
-def test_a_corrupt_store_is_refused_with_the_file_and_the_problem(tmp_path, tamper, needle):
+def test_a_corrupt_store_is_refused_with_the_file_and_the_problem(tmp_path, sql, needle):
     path = tmp_path / "pools.sqlite"
     _store_with_labels(path)
-    tamper(path)
+    _tamper(path, *sql)
     with pytest.raises(StoreError, match=needle) as e:
         open_store(path)
     assert str(path) in str(e.value) and "do not delete it" in str(e.value)
@@ -384,7 +378,7 @@ def test_a_stored_index_just_outside_the_pool_is_corrupt(tmp_path, sql, needle, 
     path = tmp_path / "pools.sqlite"
     _store_with_labels(path)
     _tamper(path, *(q.format(i=idx) for q in sql))
-    with pytest.raises(StoreError, match=needle.format(i=idx) + "; it holds 2 paid labels: do not delete it"):
+    with pytest.raises(StoreError, match=needle.format(i=idx) + _HOLDS_2):
         open_store(path)
 
 
