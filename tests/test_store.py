@@ -304,6 +304,8 @@ def test_two_processes_acquiring_the_same_round_pay_once(tmp_path):
     ({"client_id": "site-b"}, "client is 'site-a' there but 'site-b' here"),
     ({"data_fingerprint": "fp-xyz"}, "data fingerprint is 'fp-abc' there but 'fp-xyz' here"),
     ({"n_points": 51}, "number of points is 50 there but 51 here"),
+    ({"experiment_id": "exp-2", "client_id": "site-b"}, "experiment is 'exp-1' there but 'exp-2' here; client is "
+     "'site-a' there but 'site-b' here. If this site's data changed, restore the data the labels were paid for; "),
 ])
 def test_a_database_of_another_experiment_client_or_data_is_refused(tmp_path, over, needle):
     path = tmp_path / "pools.sqlite"
@@ -332,29 +334,27 @@ def _store_with_labels(path):
         s.acquire(0, lambda p: [3, 4], oracle)
 
 
-@pytest.mark.parametrize("tamper,needle", [
-    (lambda p: _tamper(p, "UPDATE labels SET idx = 99 WHERE idx = 4"), r"labeled index 99 lies outside 0\.\.49"),
-    (lambda p: _tamper(p, "CREATE TABLE l2 AS SELECT * FROM labels", "DROP TABLE labels",
-                       "ALTER TABLE l2 RENAME TO labels",
-                       "INSERT INTO labels SELECT 9, 3, 5, 0, 'x', 0.0"), "index 3 is labeled 2 times"),
-    (lambda p: _tamper(p, "UPDATE meta SET value = '4' WHERE key = 'schema_version'"),
-     "schema version '4'; this fedal reads version 3"),
-    (lambda p: _tamper(p, "DELETE FROM acquisitions"), "labels of AL round 0 have no committed acquisition"),
-    (lambda p: _tamper(p, "INSERT INTO reserve VALUES (0, 99, 1, 'entropy', NULL, NULL)"),
-     "reserve entry 0 names point 99, outside 0..49"),
-    (lambda p: _tamper(p, "INSERT INTO logits VALUES (7, 2, zeroblob(16))"),
-     "stored logits of point 7 have no label or a wrong size"),
-    (lambda p: _tamper(p, "INSERT INTO logits VALUES (3, 2, zeroblob(8))"),
-     "stored logits of point 3 have no label or a wrong size"),
-    (lambda p: _tamper(p, "INSERT INTO meta VALUES ('budget', 'ten')"),
-     "its budget 'ten' is not a count of at least the 2 paid labels; it holds 2 paid labels"),
-    (lambda p: _tamper(p, "INSERT INTO meta VALUES ('budget', '1')"),
-     "its budget '1' is not a count of at least the 2 paid labels"),
+_HOLDS_2 = "; it holds 2 paid labels: do not delete it"  # the end of a refusal: what the file holds
+
+
+@pytest.mark.parametrize("sql,needle", [
+    (["UPDATE labels SET idx = 99 WHERE idx = 4"], r"labeled index 99 lies outside 0\.\.49" + _HOLDS_2),
+    (["CREATE TABLE l2 AS SELECT * FROM labels", "DROP TABLE labels", "ALTER TABLE l2 RENAME TO labels",
+      "INSERT INTO labels SELECT 9, 3, 5, 0, 'x', 0.0"], "index 3 is labeled 2 times; it holds 3 paid labels"),
+    (["UPDATE meta SET value = '4' WHERE key = 'schema_version'"], "schema version '4'; this fedal reads version "
+     "3: open it with the fedal version that wrote it; it may hold paid labels: do not delete it$"),
+    (["DELETE FROM acquisitions"], "labels of AL round 0 have no committed acquisition" + _HOLDS_2),
+    (["INSERT INTO reserve VALUES (0, 99, 1, 'entropy', NULL, NULL)"],
+     "reserve entry 0 names point 99, outside 0..49" + _HOLDS_2),
+    (["INSERT INTO logits VALUES (7, 2, zeroblob(16))"], "logits of point 7 have no label or a wrong size" + _HOLDS_2),
+    (["INSERT INTO logits VALUES (3, 2, zeroblob(8))"], "logits of point 3 have no label or a wrong size" + _HOLDS_2),
+    (["INSERT INTO meta VALUES ('budget', 'ten')"], "its budget 'ten' is not a count of at least the 2 paid labels"),
+    (["INSERT INTO meta VALUES ('budget', '1')"], "budget '1' is not a count of at least the 2 paid labels" + _HOLDS_2),
 ])
-def test_a_corrupt_store_is_refused_with_the_file_and_the_problem(tmp_path, tamper, needle):
+def test_a_corrupt_store_is_refused_with_the_file_and_the_problem(tmp_path, sql, needle):
     path = tmp_path / "pools.sqlite"
     _store_with_labels(path)
-    tamper(path)
+    _tamper(path, *sql)
     with pytest.raises(StoreError, match=needle) as e:
         open_store(path)
     assert str(path) in str(e.value) and "do not delete it" in str(e.value)
@@ -378,7 +378,7 @@ def test_a_stored_index_just_outside_the_pool_is_corrupt(tmp_path, sql, needle, 
     path = tmp_path / "pools.sqlite"
     _store_with_labels(path)
     _tamper(path, *(q.format(i=idx) for q in sql))
-    with pytest.raises(StoreError, match=needle.format(i=idx)):
+    with pytest.raises(StoreError, match=needle.format(i=idx) + _HOLDS_2):
         open_store(path)
 
 
@@ -407,12 +407,19 @@ def test_a_file_that_is_not_sqlite_is_refused(tmp_path):
         open_store(path)
     assert str(path) in str(e.value) and "check the state-dir path" in str(e.value)
     assert path.read_text() == '{"size": 50, "labeled": [1]}'  # left untouched
+    path.write_bytes(b"x")  # even one byte is no SQLite header
+    with pytest.raises(StoreError, match=r"is not an SQLite database \(its first bytes are b'x'\)"):
+        open_store(path)
+    path.write_bytes(b"")  # an empty file (created, never written) is where a new store may start
+    with open_store(path) as s:
+        assert s.n_labeled == 0
 
 
 def test_a_sqlite_file_of_something_else_is_refused(tmp_path):
     path = tmp_path / "other.sqlite"
     _tamper(path, "CREATE TABLE runs (id INTEGER)")
-    with pytest.raises(StoreError, match="an SQLite database but not a fedal pool store"):
+    with pytest.raises(StoreError, match=r"an SQLite database but not a fedal pool store \(no meta table\); check "
+                                         r"the state-dir path$"):
         open_store(path)
 
 
@@ -534,3 +541,46 @@ def test_a_batch_that_labelers_overtook_while_the_oracle_worked_stays_pending(tm
                                               r"the round stays pending$"):
             s.acquire(2, lambda p: [10, 11, 12], oracle_while_people_pay(s.add_queries([42], 0, "random")))
         assert s.pending(2).tolist() == [10, 11, 12] and s.n_labeled == 22
+
+
+def test_a_store_is_refused_without_its_identity_a_write_ahead_log_or_its_lock(tmp_path, monkeypatch):
+    import fedal.store.database
+
+    with pytest.raises(StoreError, match=rf"^pool store {re.escape(str(tmp_path / 'a.sqlite'))}: experiment_id must "
+                                         r"not be empty$"):
+        open_store(tmp_path / "a.sqlite", experiment_id="")
+    with pytest.raises(StoreError, match=r": n_points = -1 must be >= 0$"):
+        open_store(tmp_path / "a.sqlite", n_points=-1)
+    with open_store(tmp_path / "a.sqlite", n_points=0) as s:  # a site without data yet
+        idx, lab = s.labeled_arrays()
+        assert s.n_unlabeled == 0 and np.zeros(0)[idx].size == 0 and lab.dtype == np.int64
+    # SQLite keeps no write-ahead log there (an in-memory file here, a network disk at a site)
+    with pytest.raises(StoreError, match=r"^pool store :memory:: SQLite refused WAL mode \(memory\); put the state "
+                                         r"directory on a local disk$"):
+        open_store(":memory:")
+    monkeypatch.setattr(fedal.store.database, "BUSY_TIMEOUT_MS", 1000)
+    path = tmp_path / "b.sqlite"
+    open_store(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process writes, and goes on writing
+    try:
+        with pytest.raises(StoreError, match=r"stayed locked by another process for 1 s; retry, or stop the "
+                                             r"process that holds it$"):
+            open_store(path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_a_store_failing_the_integrity_check_is_refused_naming_the_first_three_problems(tmp_path):
+    path = tmp_path / "pools.sqlite"
+    with open_store(path) as s:
+        s.add_queries([1, 2, 3, 4, 5], 0, "random")
+    # an index whose entries no longer match its rows (as a torn write may leave it); the rows still read
+    _tamper(path, "PRAGMA writable_schema = ON",
+            "UPDATE sqlite_master SET sql = replace(sql, 'ON queries(idx)', 'ON queries(model_version)') "
+            "WHERE name = 'queries_one_open'")
+    first_three = "; ".join(f"row {i} missing from index queries_one_open" for i in (1, 2, 3))
+    with pytest.raises(StoreError, match=rf"^pool store {re.escape(str(path))} fails SQLite's integrity check "
+                                         rf"\({first_three}\); it may hold paid labels: do not delete it"):
+        open_store(path)

@@ -262,16 +262,17 @@ def test_the_query_pool_persists_and_a_labeled_query_without_label_is_refused(tm
     path = tmp_path / "p.sqlite"
     with open_store(path) as s:
         s.set_budget(10)
-        (a, b) = s.add_queries([1, 2], 3, "margin", guesses=[0, 1], confidences=[0.9, 0.2])
+        (a, b) = s.add_queries([11, 12], 3, "margin", guesses=[0, 1], confidences=[0.9, 0.2])
         s.submit_label(a, 4, "ann")
     with open_store(path) as s:
         assert s.budget == 10 and s.query(a).label == 4 and s.query(b).confidence == 0.2
-        assert s.pools().labeled == [1]
+        assert s.pools().labeled == [11]
     raw = sqlite3.connect(path)
     raw.execute("DELETE FROM labels")
     raw.commit()
     raw.close()
-    with pytest.raises(StoreError, match=f"query {a} is marked labeled but point 1 has no label"):
+    with pytest.raises(StoreError, match=f"query {a} is marked labeled but point 11 has no label; it holds 0 paid "
+                                         "labels: do not delete it"):
         open_store(path)
 
 
@@ -594,3 +595,5 @@ def test_a_migration_is_stamped_with_the_stores_clock(tmp_path):
     with open_store(path, clock=FakeClock(4321.5)) as s:
         stamps = dict(s._read("SELECT key, value FROM meta WHERE key LIKE 'migrated_from_%'"))
         assert stamps == {"migrated_from_v1_at": "4321.5", "migrated_from_v2_at": "4321.5"}
+    with open_store(tmp_path / "new.sqlite", clock=FakeClock(99.5)) as s:  # a new store: when it was made
+        assert s._read("SELECT value FROM meta WHERE key = 'created_at'") == [("99.5",)]
