@@ -72,6 +72,9 @@ def test_selection_grants_are_cut_to_what_is_left_in_pick_order():
     assert cap_plan(plan, 12) == [(3, 12)]
     assert cap_plan(plan, 0) == [] and cap_plan(plan, -5) == []
     assert cap_plan([(2, 0), (4, 6)], 10) == [(4, 6)]  # a client granted nothing is dropped
+    # one label is a grant: asked for one, or the one label left
+    assert cap_plan([(2, 1), (4, 6)], 10) == [(2, 1), (4, 6)]
+    assert cap_plan(plan, 13) == [(3, 12), (1, 1)]
 
 
 def test_the_last_label_of_the_budget_is_granted_and_nothing_moves_once_it_is_gone():
