@@ -40,9 +40,9 @@ def site(tmp_path):
     nc = {"data-path": str(tmp_path / "site" / "d.npz"), "client-id": "clinic-1", "state-dir": str(tmp_path / "st")}
 
     class Site:
-        def send(self, al_round, grant, arrays=None, version=0, finish=False):
-            conf = {"run": "tok", "now": 0.0, "al-round": al_round, "model-version": version, "grant": grant,
-                    "finish": finish}
+        def send(self, al_round, grant, arrays=None, version=0, finish=False, run="tok", recount=False):
+            conf = {"run": run, "now": 0.0, "al-round": al_round, "model-version": version, "grant": grant,
+                    "finish": finish, **({"recount": True} if recount else {})}
             r = node_worker.handle({"kind": "labeling", "run_config": RC, "node_config": nc, "config": conf,
                                     "arrays": arrays})
             assert r["ok"], r
@@ -364,3 +364,58 @@ def test_set_reserve_refuses_bad_input_naming_it_and_stamps_when_it_was_ranked(t
         assert s.set_reserve([1, 2], 0, ["entropy"] * 2, low=0, refill=0) == 2 and s.promote_reserve() == []
         # when the reserve was ranked, for whoever reads the site's file (the meta table)
         assert s._read("SELECT value FROM meta WHERE key = 'reserve:set_at'") == [("1234.5",)]
+
+
+def pay(site, n: int) -> list[int]:
+    """Someone pays ``n`` open queries (true labels) through the store, as the page would."""
+    paid = []
+    for _ in range(n):
+        q = site.db.next_query("someone")
+        site.db.submit_label(q.id, int(site.y[q.index]), "someone")
+        paid.append(int(site.y[q.index]))
+    return paid
+
+
+def test_a_people_sites_reply_counts_its_new_labels_per_run_and_all_of_them_on_recount(site):
+    """acquired-per-class: the labels paid since this run's last reply (a note per run token in
+    the store), all of them again for a resumed server (recount) and for another run's first
+    reply; granted-run: what this run granted the site, not what the store holds from others."""
+    assert site.send(0, 10)["partition-id"] == site.data.partition_id
+    paid = np.bincount(pay(site, 3), minlength=10).tolist()
+    m = site.send(1, 0)
+    assert m["acquired-per-class"] == paid and (m["granted-run"], m["granted"]) == (10, 10)
+    assert site.send(1, 0)["acquired-per-class"] == [0] * 10  # reported once
+    assert site.send(1, 0, recount=True)["acquired-per-class"] == paid  # a resumed server counts afresh
+    m = site.send(0, 5, run="another-run")  # another run on the same site (the same store)
+    assert m["acquired-per-class"] == paid and (m["granted-run"], m["granted"], m["granted-now"]) == (5, 15, 5)
+    assert site.send(1, 0)["acquired-per-class"] == [0] * 10  # the first run's count was kept apart
+
+
+def test_new_per_class_counts_since_the_last_call_by_default(site):
+    from fedal import client as fc
+    from fedal.async_labeling import PeopleSite
+
+    site.send(0, 10)
+    paid = np.bincount(pay(site, 2), minlength=10)
+    worker = fc.ClientWorker(site.data, site.store)
+    people = PeopleSite(worker, "a-token")
+    first = people.new_per_class(worker.pools())
+    assert first.tolist() == paid.tolist() and first.dtype.kind == "i"  # counts
+    assert people.new_per_class(worker.pools()).tolist() == [0] * 10
+
+
+def test_the_last_message_withdraws_for_the_run_end_and_marks_the_run_finished_for_the_page(site):
+    from fedal.annotate.annotators import RunState, run_state
+
+    site.send(0, 10)
+    assert run_state(site.db) == RunState(finished=False, dataset="digits")  # the page: labeling, on digits
+    pay(site, 1)
+    m = site.send(0, 0, finish=True)
+    assert (m["granted-now"], m["withdrawn-at-end"], m["refills"]) == (0, 3, int(site.db.note("refills"))) == (0, 3, 1)
+    assert [q.closed_by for q in site.db.queries("withdrawn")] == ["run-end"] * 3  # the page says why
+    assert run_state(site.db) == RunState(finished=True, dataset="digits")
+
+
+def test_a_site_that_never_refilled_reports_no_refills(site):
+    m = site.send(0, 0, finish=True)  # asked nothing in the run (granted nothing)
+    assert (m["granted-now"], m["refills"], m["withdrawn-at-end"]) == (0, 0, 0)
