@@ -180,11 +180,6 @@ def test_the_reserve_is_what_the_next_refills_would_add_in_turn(site):
     """Worker rotation: refill r lets worker r mod 3 go first. The reserve, written after refill 1
     (round 0's, random; at round 1 the pool was not low), is what refills 2, 3, 4 and 5 add with
     the same model: the same points, measures, guesses and confidences, in the same order."""
-    import torch
-
-    from fedal import client as fc
-    from fedal.async_labeling import PeopleSite
-
     site.send(0, 50)
     arrays = site.arrays(seed=1)
     site.send(1, 0, arrays, version=3)
@@ -195,8 +190,7 @@ def test_the_reserve_is_what_the_next_refills_would_add_in_turn(site):
                                              "entropy", "entropy", "least-confidence", "margin",  # 3
                                              "least-confidence", "least-confidence", "margin", "entropy",  # 4
                                              "margin", "margin", "entropy", "least-confidence"]  # 5
-    people = PeopleSite(fc.ClientWorker(site.data, site.store), "tok")  # what the next messages would do
-    people.version, people.state_dict = 1, {k: torch.from_numpy(v) for k, v in arrays.items()}
+    people = people_site(site, arrays)  # what the next messages would do
     last_id = max(q.id for q in site.db.queries())
     for _ in range(4):
         assert people.refill() == 4
@@ -419,3 +413,36 @@ def test_the_last_message_withdraws_for_the_run_end_and_marks_the_run_finished_f
 def test_a_site_that_never_refilled_reports_no_refills(site):
     m = site.send(0, 0, finish=True)  # asked nothing in the run (granted nothing)
     assert (m["granted-now"], m["refills"], m["withdrawn-at-end"]) == (0, 0, 0)
+
+
+def people_site(site, arrays=None):
+    """The site's PeopleSite as a message would build it, with the model ``arrays`` (if given)."""
+    import torch
+
+    from fedal import client as fc
+    from fedal.async_labeling import PeopleSite
+
+    people = PeopleSite(fc.ClientWorker(site.data, site.store), "tok")
+    if arrays is not None:
+        people.version, people.state_dict = 1, {k: torch.from_numpy(v) for k, v in arrays.items()}
+    return people
+
+
+def test_a_reserve_ranked_before_any_refill_is_what_refills_1_to_4_add(site):
+    people = people_site(site)
+    assert people.grant("tok:0", 30) == 30
+    assert people.write_reserve() == 0 and site.db.reserve() == []  # no model: nothing to rank with
+    people = people_site(site, site.arrays(seed=1))
+    assert people.write_reserve() == 16 and site.db.note("refills") is None
+    reserve = site.db.reserve()
+    for _ in range(4):
+        assert people.refill() == 4
+    assert entries(site.db.queries()) == entries(reserve)
+
+
+def test_the_reserve_takes_every_candidate_left_when_fewer_than_four_refills_remain(site):
+    people = people_site(site, site.arrays(seed=1))
+    people.grant("tok:0", N)
+    site.db.add_queries(np.arange(N - 9), 0, "random")  # 9 candidates left: refills of 4, 4 and 1
+    assert people.write_reserve() == 9
+    assert sorted(e.index for e in site.db.reserve()) == list(range(N - 9, N))
