@@ -276,3 +276,26 @@ def test_closing_a_simulated_site_removes_its_temporary_store_and_may_be_repeate
     site.close()
     assert not folder.exists()
     site.close()  # a kept site closed by a test's teardown after the run closed it: nothing to do
+
+
+def test_a_simulated_sites_summary_starts_from_nothing_and_counts_its_refills(run):
+    _, _, sites = run
+    site = async_labeling.SimulatedSite(next(iter(sites.values())).worker, "a-third-run-token")
+    try:
+        s = site.summary()  # nothing granted, nothing labeled: no time, no refill
+        assert [s[k] for k in ("busy-s", "idle-s", "duty-busy-s", "duty-idle-s", "duty-idle-owed-s",
+                               "duty-idle-spent-s", "last-label-s", "refills")] == [0] * 8
+        assert np.isnan(s["first-grant-s"])
+        assert site.grant("grant-key", 30) == 30
+        assert [site.refill() for _ in range(3)] == [9, 9, 9]
+        assert site.summary()["refills"] == 3
+    finally:
+        site.close()
+
+
+def test_the_idle_time_up_to_a_sites_last_label_is_split_into_owed_and_spent(run):
+    _, _, sites = run
+    labeled = [site.summary() for site in sites.values() if site.store.progress().labeled]
+    assert labeled
+    for s in labeled:
+        assert s["duty-idle-owed-s"] + s["duty-idle-spent-s"] == pytest.approx(s["duty-idle-s"], abs=1e-9)
