@@ -446,3 +446,25 @@ def test_the_reserve_takes_every_candidate_left_when_fewer_than_four_refills_rem
     site.db.add_queries(np.arange(N - 9), 0, "random")  # 9 candidates left: refills of 4, 4 and 1
     assert people.write_reserve() == 9
     assert sorted(e.index for e in site.db.reserve()) == list(range(N - 9, N))
+
+
+def test_a_reply_counts_one_snapshot_of_the_labels_while_the_page_pays_meanwhile(site, monkeypatch):
+    """The page pays labels while a message is handled; the reply's n-labeled and the labels per
+    class it reports are read from the same snapshot of the pools, so they agree (a label paid
+    meanwhile goes into the next reply, whole)."""
+    from fedal import client as fc
+
+    site.send(0, 10)
+    real = fc.ClientWorker.pools
+
+    def pools_then_a_label_paid(self):
+        snapshot = real(self)
+        pay(site, 1)  # someone pays on the page just after the snapshot
+        return snapshot
+
+    monkeypatch.setattr(fc.ClientWorker, "pools", pools_then_a_label_paid)
+    m = site.send(1, 0)
+    assert m["n-labeled"] == sum(m["acquired-per-class"])
+    monkeypatch.undo()
+    m2 = site.send(1, 0)
+    assert m2["n-labeled"] == sum(m["acquired-per-class"]) + sum(m2["acquired-per-class"]) >= 1
