@@ -91,3 +91,15 @@ def test_a_site_not_connected_now_ranks_first_among_its_rounds_picks():
     # "x" (a client of the checkpoint not connected yet) has no place in the federation's order
     ups = standing_top_ups({"x": 1, "y": 1}, {"x": reply(0, 0), "y": reply(0, 0)}, {}, 1000, 5, {"y": 0})
     assert list(ups) == ["x", "y"]
+
+
+def test_a_grant_is_recorded_under_its_run_its_al_round_and_its_tag():
+    # the keys live on in the sites' stores (fedal.store's grant notes); a resumed server sums a
+    # run's grants by the prefix "<run>:" (PoolStore.granted_under)
+    from fedal.async_labeling import grant_key
+    from fedal.protocol import LabelingRequest
+
+    req = LabelingRequest(run="tok", now=0.0, al_round=2, model_version=5, grant=3)
+    assert grant_key(req) == "tok:2"
+    assert grant_key(LabelingRequest(run="tok", now=0.0, al_round=2, model_version=5, grant=3,
+                                     grant_tag="standing-5")) == "tok:2:standing-5"

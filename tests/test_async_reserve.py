@@ -468,3 +468,21 @@ def test_a_reply_counts_one_snapshot_of_the_labels_while_the_page_pays_meanwhile
     monkeypatch.undo()
     m2 = site.send(1, 0)
     assert m2["n-labeled"] == sum(m["acquired-per-class"]) + sum(m2["acquired-per-class"]) >= 1
+
+
+def test_a_message_without_a_grant_records_nothing_and_one_label_is_a_grant(site):
+    m = site.send(0, 0)  # no grant: the store has no budget yet (nothing recorded under "tok:0")
+    assert (m["granted-now"], m["granted"]) == (0, 0) and site.db.budget is None
+    assert site.send(0, 1)["granted-now"] == 1  # round 0's grant, under the key left free
+    m = site.send(1, 0, version=3)
+    assert (m["granted-now"], m["granted"]) == (0, 1)
+    m = site.send(1, 6, version=4)  # round 1's grant after a message of round 1 without one
+    assert (m["granted-now"], m["granted"]) == (6, 7)
+
+
+def test_a_message_refills_only_when_fewer_than_query_pool_low_are_open(site):
+    assert site.send(0, 30)["open"] == 4
+    pay(site, 2)
+    assert site.send(0, 30)["open"] == 2  # query-pool-low (2) open: not low yet
+    pay(site, 1)
+    assert site.send(0, 30)["open"] == 1 + 4
