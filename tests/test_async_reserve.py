@@ -486,3 +486,25 @@ def test_a_message_refills_only_when_fewer_than_query_pool_low_are_open(site):
     assert site.send(0, 30)["open"] == 2  # query-pool-low (2) open: not low yet
     pay(site, 1)
     assert site.send(0, 30)["open"] == 1 + 4
+
+
+def test_a_site_is_done_when_nothing_is_granted_or_nothing_more_can_be_paid(site):
+    """done (the server ends its labeling tail on it): nothing granted, or nothing open and
+    nothing more to pay (the budget spent, or no point left to ask); n-grantable: the points no
+    grant covers yet."""
+    def done_and_grantable(*args, **kw):
+        m = site.send(*args, **kw)
+        return m["done"], m["n-grantable"]
+
+    assert done_and_grantable(0, 0) == (1, N)  # granted nothing
+    assert done_and_grantable(0, 4) == (0, N - 4)  # four open
+    pay(site, 3)
+    assert done_and_grantable(1, 0, version=3) == (0, N - 4)  # one still open
+    pay(site, 1)
+    assert done_and_grantable(1, 0, version=4) == (1, N - 4)  # spent
+    assert done_and_grantable(2, 2, version=5) == (0, N - 6)  # budget left, none open (no model: no refill)
+    left = site.db.candidates()
+    for qid in site.db.add_queries(left, 2, "random"):
+        site.db.skip(qid, "someone")  # the people cannot tell: no point is left to ask
+    assert len(site.db.candidates()) == 0
+    assert done_and_grantable(2, 0, version=6) == (1, N - 6)
