@@ -508,3 +508,11 @@ def test_a_site_is_done_when_nothing_is_granted_or_nothing_more_can_be_paid(site
         site.db.skip(qid, "someone")  # the people cannot tell: no point is left to ask
     assert len(site.db.candidates()) == 0
     assert done_and_grantable(2, 0, version=6) == (1, N - 6)
+
+
+def test_a_label_paid_for_a_strategy_this_fedal_does_not_know_is_left_out_of_paid_by_strategy(site):
+    site.send(0, 4)
+    [qid] = site.db.add_queries([int(site.db.candidates()[0])], 0, "a-measure-of-another-fedal")
+    site.db.submit_label(qid, 1, "someone")  # the store is durable: it may hold such labels
+    m = site.send(0, 0, finish=True)
+    assert m["paid"] == 1 and m["paid-by-strategy"] == [0, 0, 0, 0]
