@@ -72,6 +72,9 @@ def test_selection_grants_are_cut_to_what_is_left_in_pick_order():
     assert cap_plan(plan, 12) == [(3, 12)]
     assert cap_plan(plan, 0) == [] and cap_plan(plan, -5) == []
     assert cap_plan([(2, 0), (4, 6)], 10) == [(4, 6)]  # a client granted nothing is dropped
+    # one label is a grant: asked for one, or the one label left
+    assert cap_plan([(2, 1), (4, 6)], 10) == [(2, 1), (4, 6)]
+    assert cap_plan(plan, 13) == [(3, 12), (1, 1)]
 
 
 def test_the_last_label_of_the_budget_is_granted_and_nothing_moves_once_it_is_gone():
@@ -88,3 +91,15 @@ def test_a_site_not_connected_now_ranks_first_among_its_rounds_picks():
     # "x" (a client of the checkpoint not connected yet) has no place in the federation's order
     ups = standing_top_ups({"x": 1, "y": 1}, {"x": reply(0, 0), "y": reply(0, 0)}, {}, 1000, 5, {"y": 0})
     assert list(ups) == ["x", "y"]
+
+
+def test_a_grant_is_recorded_under_its_run_its_al_round_and_its_tag():
+    # the keys live on in the sites' stores (fedal.store's grant notes); a resumed server sums a
+    # run's grants by the prefix "<run>:" (PoolStore.granted_under)
+    from fedal.async_labeling import grant_key
+    from fedal.protocol import LabelingRequest
+
+    req = LabelingRequest(run="tok", now=0.0, al_round=2, model_version=5, grant=3)
+    assert grant_key(req) == "tok:2"
+    assert grant_key(LabelingRequest(run="tok", now=0.0, al_round=2, model_version=5, grant=3,
+                                     grant_tag="standing-5")) == "tok:2:standing-5"

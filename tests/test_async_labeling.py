@@ -233,3 +233,69 @@ def test_a_standing_share_keeps_budgets_exact_and_reaches_only_granted_sites():
     _, plain, _ = run_async(STANDING)
     assert plain["granted_standing"] == 0 and plain["granted_by_selection"] == cfg.label_budget
     assert summary["idle_fraction_waiting_for_grant"] < 0.5 * plain["idle_fraction_waiting_for_grant"]
+
+
+def test_a_site_takes_each_new_model_version_and_keeps_its_scores_for_a_resent_one():
+    """``QuerySite.set_model``: the first model a site is sent is taken whatever its version (0:
+    the initial model); a new version replaces it and drops the probabilities scored with the
+    old one; the same version again (a message resent) keeps the model and its scores, so the
+    pool is not scored twice by one model."""
+    from types import SimpleNamespace
+
+    site = async_labeling.QuerySite(SimpleNamespace(cfg=None), store=None)
+    first, resent, newer = {"w": 1}, {"w": 2}, {"w": 3}
+    site.set_model(first, 0)
+    assert site.state_dict is first and site.version == 0
+    site._probs = scores = np.full((3, 2), 0.5)  # what _probs_of_model caches
+    site.set_model(resent, 0)
+    assert site.state_dict is first and site._probs is scores
+    site.set_model(newer, 4)
+    assert site.state_dict is newer and site.version == 4 and site._probs is None
+
+
+def test_a_simulated_sites_store_keeps_time_on_the_runs_clock(run):
+    """A simulated site's store stamps its queries (and leases) on the run's simulated clock,
+    which starts at 0 with the server's: the first queries of a site are stamped at the time of
+    its first grant, and nothing is stamped after the run's last row."""
+    rows, _, sites = run
+    end = rows[-1]["sim_time_s"]
+    assert any(site.first_grant == 0.0 for site in sites.values())  # the seed set's grants, at time 0
+    for site in sites.values():
+        queries = site.store.queries()
+        if not queries:
+            continue
+        assert min(q.created_at for q in queries) == site.first_grant
+        assert all(q.created_at <= q.closed_at <= end for q in queries if q.closed_at is not None)
+
+
+def test_closing_a_simulated_site_removes_its_temporary_store_and_may_be_repeated(run):
+    _, _, sites = run
+    site = async_labeling.SimulatedSite(next(iter(sites.values())).worker, "another-run-token")
+    folder = site.dir
+    assert (folder / "pool.sqlite").is_file()
+    site.close()
+    assert not folder.exists()
+    site.close()  # a kept site closed by a test's teardown after the run closed it: nothing to do
+
+
+def test_a_simulated_sites_summary_starts_from_nothing_and_counts_its_refills(run):
+    _, _, sites = run
+    site = async_labeling.SimulatedSite(next(iter(sites.values())).worker, "a-third-run-token")
+    try:
+        s = site.summary()  # nothing granted, nothing labeled: no time, no refill
+        assert [s[k] for k in ("busy-s", "idle-s", "duty-busy-s", "duty-idle-s", "duty-idle-owed-s",
+                               "duty-idle-spent-s", "last-label-s", "refills")] == [0] * 8
+        assert np.isnan(s["first-grant-s"])
+        assert site.grant("grant-key", 30) == 30
+        assert [site.refill() for _ in range(3)] == [9, 9, 9]
+        assert site.summary()["refills"] == 3
+    finally:
+        site.close()
+
+
+def test_the_idle_time_up_to_a_sites_last_label_is_split_into_owed_and_spent(run):
+    _, _, sites = run
+    labeled = [site.summary() for site in sites.values() if site.store.progress().labeled]
+    assert labeled
+    for s in labeled:
+        assert s["duty-idle-owed-s"] + s["duty-idle-spent-s"] == pytest.approx(s["duty-idle-s"], abs=1e-9)

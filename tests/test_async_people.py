@@ -212,6 +212,21 @@ def test_people_mode_needs_a_state_dir(monkeypatch):
         run_inprocess(PEOPLE, CLIENTS)
 
 
+def test_a_node_without_a_state_dir_is_told_both_ways_to_give_one_and_how_to_start_the_page():
+    from types import SimpleNamespace
+
+    from fedal.async_labeling import PeopleModeError, PeopleSite
+
+    worker = SimpleNamespace(durable_store=None, data=SimpleNamespace(client_id="clinic-1"))
+    with pytest.raises(PeopleModeError) as e:
+        PeopleSite(worker, "tok")
+    assert str(e.value) == (
+        "client 'clinic-1': annotators = 'people' needs the client's durable pool store, which its labeling "
+        "page opens, but this node has no state directory: set the node config state-dir=\"<local folder>\" "
+        "(or the environment variable FEDAL_STATE_DIR of the SuperNode) and start fedal-annotate with the "
+        "same --state-dir")
+
+
 @pytest.mark.parametrize("rc,needle", [
     ({"annotators": "robots", "labeling": "async"}, r"annotators = 'robots' is invalid; valid: simulated, people"),
     ({"annotators": "people"}, r"annotators = 'people' needs labeling = 'async' \(labeling = 'sync'\)"),

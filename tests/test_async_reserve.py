@@ -40,9 +40,9 @@ def site(tmp_path):
     nc = {"data-path": str(tmp_path / "site" / "d.npz"), "client-id": "clinic-1", "state-dir": str(tmp_path / "st")}
 
     class Site:
-        def send(self, al_round, grant, arrays=None, version=0, finish=False):
-            conf = {"run": "tok", "now": 0.0, "al-round": al_round, "model-version": version, "grant": grant,
-                    "finish": finish}
+        def send(self, al_round, grant, arrays=None, version=0, finish=False, run="tok", recount=False):
+            conf = {"run": run, "now": 0.0, "al-round": al_round, "model-version": version, "grant": grant,
+                    "finish": finish, **({"recount": True} if recount else {})}
             r = node_worker.handle({"kind": "labeling", "run_config": RC, "node_config": nc, "config": conf,
                                     "arrays": arrays})
             assert r["ok"], r
@@ -180,11 +180,6 @@ def test_the_reserve_is_what_the_next_refills_would_add_in_turn(site):
     """Worker rotation: refill r lets worker r mod 3 go first. The reserve, written after refill 1
     (round 0's, random; at round 1 the pool was not low), is what refills 2, 3, 4 and 5 add with
     the same model: the same points, measures, guesses and confidences, in the same order."""
-    import torch
-
-    from fedal import client as fc
-    from fedal.async_labeling import PeopleSite
-
     site.send(0, 50)
     arrays = site.arrays(seed=1)
     site.send(1, 0, arrays, version=3)
@@ -195,8 +190,7 @@ def test_the_reserve_is_what_the_next_refills_would_add_in_turn(site):
                                              "entropy", "entropy", "least-confidence", "margin",  # 3
                                              "least-confidence", "least-confidence", "margin", "entropy",  # 4
                                              "margin", "margin", "entropy", "least-confidence"]  # 5
-    people = PeopleSite(fc.ClientWorker(site.data, site.store), "tok")  # what the next messages would do
-    people.version, people.state_dict = 1, {k: torch.from_numpy(v) for k, v in arrays.items()}
+    people = people_site(site, arrays)  # what the next messages would do
     last_id = max(q.id for q in site.db.queries())
     for _ in range(4):
         assert people.refill() == 4
@@ -364,3 +358,161 @@ def test_set_reserve_refuses_bad_input_naming_it_and_stamps_when_it_was_ranked(t
         assert s.set_reserve([1, 2], 0, ["entropy"] * 2, low=0, refill=0) == 2 and s.promote_reserve() == []
         # when the reserve was ranked, for whoever reads the site's file (the meta table)
         assert s._read("SELECT value FROM meta WHERE key = 'reserve:set_at'") == [("1234.5",)]
+
+
+def pay(site, n: int) -> list[int]:
+    """Someone pays ``n`` open queries (true labels) through the store, as the page would."""
+    paid = []
+    for _ in range(n):
+        q = site.db.next_query("someone")
+        site.db.submit_label(q.id, int(site.y[q.index]), "someone")
+        paid.append(int(site.y[q.index]))
+    return paid
+
+
+def test_a_people_sites_reply_counts_its_new_labels_per_run_and_all_of_them_on_recount(site):
+    """acquired-per-class: the labels paid since this run's last reply (a note per run token in
+    the store), all of them again for a resumed server (recount) and for another run's first
+    reply; granted-run: what this run granted the site, not what the store holds from others."""
+    assert site.send(0, 10)["partition-id"] == site.data.partition_id
+    paid = np.bincount(pay(site, 3), minlength=10).tolist()
+    m = site.send(1, 0)
+    assert m["acquired-per-class"] == paid and (m["granted-run"], m["granted"]) == (10, 10)
+    assert site.send(1, 0)["acquired-per-class"] == [0] * 10  # reported once
+    assert site.send(1, 0, recount=True)["acquired-per-class"] == paid  # a resumed server counts afresh
+    m = site.send(0, 5, run="another-run")  # another run on the same site (the same store)
+    assert m["acquired-per-class"] == paid and (m["granted-run"], m["granted"], m["granted-now"]) == (5, 15, 5)
+    assert site.send(1, 0)["acquired-per-class"] == [0] * 10  # the first run's count was kept apart
+
+
+def test_new_per_class_counts_since_the_last_call_by_default(site):
+    from fedal import client as fc
+    from fedal.async_labeling import PeopleSite
+
+    site.send(0, 10)
+    paid = np.bincount(pay(site, 2), minlength=10)
+    worker = fc.ClientWorker(site.data, site.store)
+    people = PeopleSite(worker, "a-token")
+    first = people.new_per_class(worker.pools())
+    assert first.tolist() == paid.tolist() and first.dtype.kind == "i"  # counts
+    assert people.new_per_class(worker.pools()).tolist() == [0] * 10
+
+
+def test_the_last_message_withdraws_for_the_run_end_and_marks_the_run_finished_for_the_page(site):
+    from fedal.annotate.annotators import RunState, run_state
+
+    site.send(0, 10)
+    assert run_state(site.db) == RunState(finished=False, dataset="digits")  # the page: labeling, on digits
+    pay(site, 1)
+    m = site.send(0, 0, finish=True)
+    assert (m["granted-now"], m["withdrawn-at-end"], m["refills"]) == (0, 3, int(site.db.note("refills"))) == (0, 3, 1)
+    assert [q.closed_by for q in site.db.queries("withdrawn")] == ["run-end"] * 3  # the page says why
+    assert run_state(site.db) == RunState(finished=True, dataset="digits")
+
+
+def test_a_site_that_never_refilled_reports_no_refills(site):
+    m = site.send(0, 0, finish=True)  # asked nothing in the run (granted nothing)
+    assert (m["granted-now"], m["refills"], m["withdrawn-at-end"]) == (0, 0, 0)
+
+
+def people_site(site, arrays=None):
+    """The site's PeopleSite as a message would build it, with the model ``arrays`` (if given)."""
+    import torch
+
+    from fedal import client as fc
+    from fedal.async_labeling import PeopleSite
+
+    people = PeopleSite(fc.ClientWorker(site.data, site.store), "tok")
+    if arrays is not None:
+        people.version, people.state_dict = 1, {k: torch.from_numpy(v) for k, v in arrays.items()}
+    return people
+
+
+def test_a_reserve_ranked_before_any_refill_is_what_refills_1_to_4_add(site):
+    people = people_site(site)
+    assert people.grant("tok:0", 30) == 30
+    assert people.write_reserve() == 0 and site.db.reserve() == []  # no model: nothing to rank with
+    people = people_site(site, site.arrays(seed=1))
+    assert people.write_reserve() == 16 and site.db.note("refills") is None
+    reserve = site.db.reserve()
+    for _ in range(4):
+        assert people.refill() == 4
+    assert entries(site.db.queries()) == entries(reserve)
+
+
+def test_the_reserve_takes_every_candidate_left_when_fewer_than_four_refills_remain(site):
+    people = people_site(site, site.arrays(seed=1))
+    people.grant("tok:0", N)
+    site.db.add_queries(np.arange(N - 9), 0, "random")  # 9 candidates left: refills of 4, 4 and 1
+    assert people.write_reserve() == 9
+    assert sorted(e.index for e in site.db.reserve()) == list(range(N - 9, N))
+
+
+def test_a_reply_counts_one_snapshot_of_the_labels_while_the_page_pays_meanwhile(site, monkeypatch):
+    """The page pays labels while a message is handled; the reply's n-labeled and the labels per
+    class it reports are read from the same snapshot of the pools, so they agree (a label paid
+    meanwhile goes into the next reply, whole)."""
+    from fedal import client as fc
+
+    site.send(0, 10)
+    real = fc.ClientWorker.pools
+
+    def pools_then_a_label_paid(self):
+        snapshot = real(self)
+        pay(site, 1)  # someone pays on the page just after the snapshot
+        return snapshot
+
+    monkeypatch.setattr(fc.ClientWorker, "pools", pools_then_a_label_paid)
+    m = site.send(1, 0)
+    assert m["n-labeled"] == sum(m["acquired-per-class"])
+    monkeypatch.undo()
+    m2 = site.send(1, 0)
+    assert m2["n-labeled"] == sum(m["acquired-per-class"]) + sum(m2["acquired-per-class"]) >= 1
+
+
+def test_a_message_without_a_grant_records_nothing_and_one_label_is_a_grant(site):
+    m = site.send(0, 0)  # no grant: the store has no budget yet (nothing recorded under "tok:0")
+    assert (m["granted-now"], m["granted"]) == (0, 0) and site.db.budget is None
+    assert site.send(0, 1)["granted-now"] == 1  # round 0's grant, under the key left free
+    m = site.send(1, 0, version=3)
+    assert (m["granted-now"], m["granted"]) == (0, 1)
+    m = site.send(1, 6, version=4)  # round 1's grant after a message of round 1 without one
+    assert (m["granted-now"], m["granted"]) == (6, 7)
+
+
+def test_a_message_refills_only_when_fewer_than_query_pool_low_are_open(site):
+    assert site.send(0, 30)["open"] == 4
+    pay(site, 2)
+    assert site.send(0, 30)["open"] == 2  # query-pool-low (2) open: not low yet
+    pay(site, 1)
+    assert site.send(0, 30)["open"] == 1 + 4
+
+
+def test_a_site_is_done_when_nothing_is_granted_or_nothing_more_can_be_paid(site):
+    """done (the server ends its labeling tail on it): nothing granted, or nothing open and
+    nothing more to pay (the budget spent, or no point left to ask); n-grantable: the points no
+    grant covers yet."""
+    def done_and_grantable(*args, **kw):
+        m = site.send(*args, **kw)
+        return m["done"], m["n-grantable"]
+
+    assert done_and_grantable(0, 0) == (1, N)  # granted nothing
+    assert done_and_grantable(0, 4) == (0, N - 4)  # four open
+    pay(site, 3)
+    assert done_and_grantable(1, 0, version=3) == (0, N - 4)  # one still open
+    pay(site, 1)
+    assert done_and_grantable(1, 0, version=4) == (1, N - 4)  # spent
+    assert done_and_grantable(2, 2, version=5) == (0, N - 6)  # budget left, none open (no model: no refill)
+    left = site.db.candidates()
+    for qid in site.db.add_queries(left, 2, "random"):
+        site.db.skip(qid, "someone")  # the people cannot tell: no point is left to ask
+    assert len(site.db.candidates()) == 0
+    assert done_and_grantable(2, 0, version=6) == (1, N - 6)
+
+
+def test_a_label_paid_for_a_strategy_this_fedal_does_not_know_is_left_out_of_paid_by_strategy(site):
+    site.send(0, 4)
+    [qid] = site.db.add_queries([int(site.db.candidates()[0])], 0, "a-measure-of-another-fedal")
+    site.db.submit_label(qid, 1, "someone")  # the store is durable: it may hold such labels
+    m = site.send(0, 0, finish=True)
+    assert m["paid"] == 1 and m["paid-by-strategy"] == [0, 0, 0, 0]
