@@ -38,6 +38,7 @@ import fnmatch
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -401,6 +402,15 @@ def run(groups: list[Group], budget_s: float, max_children: int) -> str:
     return "; ".join(notes) or "every mutant has a result"
 
 
+def _stale_tests(copy: Path) -> list[str]:
+    """The test files whose copy in a group's folder differs from the project's (none while the
+    folder has no copy yet)."""
+    if not copy.is_dir():
+        return []
+    return [f.name for f in sorted((ROOT / "tests").glob("*.py"))
+            if not (copy / f.name).exists() or (copy / f.name).read_bytes() != f.read_bytes()]
+
+
 def prepare(group: Group) -> None:
     """Before mutmut runs in a group's folder: a file it last copied unmutated looks to it like
     made mutants (the copy is newer than the source), so such copies are removed and it makes
@@ -415,8 +425,14 @@ def prepare(group: Group) -> None:
         if copy.exists() and "__mutmut_" not in copy.read_text():
             copy.unlink()
             dropped = True
+    # the tests run from mutmut's copy of tests/ in the group's folder, which nothing refreshes:
+    # a test written since the last run (to kill a survivor) is copied in, and the record of which
+    # tests call which function made anew, or the survivor is run against the old tests again
+    stale = _stale_tests(work / "tests")
+    if stale:
+        shutil.copytree(ROOT / "tests", work / "tests", dirs_exist_ok=True)
     marker = work / "fedal-mutate-files.json"
-    if dropped or not marker.exists() or json.loads(marker.read_text()) != files:
+    if dropped or stale or not marker.exists() or json.loads(marker.read_text()) != files:
         (work / "mutmut-stats.json").unlink(missing_ok=True)
         work.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(files))
