@@ -126,6 +126,8 @@ def workdir(group: Group) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     for name in LINKED:
         link = d / name
+        if link.is_symlink() and os.readlink(link) != str(ROOT / name):
+            link.unlink()  # a mutants/ folder copied from another checkout links to that one's files
         if not link.is_symlink() and (ROOT / name).exists():
             link.symlink_to(ROOT / name)
     return d
