@@ -157,7 +157,8 @@ def test_the_people_rehearsal_of_the_labeling_page_runs_as_written(tmp_path):
                 assert "This labeling run has finished" in r.read().decode()
         assert proc.poll() is None, said[-4000:]
         os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(60) == 0, log.read_text()[-4000:]
+        # Ctrl-C stops five process groups, each given 10 s after SIGTERM: minutes on a loaded machine
+        assert proc.wait(240) == 0, log.read_text()[-4000:]
         exp = re.search(r"^experiment id (\S+)$", said, re.M).group(1)
         (run_dir,) = (workdir / "runs").glob(f"*-{exp}")
         summary = json.loads((run_dir / "summary.json").read_text())
