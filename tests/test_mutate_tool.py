@@ -33,3 +33,36 @@ def test_a_groups_folder_copied_from_another_checkout_is_linked_to_this_one(tmp_
     group = mutate.Group("the store", ["fedal/store/*.py"], ["tests/test_store.py"])
     assert mutate.workdir(group) == d
     assert (d / "tests").resolve() == root / "tests" and (d / "fedal").resolve() == root / "fedal"
+
+
+def test_mutants_made_from_other_text_are_made_anew_even_when_they_look_newer(tmp_path, monkeypatch):
+    """mutmut trusts modification times; a merge or a folder copied from another worktree leaves
+    mutants of a file's old text that look newer than the source (how the config, site-data and
+    checkpoint groups kept their pre-refactor results). prepare() compares contents instead."""
+    import json
+    import os
+
+    root = tmp_path / "project"
+    (root / "tests").mkdir(parents=True)
+    (root / "fedal").mkdir()
+    src = root / "fedal" / "m.py"
+    src.write_text("def f():\n    return 1\n")
+    monkeypatch.setattr(mutate, "ROOT", root)
+    monkeypatch.setattr(mutate, "WORK", root / "mutants")
+    group = mutate.Group("g", ["fedal/m.py"], ["tests/test_m.py"])
+    work = root / "mutants" / "g" / "mutants"
+    copy = work / "fedal" / "m.py"
+    copy.parent.mkdir(parents=True)
+    copy.write_text("def x_f__mutmut_1(): ...  # mutants of the text\n")
+    (work / "mutmut-stats.json").write_text("{}")
+    assert mutate.prepare(group)  # no digests recorded (an older marker or none): made anew
+    assert not copy.exists() and not (work / "mutmut-stats.json").exists()
+    assert json.loads((work / "fedal-mutate-files.json").read_text())["sources"]["fedal/m.py"]
+
+    copy.write_text("def x_f__mutmut_1(): ...\n")  # mutmut made them from the recorded text
+    assert not mutate.prepare(group) and copy.exists()  # same text: kept, with their results
+
+    src.write_text("def f():\n    return 2\n")  # the source changes...
+    old = copy.stat().st_mtime - 3600
+    os.utime(src, (old, old))  # ...but looks older than the mutants, as after a checkout
+    assert mutate.prepare(group) and not copy.exists()

@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -139,10 +141,11 @@ def mutmut_overrides(group: Group) -> dict:
             "pytest_add_cli_args_test_selection": list(group.tests)}
 
 
-def run_mutmut_cli(args: list[str], group: Group) -> None:
-    """mutmut's command line in the group's working folder, with only_mutate and the test
-    selection set from the group (its config reader is wrapped: mutmut reads [tool.mutmut] from
-    pyproject.toml and nothing else)."""
+@contextlib.contextmanager
+def _mutmut_config(group: Group):
+    """In the group's working folder, with only_mutate and the test selection set from the group
+    (mutmut's config reader is wrapped: it reads [tool.mutmut] from pyproject.toml and nothing
+    else)."""
     import mutmut.configuration as mc
 
     os.chdir(workdir(group))
@@ -155,9 +158,15 @@ def run_mutmut_cli(args: list[str], group: Group) -> None:
 
     mc._config_reader = reader
     mc.reset_config()
-    from mutmut.__main__ import cli
+    yield
 
-    cli.main(args=args, prog_name="mutmut", standalone_mode=True)
+
+def run_mutmut_cli(args: list[str], group: Group) -> None:
+    """mutmut's command line in the group's working folder (``_mutmut_config``)."""
+    with _mutmut_config(group):
+        from mutmut.__main__ import cli
+
+        cli.main(args=args, prog_name="mutmut", standalone_mode=True)
 
 
 # ------------------------------------------------------------------------------------ results
@@ -370,7 +379,9 @@ def run(groups: list[Group], budget_s: float, max_children: int) -> str:
     deadline = time.monotonic() + budget_s
     notes = []
     for g in groups:
-        prepare(g)
+        if prepare(g):
+            subprocess.run([sys.executable, "-m", "tools.mutate", "regenerate", g.name, str(max_children)],
+                           cwd=ROOT, check=True)
         for attempt in range(3):
             names = to_run([g], survivors=attempt == 0)
             left = deadline - time.monotonic()
@@ -413,18 +424,36 @@ def _stale_tests(copy: Path) -> list[str]:
             if not (copy / f.name).exists() or (copy / f.name).read_bytes() != f.read_bytes()]
 
 
-def prepare(group: Group) -> None:
-    """Before mutmut runs in a group's folder: a file it last copied unmutated looks to it like
-    made mutants (the copy is newer than the source), so such copies are removed and it makes
-    the mutants (results of unchanged functions stay in the .meta files); and when the group's
-    files change, its record of which tests call which function is made anew (it knows only the
-    functions that had mutants when it was made)."""
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def prepare(group: Group) -> bool:
+    """Before mutmut runs in a group's folder; True when mutmut must make the group's mutants
+    anew (``regenerate``) before anything is named to it.
+
+    mutmut decides by modification times whether a source file changed since it made its
+    mutants, and a checkout, a merge or a folder copied from another worktree all move those
+    times: a refactored file then kept the mutants (and results) of its old text. So the marker
+    records each file's content digest when its mutants were made, and a copy made from other
+    text is removed: mutmut makes it again and resets the results of exactly the functions whose
+    text changed (it keeps the rest by each function's hash). A copy it last made unmutated is
+    removed likewise. When the group's files change, its record of which tests call which
+    function is made anew (it knows only the functions that had mutants when it was made)."""
     work = workdir(group) / "mutants"
     files = sorted({f for s in group.specs for f in spec_files(s)})
+    marker = work / "fedal-mutate-files.json"
+    try:
+        recorded = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        recorded = None
+    # an older marker was the bare list of files, without the digests: every copy is suspect
+    digests = recorded.get("sources", {}) if isinstance(recorded, dict) else {}
+    current = {f: _digest(ROOT / f) for f in files}
     dropped = False
     for f in files:
         copy = work / f
-        if copy.exists() and "__mutmut_" not in copy.read_text():
+        if copy.exists() and ("__mutmut_" not in copy.read_text() or digests.get(f) != current[f]):
             copy.unlink()
             dropped = True
     # the tests run from mutmut's copy of tests/ in the group's folder, which nothing refreshes:
@@ -433,11 +462,28 @@ def prepare(group: Group) -> None:
     stale = _stale_tests(work / "tests")
     if stale:
         shutil.copytree(ROOT / "tests", work / "tests", dirs_exist_ok=True)
-    marker = work / "fedal-mutate-files.json"
-    if dropped or stale or not marker.exists() or json.loads(marker.read_text()) != files:
+    if dropped or stale or recorded is None or digests.keys() != set(files):
         (work / "mutmut-stats.json").unlink(missing_ok=True)
         work.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(files))
+    marker.write_text(json.dumps({"files": files, "sources": current}, indent=1))
+    return dropped
+
+
+def regenerate(group: Group, max_children: int) -> None:
+    """mutmut's mutant generation alone (what ``mutmut run`` does first), in the group's folder:
+    it copies the project's unmutated files afresh and makes the removed copies' mutants, with
+    the results of changed functions reset to "not checked"."""
+    import mutmut.__main__ as mm
+    from mutmut.mutation.trampoline import set_mutant_under_test
+    from mutmut.utils.file_utils import copy_also_copy_files, copy_src_dir, setup_source_paths
+
+    with _mutmut_config(group):
+        set_mutant_under_test("mutant_generation")
+        Path("mutants").mkdir(exist_ok=True)
+        copy_src_dir()
+        copy_also_copy_files()
+        setup_source_paths()
+        mm.create_mutants(max_children)
 
 
 def to_run(groups: list[Group], survivors: bool = True) -> list[str]:
@@ -463,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
         if len(argv) < 2 or argv[1] not in by_name:
             raise SystemExit(f"usage: python -m tools.mutate mutmut GROUP COMMAND ...; groups: {', '.join(by_name)}")
         run_mutmut_cli(argv[2:], by_name[argv[1]])
+        return 0
+    if argv[:1] == ["regenerate"]:  # run()'s child: mutmut's generation step for one group
+        regenerate({g.name: g for g in groups}[argv[1]], int(argv[2]))
         return 0
     p = argparse.ArgumentParser(prog="python -m tools.mutate", description=__doc__.split("\n\n")[0])
     p.add_argument("--budget-s", type=float, default=float(os.environ.get("MUTATE_BUDGET_S", 3600)))
