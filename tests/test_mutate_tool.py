@@ -66,3 +66,23 @@ def test_mutants_made_from_other_text_are_made_anew_even_when_they_look_newer(tm
     old = copy.stat().st_mtime - 3600
     os.utime(src, (old, old))  # ...but looks older than the mutants, as after a checkout
     assert mutate.prepare(group) and not copy.exists()
+
+
+def test_a_test_file_added_to_a_group_makes_mutmut_record_which_tests_call_what_anew(tmp_path, monkeypatch):
+    """mutmut runs against a mutant only the tests its record says call the function; a test file
+    added to the group's selection is missing from a record made before, and its tests would never
+    run against the mutants (how tests/test_run_dirs.py seemed not to kill the refusal's mutants)."""
+    root = tmp_path / "project"
+    (root / "tests").mkdir(parents=True)
+    (root / "fedal").mkdir()
+    (root / "fedal" / "m.py").write_text("def f():\n    return 1\n")
+    monkeypatch.setattr(mutate, "ROOT", root)
+    monkeypatch.setattr(mutate, "WORK", root / "mutants")
+    work = root / "mutants" / "g" / "mutants"
+    stats = work / "mutmut-stats.json"
+    mutate.prepare(mutate.Group("g", ["fedal/m.py"], ["tests/test_m.py"]))
+    stats.write_text("{}")
+    mutate.prepare(mutate.Group("g", ["fedal/m.py"], ["tests/test_m.py"]))
+    assert stats.exists()  # nothing changed: the record stays
+    mutate.prepare(mutate.Group("g", ["fedal/m.py"], ["tests/test_m.py", "tests/test_n.py"]))
+    assert not stats.exists()

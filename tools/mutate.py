@@ -462,10 +462,13 @@ def prepare(group: Group) -> bool:
     stale = _stale_tests(work / "tests")
     if stale:
         shutil.copytree(ROOT / "tests", work / "tests", dirs_exist_ok=True)
-    if dropped or stale or recorded is None or digests.keys() != set(files):
+    # a test file added to the group's selection is not in mutmut's record either: without a new
+    # record its tests never run against the mutants
+    tests_changed = not isinstance(recorded, dict) or recorded.get("tests") != list(group.tests)
+    if dropped or stale or tests_changed or digests.keys() != set(files):
         (work / "mutmut-stats.json").unlink(missing_ok=True)
         work.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"files": files, "sources": current}, indent=1))
+    marker.write_text(json.dumps({"files": files, "sources": current, "tests": list(group.tests)}, indent=1))
     return dropped
 
 
