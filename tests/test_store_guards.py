@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from fedal.store import BudgetSpent, PoolStore
+from fedal.store import BudgetSpent, PoolStore, site_store_path
 
 ID = dict(experiment_id="exp-1", client_id="site-a", n_points=50, data_fingerprint="fp-abc")
 
@@ -76,3 +76,13 @@ def test_an_acquisition_that_spends_the_budget_records_when_and_why_each_open_qu
                           (12, "withdrawn", "budget", 200.0, None)]
         with pytest.raises(BudgetSpent, match=r"^AL round 1: 1 more labels would exceed the budget of 4 \(4 paid\)$"):
             s.acquire(1, lambda p: [20], must_not_be_called)
+
+
+def test_a_fresh_state_directory_gets_the_stores_folders_made(tmp_path):
+    # <state-dir>/pools/<experiment>/<client>.sqlite: on a site's first start none of the folders exist
+    path = site_store_path(tmp_path / "state", "exp-1", "site-a")
+    with open_store(path) as s:
+        s.acquire(0, lambda p: [1], oracle)
+    assert path == tmp_path / "state" / "pools" / "exp-1" / "site-a.sqlite"
+    with open_store(path) as s:
+        assert s.labeled_arrays()[0].tolist() == [1]
