@@ -1,5 +1,6 @@
 """The store's guards that mutation testing (make mutate, issue #22) found untested: an acquisition
-paid once when another process finishes it first, and what the budget's withdrawals record."""
+paid once when another process finishes it first, what the budget's withdrawals record, and the
+folders a fresh state directory needs."""
 
 import threading
 
