@@ -18,7 +18,7 @@ from fedal import acquisition, async_labeling
 from fedal.async_labeling import STRATEGY_TAGS, QuerySite, grant_key, handle
 from fedal.pools import Pools
 from fedal.protocol import LabelingRequest
-from tests.test_async_sites import N, make_site
+from tests.test_async_sites import RC, N, make_site
 
 MEASURES = ("entropy", "least-confidence", "margin")
 
@@ -234,3 +234,244 @@ def choose_on(site, probs, refills, n):
         taken.add(best)
         out.append((m, int(cand[best])))
     return out
+
+
+# ---------------------------------------------------------------------------------- _probs_of_model
+def uniform_model(worker) -> dict:
+    """A state dict of the site's model whose classifier is zeroed: every point gets 1/C for each
+    class, unlike the untrained model ``worker.model()`` returns."""
+    sd = worker.model().state_dict()
+    sd["head.classifier.weight"].zero_()
+    sd["head.classifier.bias"].zero_()
+    return sd
+
+
+def test_the_model_sent_scores_the_sites_points_once_per_model(site):
+    """``QuerySite._probs_of_model``: the probabilities of the model the site holds on its
+    points, computed once per model. Kills ``is None`` made ``is not None`` (nothing computed:
+    None), the model or the points left out, and ``worker.model(None)`` (the untrained model,
+    not the one sent, ranks the points)."""
+    site.set_model(uniform_model(site.worker), 2)
+    probs = site._probs_of_model()
+    assert probs.shape == (N, 10)
+    np.testing.assert_allclose(probs, 0.1, rtol=1e-5)
+    assert site._probs_of_model() is probs
+
+
+def test_a_model_set_without_set_model_ranks_the_first_refill(site):
+    """The people handler sets ``state_dict`` straight on a fresh site (``_handle_people``), so
+    a site must start with no cached scores. Kills ``_probs = ""`` (``QuerySite.__init__``):
+    the refill would index a string. With the uniform model every point ties: the first three
+    points, one per worker."""
+    site.state_dict = uniform_model(site.worker)
+    site.grant("r:0", 5)
+    assert site.refill() == 3
+    assert sorted((q.index, q.strategy) for q in site.store.queries()) == [
+        (0, "least-confidence"), (1, "margin"), (2, "entropy")]
+
+
+# ---------------------------------------------------------------------------------- metrics
+def metrics(site, **over):
+    base = {"n-labeled": 0, "n-unlabeled": N, "n-grantable": N, "granted": 0, "paid": 0, "open": 0,
+            "withdrawn": 0, "done": 1}
+    return {**base, **over}
+
+
+def test_the_reply_counts_of_a_site_from_its_first_grant_to_a_spent_budget(site):
+    """``QuerySite.metrics``, every key, at each stage: never granted (done: nothing to do);
+    granted with the pool not yet filled or with queries open (not done); the budget spent,
+    what was open withdrawn (done), before and after the paid labels move into the pools.
+    Kills: a key renamed; ``granted`` from ``budget and 0`` or ``or 1``; n-grantable's ``-``
+    made ``+``; each change of ``done``'s ``and``/``or``, ``not len(...)``, ``== 0`` (made
+    ``!= 0``/``== 1``) and ``int(bool(None))``."""
+    assert site.metrics() == metrics(site)
+    site.grant("r:0", 2)
+    assert site.metrics() == metrics(site, granted=2, **{"n-grantable": N - 2}, done=0)
+    site.refill()
+    assert site.metrics() == metrics(site, granted=2, **{"n-grantable": N - 2}, open=3, done=0)
+    pay(site, 1)
+    assert site.metrics() == metrics(site, granted=2, **{"n-grantable": N - 2}, paid=1, open=2, done=0)
+    pay(site, 1)
+    assert site.metrics() == metrics(site, granted=2, **{"n-grantable": N - 2}, paid=2, withdrawn=1)
+    site.move_labels(0)
+    assert site.metrics() == metrics(site, granted=2, **{"n-grantable": N - 2, "n-labeled": 2,
+                                                         "n-unlabeled": N - 2}, paid=2, withdrawn=1)
+
+
+def test_the_reply_counts_the_pools_passed_and_grants_no_point_already_labeled(site):
+    """``metrics(pools)`` (the people handler passes the pools it read): their counts, and
+    n-grantable less the labels in them when they exceed the grants (labels paid before this
+    run). Kills ``pools`` always read from the worker (``or True``, ``is not None``)."""
+    site.grant("r:0", 3)
+    pools = Pools(size=N, labeled=list(range(10)), labels=[1] * 10, acquired_round=[0] * 10)
+    assert site.metrics(pools) == metrics(site, granted=3, **{"n-labeled": 10, "n-unlabeled": N - 10,
+                                                              "n-grantable": N - 10}, done=0)
+
+
+# ---------------------------------------------------------------------------------- paid_by_strategy
+def test_labels_paid_are_counted_by_the_strategy_that_chose_them(site):
+    """``QuerySite.paid_by_strategy``: paid queries only (not open, not withdrawn), in
+    ``STRATEGY_TAGS`` order; a query of a strategy this version does not know (a store written
+    by another tool) is paid but not reported, and breaks nothing. Kills: counts starting at 1;
+    all queries counted (``queries(None)``), a misspelt state (the store refuses it); ``+ 1``
+    made ``- 1`` or ``+ 2``; ``by.get(None, 0)`` (every count 1); ``by.get(q.strategy, None)``
+    and ``by.get(q.strategy)`` (the unknown strategy: None + 1)."""
+    assert STRATEGY_TAGS == ("random", "entropy", "least-confidence", "margin")
+    site.grant("r:0", 7)
+    store = site.store
+    for points, tag in (([0, 1], "random"), ([2, 3], "entropy"), ([4], "margin"), ([5], "an-older-tool"),
+                        ([6, 7], "entropy"), ([8], "least-confidence")):
+        store.add_queries(points, 0, tag)
+    assert pay(site, 6) == [0, 1, 2, 3, 4, 5]
+    store.withdraw_open(older_than=1)  # 6, 7 (entropy) and 8 withdrawn, unpaid
+    store.add_queries([9], 0, "margin")  # open
+    assert site.paid_by_strategy() == [2, 2, 0, 1]
+
+
+# ---------------------------------------------------------------------------------- advance and summary
+def test_a_site_never_granted_reports_zeros_and_its_clock_follows_the_server(site):
+    """``SimulatedSite.summary`` of a site without annotators, every key; ``advance`` before
+    any grant moves the site's clock and pays nothing. Kills: ``s``/``st`` read from absent
+    annotators (``is None`` for ``is not None``, ``or True``); "wasted"/"flipped" defaulting to
+    None (int(None)) or 1; waits-max 1.0 without waits; a key renamed; ``advance`` with
+    ``annotators is not None`` (stepping annotators that do not exist)."""
+    site.advance(7.5)
+    assert site.clock.now() == 7.5 and site.store.progress().labeled == 0
+    s = site.summary()
+    nan = s.pop("first-grant-s")
+    assert np.isnan(nan)
+    assert s == {"busy-s": 0.0, "idle-s": 0.0, "duty-busy-s": 0.0, "duty-idle-s": 0.0, "duty-idle-owed-s": 0.0,
+                 "duty-idle-spent-s": 0.0, "waits-n": 0, "waits-sum-s": 0.0, "waits-max-s": 0.0, "wasted": 0,
+                 "flipped": 0, "last-label-s": 0.0, "refills": 0, "paid-by-strategy": [0, 0, 0, 0]}
+
+
+def test_the_annotators_label_up_to_the_servers_time_refilling_the_pool_when_low():
+    """``SimulatedSite.advance`` and ``summary`` over three grants, one query at a time
+    (query-pool-low 1, query-pool-refill 1), two annotators, 4 s a label, the site stepping
+    every 1 s (a quarter of the mean latency). By hand: annotator 0 labels at 4, 9, 14 (the
+    refill at each step end after a label, taken at its next look a second later), the budget
+    of 3 is spent from 14 to the grant at 20, the label at 25 spends it again until the grant at
+    30, then 35; at 38 a label is under way, paid at 40 and not before. Annotator 1 never gets
+    a query (one is open at a time). Idle while owed: 28 s, while spent: (20 - 14 + 30 - 25) x 2
+    = 22 s, both up to the last label (35 s). Kills, in ``advance``: the step changed
+    (``mean * 4``, ``/ 5``, ``1.25``); ``p.spent or all(...)`` (the site stops when the
+    annotators wait for a refill); ``idle_split`` accumulated with ``=``, ``-=``, ``+ before``
+    or the wrong index; ``>=`` for ``>`` (last-label-s the step's time, not the label's); the
+    refill's ``not p.spent and`` changed or ``<=`` for ``<``; ``t <= now`` (the loop never
+    ends); ``annotators is not None`` (returns before labeling). In ``summary``: each key
+    and the duty's index."""
+    site = make_site(**{"query-pool-low": 1, "query-pool-refill": 1})
+    try:
+        site.grant_at("r:0", 3, 0.0)
+        site.advance(20.0)
+        site.grant_at("r:1", 1, 20.0)
+        site.advance(30.0)
+        site.grant_at("r:2", 2, 30.0)
+        site.advance(38.0)
+        assert [(q.created_at, q.closed_at) for q in site.store.queries()] == [
+            (0.0, 4.0), (4.0, 9.0), (9.0, 14.0), (20.0, 25.0), (30.0, 35.0), (35.0, None)]
+        assert site.summary() == {
+            "busy-s": 22.0, "idle-s": 54.0, "duty-busy-s": 20.0, "duty-idle-s": 50.0, "duty-idle-owed-s": 28.0,
+            "duty-idle-spent-s": 22.0, "waits-n": 5, "waits-sum-s": 16.0, "waits-max-s": 7.0, "wasted": 0,
+            "flipped": 0, "first-grant-s": 0.0, "last-label-s": 35.0, "refills": 6, "paid-by-strategy": [5, 0, 0, 0]}
+        site.advance(39.9)
+        assert site.store.progress().labeled == 5  # nothing paid after the server's time
+        site.advance(40.0)
+        assert site.store.progress().labeled == 6 and site.summary()["last-label-s"] == 40.0
+    finally:
+        site.close()
+
+
+def test_a_label_answered_after_the_budget_is_spent_is_wasted_and_a_flipped_label_counted():
+    """Two annotators each hold a query when the one label granted is paid: the second answer
+    is wasted; with label-noise 1 the paid label is flipped. Kills ``summary`` dropping the
+    annotators' own summary (``and False``: wasted and flipped 0) and "wasted"/"flipped" read
+    under another key."""
+    site = make_site(**{"label-noise": 1.0})
+    try:
+        site.grant_at("r:0", 1, 0.0)
+        site.advance(10.0)
+        s = site.summary()
+        assert (s["wasted"], s["flipped"], s["busy-s"], s["idle-s"], s["last-label-s"]) == (1, 1, 8.0, 12.0, 4.0)
+        idx, labels = site.store.labeled_arrays()
+        assert labels[0] != site.worker.data.y[idx[0]]
+    finally:
+        site.close()
+
+
+def test_the_annotators_draw_from_the_clients_seed_stream_17():
+    """Annotator k of a site draws from ``default_rng([worker.seed(17), k])``: latency and
+    label noise reproduce under the run's seed, apart from the random refills' stream 99.
+    Kills ``grant_at``'s ``seed`` left out, ``seed(None)`` and ``seed(18)``."""
+    site = make_site()
+    try:
+        site.grant_at("r:0", 4, 0.0)
+        assert [list(w.rng.bit_generator.seed_seq.entropy) for w in site.annotators.workers] == [
+            [site.worker.seed(17), 0], [site.worker.seed(17), 1]]
+    finally:
+        site.close()
+
+
+# ---------------------------------------------------------------------------------- handle
+def request(run="run-a", **over) -> LabelingRequest:
+    return LabelingRequest(**{"run": run, "now": 0.0, "al_round": 0, "model_version": 0, **over})
+
+
+@pytest.fixture
+def worker():
+    s = make_site()  # only its worker: handle builds the run's sites itself (async_labeling._SITES)
+    s.close()
+    before = set(async_labeling._SITES)
+    yield s.worker
+    for key in set(async_labeling._SITES) - before:
+        async_labeling._SITES.pop(key).close()
+
+
+def test_a_simulated_sites_reply_from_its_first_grant_to_the_runs_end(worker):
+    """``handle`` for simulated annotators: round 0 grants and fills the pool; a later message
+    first labels up to the server's time, moves the paid labels into the pools under its AL
+    round and reports them per class; ``finish`` withdraws what is open ("run-end"), reports
+    the annotators and closes the site. Kills: the people branch taken (``!= "people"``);
+    the site keyed without the run token; the grant's key, count or time lost
+    (``grant_key(None)``, ``None``); ``advance(None)``; granted-now None; ``move_labels(None)``;
+    any key renamed or emptied; the histogram as floats (``astype(None)``); the site kept open after the run (``if KEEP_SITES``, ``pop(None, None)``)."""
+    cid = worker.data.client_id
+    out = handle(worker, request(grant=5), None)
+    assert out == {"partition-id": 3, "n-labeled": 0, "n-unlabeled": N, "n-grantable": N - 5, "granted": 5,
+                   "paid": 0, "open": 3, "withdrawn": 0, "done": 0, "granted-now": 5, "acquired-per-class": [0] * 10}
+    site = async_labeling._SITES[("run-a", cid)]
+    out = handle(worker, request(now=9.0, al_round=1), None)  # 2 annotators, 4 s a label: 4 paid by 9 s
+    paid = site.store.labeled_arrays()
+    assert out["paid"] == out["n-labeled"] == 4 and out["granted-now"] == 0
+    assert out["acquired-per-class"] == np.bincount(paid[1], minlength=10).tolist()
+    assert all(type(c) is int for c in out["acquired-per-class"])
+    assert worker.pools().acquired_round == [1] * 4
+    out = handle(worker, request(now=9.5, al_round=1, finish=True), None)
+    assert out["withdrawn-at-end"] == 2 and out["withdrawn"] == 2 and out["paid"] == 4  # both in hand
+    assert out["refills"] == 2 and out["paid-by-strategy"] == [4, 0, 0, 0] and out["busy-s"] > 0
+    assert ("run-a", cid) not in async_labeling._SITES and not site.dir.exists()
+
+
+def test_each_run_and_each_al_round_gets_its_own_grant_and_a_model_sent_ranks_the_refill(worker):
+    """Two runs (tokens) keep two sites; a second AL round's grant adds to the first; a model
+    sent with a message is taken with its version. Kills: ``site_for(None, ...)`` and a
+    ``None`` token (both runs on one site: run b's grant would add to run a's); the grant keyed
+    ``None`` (round 1's grant taken for a resent round 0); ``state_dict is None`` for ``is not
+    None`` and ``set_model(None, ...)`` (the model ignored: random queries)."""
+    assert handle(worker, request("run-a", grant=2), None)["granted"] == 2
+    assert handle(worker, request("run-b", grant=3), None)["granted"] == 3
+    sd = uniform_model(worker)
+    out = handle(worker, request("run-a", al_round=1, model_version=6, grant=4), sd)
+    assert out["granted-now"] == 4 and out["granted"] == 6
+    site = async_labeling._SITES[("run-a", worker.data.client_id)]
+    assert site.version == 6 and site.state_dict is sd
+
+
+def test_a_people_site_needs_the_clients_durable_store(worker):
+    """``handle`` sends annotators = "people" to the people handler, which refuses a node
+    without a state directory. Kills the mutants of the dispatch (``== "XXpeopleXX"``,
+    ``"PEOPLE"``: the simulated handler would run) and of its arguments (``None`` for the
+    worker or the request)."""
+    worker.cfg = worker.cfg.__class__.from_run_config({**RC, "annotators": "people", "labeling-deadline-s": 60})
+    with pytest.raises(async_labeling.PeopleModeError, match="state-dir"):
+        handle(worker, request(grant=2), None)
