@@ -434,7 +434,8 @@ def test_a_simulated_sites_reply_from_its_first_grant_to_the_runs_end(worker):
     the annotators and closes the site. Kills: the people branch taken (``!= "people"``);
     the site keyed without the run token; the grant's key, count or time lost
     (``grant_key(None)``, ``None``); ``advance(None)``; granted-now None; ``move_labels(None)``;
-    any key renamed or emptied; the histogram as floats (``astype(None)``); the site kept open after the run (``if KEEP_SITES``, ``pop(None, None)``)."""
+    any key renamed or emptied; the histogram as floats (``astype(None)``); the site kept open
+    after the run (``if KEEP_SITES``, ``pop(None, None)``)."""
     cid = worker.data.client_id
     out = handle(worker, request(grant=5), None)
     assert out == {"partition-id": 3, "n-labeled": 0, "n-unlabeled": N, "n-grantable": N - 5, "granted": 5,
