@@ -355,8 +355,8 @@ def test_the_annotators_label_up_to_the_servers_time_refilling_the_pool_when_low
     a query (one is open at a time). Idle while owed: 28 s, while spent: (20 - 14 + 30 - 25) x 2
     = 22 s, both up to the last label (35 s). Kills, in ``advance``: the step changed
     (``mean * 4``, ``/ 5``, ``1.25``); ``p.spent or all(...)`` (the site stops when the
-    annotators wait for a refill); ``idle_split`` accumulated with ``=``, ``-=``, ``+ before``
-    or the wrong index; ``>=`` for ``>`` (last-label-s the step's time, not the label's); the
+    annotators wait for a refill); ``idle_split`` accumulated with ``=``; ``>=`` for ``>``
+    (last-label-s the step's time, not the label's); the
     refill's ``not p.spent and`` changed or ``<=`` for ``<``; ``t <= now`` (the loop never
     ends); ``annotators is not None`` (returns before labeling). In ``summary``: each key
     and the duty's index."""
