@@ -476,3 +476,20 @@ def test_a_people_site_needs_the_clients_durable_store(worker):
     worker.cfg = worker.cfg.__class__.from_run_config({**RC, "annotators": "people", "labeling-deadline-s": 60})
     with pytest.raises(async_labeling.PeopleModeError, match="state-dir"):
         handle(worker, request(grant=2), None)
+
+
+# ---------------------------------------------------------------------------------- equivalent mutants
+# Mutants of these functions no test can kill, and why (numbers as mutmut names them):
+# - QuerySite._choose 20 (``continue`` made ``break`` for a worker with nothing to take): the
+#   shares never grow along the workers (n // k, plus 1 for the first n % k), so after a 0 every
+#   share is 0. 40 (kind="STABLE"): numpy reads the sort kind case-insensitively. 41
+#   (``free[top] = None``): None stored in a boolean array is False.
+# - QuerySite.refill 21, 23 (``free`` made of floats, dtype None or left out): np.where reads 1.0
+#   as True and the 0.0 that False becomes as False.
+# - QuerySite.paid_by_strategy 12 (``by.get(q.strategy, 1)``): the default is only read for a
+#   strategy outside STRATEGY_TAGS, whose count is never reported.
+# - handle 55 (``_SITES.pop(key)`` without a default): site_for has just put the key there.
+# - SimulatedSite.advance 27 (``break`` made ``return``): nothing follows the loop. 21 (the
+#   jump to ``now`` when all annotators hold a query, not when none does, with the budget spent):
+#   a spent budget pays nothing more and refills nothing, so stepping there instead of jumping
+#   adds the same idle time to the same ``idle_split[1]``.
