@@ -6,8 +6,12 @@ the reply to each kind of message. Each test builds a site on 40 random points
 (group "grants and the standing share") kills a mutant of these functions with a fast test
 instead of a whole asynchronous federation (tests/test_async_labeling.py).
 
-Where a test names mutants it kills, they were applied by hand to fedal/async_labeling.py and
-the test failed with each. The mutants judged equivalent are listed at the end of this file."""
+Where a test names mutants it kills, those of ``grant_key``, ``QuerySite.grant``,
+``refill_if_low`` and ``QuerySite.__init__``, and a sample of the others (see the commit
+messages), were applied by hand to fedal/async_labeling.py and the test failed with each; the
+rest are what the test is written to catch, and ``make mutate`` has the last word. The mutants
+judged equivalent are listed at the end of this file (to count as such in the report they must
+be entered in reports/mutation/equivalent.toml once mutmut reports them)."""
 
 from __future__ import annotations
 
