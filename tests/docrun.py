@@ -122,8 +122,13 @@ class DocRunner:
         """``block`` started in the background, its output in ``log`` (the caller watches it);
         stopped by ``stop()``."""
         with open(log, "wb") as f:
+            # Ctrl-C as a terminal gives it: a block runs in the foreground of the operator's shell,
+            # where SIGINT is not ignored; pytest itself may have been started in the background
+            # (`make test &`, a CI runner), whose ignored SIGINT every child would inherit, and
+            # Python installs no KeyboardInterrupt for an inherited SIG_IGN
             p = subprocess.Popen(["bash", "-c", self._script(block, None, keep_env=False)], stdout=f,
-                                 stderr=subprocess.STDOUT, start_new_session=True, env=_base_env())
+                                 stderr=subprocess.STDOUT, start_new_session=True, env=_base_env(),
+                                 preexec_fn=_default_sigint)
         self.procs.append((f"line{block.line}", p))
         return p
 
@@ -151,6 +156,12 @@ class DocRunner:
                     break
                 except subprocess.TimeoutExpired:
                     continue
+
+
+def _default_sigint() -> None:
+    """In a started block's process, before bash: SIGINT and SIGQUIT back to their defaults."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def _base_env() -> dict[str, str]:
