@@ -10,8 +10,8 @@ Where a test names mutants it kills, those of ``grant_key``, ``QuerySite.grant``
 ``refill_if_low`` and ``QuerySite.__init__``, and a sample of the others (see the commit
 messages), were applied by hand to fedal/async_labeling.py and the test failed with each; the
 rest are what the test is written to catch, and ``make mutate`` has the last word. The mutants
-judged equivalent are listed at the end of this file (to count as such in the report they must
-be entered in reports/mutation/equivalent.toml once mutmut reports them)."""
+judged equivalent are listed at the end of this file; each is entered, with its reason, in
+reports/mutation/equivalent.toml."""
 
 from __future__ import annotations
 
@@ -403,6 +403,27 @@ def test_a_label_answered_after_the_budget_is_spent_is_wasted_and_a_flipped_labe
         site.close()
 
 
+def test_idle_while_an_annotator_finishes_a_query_after_the_budget_is_spent_counts_as_spent():
+    """Uniform latency (1-9 s), two annotators, one label granted twice: the faster annotator
+    pays the label and the budget is spent while the other still holds a query (withdrawn, its
+    answer wasted). The first one's wait meanwhile is idle on a spent budget, not idle while
+    labels were owed: the pool never runs dry (3 queries for 2 annotators), so owed idle can
+    only leak in the one step (1.25 s) in which each budget ran out, at most 2 x 2 x 1.25 s.
+    Kills ``advance`` 37 (``idle_split[1 if p.spent and False else 0]``: about 8.7 s owed)."""
+    site = make_site(**{"annotator-latency": "uniform:low=1,high=9"})
+    try:
+        site.grant_at("r:0", 1, 0.0)
+        site.advance(40.0)
+        site.grant_at("r:1", 1, 40.0)
+        site.advance(80.0)
+        s = site.summary()
+        assert s["wasted"] == 2  # each time, an annotator held a query when the label was paid
+        assert s["duty-idle-owed-s"] <= 2 * 2 * 1.25
+        assert s["duty-idle-owed-s"] + s["duty-idle-spent-s"] == pytest.approx(s["duty-idle-s"])
+    finally:
+        site.close()
+
+
 def test_the_annotators_draw_from_the_clients_seed_stream_17():
     """Annotator k of a site draws from ``default_rng([worker.seed(17), k])``: latency and
     label noise reproduce under the run's seed, apart from the random refills' stream 99.
@@ -457,6 +478,19 @@ def test_a_simulated_sites_reply_from_its_first_grant_to_the_runs_end(worker):
     assert ("run-a", cid) not in async_labeling._SITES and not site.dir.exists()
 
 
+def test_the_queries_open_at_the_runs_end_are_withdrawn_as_run_end(worker, monkeypatch):
+    """``finish`` retires what is still open with the reason "run-end", which the store keeps
+    (``closed_by``) and the labeling page shows. Kills ``withdraw_open(reason=None)``, "XXrun-endXX"
+    and "RUN-END" in ``handle`` (a site kept after the run: ``KEEP_SITES``)."""
+    monkeypatch.setattr(async_labeling, "KEEP_SITES", True)
+    handle(worker, request(grant=5), None)
+    site = async_labeling._SITES[("run-a", worker.data.client_id)]
+    out = handle(worker, request(now=9.5, al_round=1, finish=True), None)
+    withdrawn = site.store.queries("withdrawn")
+    assert out["withdrawn-at-end"] == len(withdrawn) == 2
+    assert [q.closed_by for q in withdrawn] == ["run-end"] * 2 and [q.closed_at for q in withdrawn] == [9.5] * 2
+
+
 def test_each_run_and_each_al_round_gets_its_own_grant_and_a_model_sent_ranks_the_refill(worker):
     """Two runs (tokens) keep two sites; a second AL round's grant adds to the first; a model
     sent with a message is taken with its version. Kills: ``site_for(None, ...)`` and a
@@ -483,7 +517,8 @@ def test_a_people_site_needs_the_clients_durable_store(worker):
 
 
 # ---------------------------------------------------------------------------------- equivalent mutants
-# Mutants of these functions no test can kill, and why (numbers as mutmut names them):
+# Mutants of these functions no test can kill, and why (numbers as mutmut names them; each has its
+# entry in reports/mutation/equivalent.toml):
 # - QuerySite._choose 20 (``continue`` made ``break`` for a worker with nothing to take): the
 #   shares never grow along the workers (n // k, plus 1 for the first n % k), so after a 0 every
 #   share is 0. 40 (kind="STABLE"): numpy reads the sort kind case-insensitively. 41
@@ -493,6 +528,10 @@ def test_a_people_site_needs_the_clients_durable_store(worker):
 # - QuerySite.paid_by_strategy 12 (``by.get(q.strategy, 1)``): the default is only read for a
 #   strategy outside STRATEGY_TAGS, whose count is never reported.
 # - handle 55 (``_SITES.pop(key)`` without a default): site_for has just put the key there.
+# - site_for 7 (``SimulatedSite(worker, None)``): the token only names the temporary store's
+#   experiment id; the _SITES key that tells runs apart keeps it.
+# - SimulatedSite.move_labels 10, 12 (``np.asarray(pools.labeled)`` without dtype int64): the
+#   pool's indices are ints, and an empty list's float64 matches nothing either way.
 # - SimulatedSite.advance 27 (``break`` made ``return``): nothing follows the loop. 21 (the
 #   jump to ``now`` when all annotators hold a query, not when none does, with the budget spent):
 #   a spent budget pays nothing more and refills nothing, so stepping there instead of jumping
