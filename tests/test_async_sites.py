@@ -95,6 +95,14 @@ def test_no_grant_grants_nothing_and_puts_nobody_to_work(site):
     assert not site.store.queries()
 
 
+def test_a_grant_to_a_site_with_every_point_granted_grants_nothing(site):
+    """Kills the second ``return 0`` made ``return 1`` in ``grant_at`` (the site's store grants
+    nothing more once every point is covered by a grant): the reply's granted-now would claim
+    a label the site was never given, and the server would count it against the run's budget."""
+    assert site.grant_at("run:0", N, 0.0) == N
+    assert site.grant_at("run:1", 3, 5.0) == 0 and site.granted == N
+
+
 def test_a_grant_of_one_label_is_granted_filled_and_labeled(site):
     """A site granted a single label (a top-up of the standing share may be that small). Kills
     ``n <= 0`` made ``n <= 1`` (the label refused: 0 returned, nothing granted) and ``n == 0``
