@@ -14,6 +14,10 @@ say what each selection did. Per AL round's selection (the picks of row r serve 
   class equally, 0 = one class);
 - *first-selection change*: accuracy after the first selected labels minus accuracy on the random
   initial labels (row 1 − row 0): a concentrated first batch can pull a warm-started model down.
+  Per seed, and paired against the baseline over the seeds both have (one seed's runs share
+  their initial labels, so row 0 is the same): a drop in one seed says little where the
+  baseline's own accuracy drops between later rounds too, which the report counts beside it
+  (the training noise of the regime: retraining from f⁰ each round drops often).
 
 Across runs, Spearman's ρ between a run's mean label entropy and its mean accuracy over the budgets
 says whether balanced rounds go with better models beyond a per-method average.
@@ -76,6 +80,8 @@ class RunDiagnostics:
     label_entropy: tuple[float, ...]
     first_selection_change: float
     mean_accuracy: float
+    # accuracy change from each row to the next (row r+1 − row r); [0] is the first selection's
+    round_changes: tuple[float, ...] = ()
 
     @property
     def mean_label_entropy(self) -> float:
@@ -96,6 +102,7 @@ def run_diagnostics(run, hist: np.ndarray) -> RunDiagnostics:
                             for r in sel),
         first_selection_change=(acc[1] - acc[0]) if len(acc) > 1 else math.nan,
         mean_accuracy=float(np.mean(acc[1:])) if len(acc) > 1 else math.nan,
+        round_changes=tuple(float(b - a) for a, b in zip(acc, acc[1:])),
     )
 
 
@@ -116,6 +123,46 @@ def diagnostics_table(per_group: Mapping[str, Sequence[RunDiagnostics]]) -> dict
             "label_entropy": _mean_std(r.mean_label_entropy for r in runs),
             "first_selection_change": _mean_std(r.first_selection_change for r in runs),
         }
+    return out
+
+
+@dataclass(frozen=True)
+class FirstSelection:
+    """One group's first selections: the change per seed, how many seeds dropped, the paired
+    difference to the baseline over the seeds both have (mean, std, two-sided paired t p; nan
+    without two such seeds), and the drops between later rows (row r → r+1, r ≥ 1)."""
+
+    per_seed: tuple[tuple[int, float], ...]
+    drops: int
+    vs_baseline: tuple[float, float, float, int]
+    later_drops: int
+    later_steps: int
+    worst_later: float
+
+
+def first_selection_table(per_group: Mapping[str, Sequence[RunDiagnostics]],
+                          baseline: str | None) -> dict[str, FirstSelection]:
+    """Per group, its ``FirstSelection`` (paired against ``baseline``'s runs of the same seeds)."""
+    from scipy.stats import ttest_rel
+
+    def by_seed(runs):
+        return {r.seed: r.first_selection_change for r in runs if not math.isnan(r.first_selection_change)}
+
+    base = by_seed(per_group.get(baseline, ())) if baseline is not None else {}
+    out = {}
+    for g, runs in per_group.items():
+        mine = by_seed(runs)
+        seeds = sorted(set(mine) & set(base)) if g != baseline else []
+        d = np.array([mine[s] - base[s] for s in seeds])
+        if len(d) >= 2:
+            p = float(ttest_rel([mine[s] for s in seeds], [base[s] for s in seeds]).pvalue) if d.std() > 0 else math.nan
+            paired = (float(d.mean()), float(d.std(ddof=1)), p, len(d))
+        else:
+            paired = (math.nan, math.nan, math.nan, len(d))
+        later = [c for r in runs for c in r.round_changes[1:]]
+        out[g] = FirstSelection(per_seed=tuple(sorted(mine.items())), drops=sum(v < 0 for v in mine.values()),
+                                vs_baseline=paired, later_drops=sum(c < 0 for c in later), later_steps=len(later),
+                                worst_later=min(later) if later else math.nan)
     return out
 
 
@@ -162,7 +209,8 @@ def _f(mean: float, std: float, digits: int = 2, scale: float = 1.0) -> str:
     return s if math.isnan(std) else f"{s} ± {scale * std:.{digits}f}"
 
 
-def report_markdown(per_group: Mapping[str, Sequence[RunDiagnostics]], groups: Sequence[str]) -> list[str]:
+def report_markdown(per_group: Mapping[str, Sequence[RunDiagnostics]], groups: Sequence[str],
+                    baseline: str | None = None) -> list[str]:
     table = diagnostics_table(per_group)
     lines = ["## Selection diagnostics (simulator side)", "",
              "Per AL round's selection, mean over a run's selections, then mean ± std over runs: the "
@@ -182,7 +230,39 @@ def report_markdown(per_group: Mapping[str, Sequence[RunDiagnostics]], groups: S
     if n >= 3:
         lines += ["", f"Across all {n} runs, Spearman's ρ between a run's mean label entropy and its mean "
                       f"accuracy over the budgets after round 0: {rho:+.2f} (p = {p:.1g})."]
+    return lines + [""] + first_selection_markdown(per_group, groups, baseline)
+
+
+def first_selection_markdown(per_group: Mapping[str, Sequence[RunDiagnostics]], groups: Sequence[str],
+                             baseline: str | None) -> list[str]:
+    fs = first_selection_table(per_group, baseline)
+    vs = f"paired vs {baseline} (points, p)" if baseline is not None else "paired vs baseline"
+    lines = ["### The first selection, per seed", "",
+             "The accuracy change at the first selection in each seed (points), the seeds where it "
+             f"drops, the mean paired difference to {baseline or 'the baseline'} over the seeds both "
+             "ran (± std, paired t p), and, as the regime's noise, how often accuracy drops from one "
+             "later AL round to the next (rows 1 → 2 onwards) and the largest such drop.", "",
+             f"| method | per seed | drops | {vs} | later drops | worst later drop |",
+             "|---|---|---:|---:|---:|---:|"]
+    for g in groups:
+        if g not in fs:
+            continue
+        f = fs[g]
+        seeds = " ".join(f"{100 * v:+.1f}" for _, v in f.per_seed)
+        m, sd, p, k = f.vs_baseline
+        paired = "—" if math.isnan(m) else (f"{100 * m:+.1f} ± {100 * sd:.1f}"
+                                            + ("" if math.isnan(p) else f" (p = {p:.2g})"))
+        worst = "—" if math.isnan(f.worst_later) else f"{100 * f.worst_later:+.1f}"
+        lines.append(f"| {g} | {seeds} | {f.drops} of {len(f.per_seed)} | {paired} "
+                     f"| {f.later_drops} of {f.later_steps} | {worst} |")
     return lines + [""]
+
+
+def first_selection_json(per_group: Mapping[str, Sequence[RunDiagnostics]], baseline: str | None) -> dict:
+    return {g: {"per_seed": {str(s): v for s, v in f.per_seed}, "drops": f.drops,
+                "vs_baseline": dict(zip(("mean", "std", "p", "seeds"), f.vs_baseline)),
+                "later_drops": f.later_drops, "later_steps": f.later_steps, "worst_later": f.worst_later}
+            for g, f in first_selection_table(per_group, baseline).items()}
 
 
 def table_json(per_group: Mapping[str, Sequence[RunDiagnostics]]) -> dict:

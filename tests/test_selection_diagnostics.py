@@ -70,6 +70,33 @@ def test_diagnostics_per_method_and_the_first_selection(tmp_path):
     assert table["Spread"]["first_selection_change"][0] == pytest.approx(0.1)
 
 
+def diag(seed, accs):
+    return D.RunDiagnostics(seed, (), (), (), accs[1] - accs[0], float(np.mean(accs[1:])),
+                            tuple(b - a for a, b in zip(accs, accs[1:])))
+
+
+def test_the_first_selection_per_seed_paired_with_the_baselines_seeds_and_the_later_drops():
+    """The baseline rises by 0.10 at every first selection; "Rule" by 0.10 − (0.02, 0.04, 0.06)
+    in seeds 0-2 (seed 3 has no baseline run and is left out of the pairing), dropping in seed 3
+    only; later rows: Rule drops twice (−0.03, −0.01) in 6 steps, the baseline never."""
+    per = {"Rand": [diag(s, [0.5, 0.6, 0.7, 0.8]) for s in range(3)],
+           "Rule": [diag(0, [0.5, 0.58, 0.55, 0.6]), diag(1, [0.5, 0.56, 0.57, 0.56]),
+                    diag(2, [0.5, 0.54, 0.6, 0.7]), diag(3, [0.5, 0.45, 0.5, 0.6])]}
+    fs = D.first_selection_table(per, "Rand")
+    rule = fs["Rule"]
+    assert [s for s, _ in rule.per_seed] == [0, 1, 2, 3] and rule.drops == 1
+    m, sd, p, k = rule.vs_baseline
+    assert k == 3 and m == pytest.approx(-0.04) and sd == pytest.approx(0.02)
+    # t = -0.04 / (0.02 / sqrt 3) = -2 sqrt 3; with 2 df, two-sided p = 1 - |t| / sqrt(t² + 2) = 0.0742
+    assert p == pytest.approx(1 - 2 * 3 ** 0.5 / 14 ** 0.5)
+    assert (rule.later_drops, rule.later_steps, rule.worst_later) == (2, 8, pytest.approx(-0.03))
+    assert math.isnan(fs["Rand"].vs_baseline[0]) and fs["Rand"].drops == 0 and fs["Rand"].later_drops == 0
+    assert all(math.isnan(v) for v in D.first_selection_table(per, None)["Rule"].vs_baseline[:3])
+    md = "\n".join(D.first_selection_markdown(per, ["Rand", "Rule"], "Rand"))
+    assert "| Rule | +8.0 +6.0 +4.0 -5.0 | 1 of 4 | -4.0 ± 2.0 (p = 0.074) | 2 of 8 | -3.0 |" in md
+    assert "| Rand | +10.0 +10.0 +10.0 | 0 of 3 | — | 0 of 6 | +10.0 |" in md
+
+
 def test_report_carries_the_section_and_the_client_graph_picture(tmp_path):
     fake_suite(tmp_path / "res")
     md = R.write_report(tmp_path / "res", tmp_path / "out", baseline=None, command="CMD").read_text()
@@ -79,6 +106,8 @@ def test_report_carries_the_section_and_the_client_graph_picture(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["selection_diagnostics"]["Same"]["same_class_pairs"]["mean"] == 1.0
+    assert "| Same | -10.0 | 1 of 1 | — | 0 of 1 | +20.0 |" in section  # baseline None: nothing paired
+    assert report["first_selection"]["Same"]["per_seed"] == {"0": pytest.approx(-0.1)}
 
 
 def test_graph_edges_are_the_mutual_nearest_neighbours_of_q():

@@ -91,7 +91,7 @@ def _alignment_section(runs: Sequence[Run], group_by: str, groups: Sequence[str]
 
 
 def _diagnostics_section(runs: Sequence[Run], group_by: str, groups: Sequence[str], out: Path,
-                         data: dict) -> list[str]:
+                         data: dict, baseline: str | None = None) -> list[str]:
     """The "Selection diagnostics" section and client_graph.png when the runs are simulations
     whose partitions the simulator can rebuild (their config names dataset and partition) and
     some run chose clients; else nothing (simulations/selection_diagnostics.py)."""
@@ -108,7 +108,8 @@ def _diagnostics_section(runs: Sequence[Run], group_by: str, groups: Sequence[st
     except (ValueError, OSError) as e:
         raise ReportError(f"selection diagnostics: {e}") from e
     data["selection_diagnostics"] = D.table_json(per)
-    return D.report_markdown(per, [g for g in groups if g in per]) + [
+    data["first_selection"] = D.first_selection_json(per, baseline)
+    return D.report_markdown(per, [g for g in groups if g in per], baseline) + [
         "![Client graph of the first selection, per method](client_graph.png)", ""]
 
 
@@ -359,7 +360,7 @@ def write_report(
             data["speedup"] = sp
         data["phase_totals"] = totals
 
-    md += _diagnostics_section(runs, group_by, groups, out, data)
+    md += _diagnostics_section(runs, group_by, groups, out, data, baseline)
     md += _alignment_section(runs, group_by, groups, baseline, out, data)
 
     data["runs"] = {g: [str(r.path) for r in rs] for g, rs in by_group.items()}
