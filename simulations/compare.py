@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -310,12 +312,33 @@ def reuse(run: PlannedRun, source: Path) -> None:
     tmp.rename(run.run_dir)  # atomic: a half-copied run is never mistaken for a finished one
 
 
+_CHILDREN: set[subprocess.Popen] = set()  # the runs under way (run_one), stopped with the runner
+_CHILDREN_LOCK = threading.Lock()
+
+
 def run_one(run: PlannedRun, log_file: Path, engine: str = "ray") -> int:
     run.run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "simulations.engine", "--clients", str(run.suite.clients),
            "--engine", engine, "--run-config", json.dumps(run.run_config)]
     with open(log_file, "w") as f:
-        return subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        with _CHILDREN_LOCK:
+            _CHILDREN.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with _CHILDREN_LOCK:
+                _CHILDREN.discard(proc)
+
+
+def _stop_runs(signum, frame) -> None:
+    """SIGTERM to the runner stops its runs too: a run left going would go on writing its
+    directory after the runner is gone (Ctrl-C reaches them anyway, through the terminal's
+    process group; ``kill`` of the runner alone does not)."""
+    with _CHILDREN_LOCK:
+        for proc in _CHILDREN:
+            proc.terminate()
+    raise SystemExit(128 + signum)
 
 
 def main(argv=None, prog: str = "python -m simulations.compare") -> int:
@@ -365,7 +388,7 @@ def main(argv=None, prog: str = "python -m simulations.compare") -> int:
             reuse(r, same[id(r)])
             print(f"reused {same[id(r)]} as {r.method.name} seed {r.seed} (same config hash and seed)")
     todo = [r for r in todo if not r.done]
-    failures, t_start = 0, time.time()
+    t_start = time.time()
 
     def one(r: PlannedRun) -> tuple[PlannedRun, int, float]:
         t0 = time.time()
@@ -373,7 +396,21 @@ def main(argv=None, prog: str = "python -m simulations.compare") -> int:
 
     # --jobs > 1 runs whole simulations side by side (each its own Ray cluster); results do not
     # depend on it, only the wall times recorded in them do, so timing suites should use 1
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+    previous = signal.signal(signal.SIGTERM, _stop_runs)
+    try:
+        failures = _run_all(todo, one, args.jobs, t_start)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(f"suite {suite.name}: {len(todo) - failures} runs completed, {failures} failed; "
+          f"report: python -m simulations.reports {Path(args.results) / suite.name} --out <dir>")
+    return 1 if failures else 0
+
+
+def _run_all(todo: list[PlannedRun], one, jobs: int, t_start: float) -> int:
+    """Runs ``todo`` (``jobs`` at a time) with a progress line per finished run; returns the
+    number that failed."""
+    failures = 0
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
         for i, fut in enumerate(as_completed([pool.submit(one, r) for r in todo]), 1):
             r, code, took = fut.result()
             eta = (time.time() - t_start) / i * (len(todo) - i)
@@ -382,9 +419,7 @@ def main(argv=None, prog: str = "python -m simulations.compare") -> int:
             bar = "#" * int(30 * i / len(todo))
             print(f"[{bar:30s}] {i}/{len(todo)} {r.method.name} seed {r.seed}: {status} in {took:.0f}s, "
                   f"ETA {eta / 60:.0f} min", flush=True)
-    print(f"suite {suite.name}: {len(todo) - failures} runs completed, {failures} failed; "
-          f"report: python -m simulations.reports {Path(args.results) / suite.name} --out <dir>")
-    return 1 if failures else 0
+    return failures
 
 
 if __name__ == "__main__":

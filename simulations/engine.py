@@ -65,6 +65,34 @@ def simulate_inprocess(run_config: dict, num_clients: int) -> Path:
 ENGINES = {"ray": simulate, "inprocess": simulate_inprocess}
 
 
+class RunDirInUse(RuntimeError):
+    """Another process is writing the run directory."""
+
+
+def hold_run_dir(run_dir: str | Path) -> int:
+    """Lock ``run_dir`` (created if missing) for the rest of this process: an exclusive ``flock``
+    on the directory itself, so nothing is written into it, released by the kernel when the
+    process ends however it ends. A second process making the same run (the same suite started
+    twice on one results folder, or a run orphaned by a killed runner) is refused at once,
+    instead of appending its rows between the first one's. Returns the descriptor that holds
+    the lock (no lock where the platform has no ``fcntl``)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return -1
+    d = Path(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunDirInUse(f"{d} is being written by another process (this run, the same config and seed, "
+                          "started twice?); let that one finish or stop it, then run again; nothing was "
+                          "written") from None
+    return fd
+
+
 def read_rows(run_dir: str | Path) -> list[dict]:
     with open(Path(run_dir) / ROUNDS_FILE) as f:
         return [json.loads(line) for line in f]
@@ -82,6 +110,13 @@ def main(argv=None) -> int:
                     help="ray: Flower's simulation engine (default); inprocess: the same handlers "
                          "without Ray, same rows, one core (simulations/inprocess.py)")
     args = ap.parse_args(argv)
+    from fedal.config import Config
+    from fedal.results import run_directory
+
+    try:
+        hold_run_dir(run_directory(Config.from_run_config(json.loads(args.run_config))))
+    except RunDirInUse as e:
+        raise SystemExit(f"error: {e}") from None
     if args.engine == "ray":
         run_dir = simulate(json.loads(args.run_config), args.clients, num_gpus=args.num_gpus)
     else:

@@ -107,3 +107,82 @@ def test_runs_recorded_before_the_probe_keys_are_found_only_where_those_keys_do_
         (d / "config.json").write_text(json.dumps({"method": method, "seed": 0, "config": old}))
         (d / "summary.json").write_text(json.dumps({"completed": True}))
         assert (find_identical(run, tmp_path) == d) is found
+
+
+def _engines_writing(path) -> list[int]:
+    """PIDs of the engine processes whose command line names ``path`` (a run's results root)."""
+    import os
+    from pathlib import Path
+
+    found = []
+    for p in Path("/proc").iterdir():
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if p.name.isdigit() and "simulations.engine" in cmd and str(path) in cmd and int(p.name) != os.getpid():
+            found.append(int(p.name))
+    return found
+
+
+def test_a_run_directory_being_written_is_refused_to_a_second_process(tmp_path):
+    """Two processes making one run (the same suite started twice on one results folder, or a
+    run left going by a killed runner) would append their rows between each other's; the engine
+    holds a lock on the run directory, and a second one stops before writing anything."""
+    import subprocess
+    import sys
+
+    import simulations.engine as E
+    from fedal.results import run_directory
+    from tests.golden import INPROCESS_BASE
+
+    rc = {**INPROCESS_BASE, "run-dir": str(tmp_path / "runs"), "run-name": "one"}
+    d = run_directory(Config.from_run_config(rc))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from simulations.engine import hold_run_dir; "
+                               "hold_run_dir(sys.argv[1]); print('held', flush=True); time.sleep(120)", str(d)],
+                              stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        with pytest.raises(SystemExit, match=f"{d} is being written by another process"):
+            E.main(["--engine", "inprocess", "--clients", "3", "--run-config", json.dumps(rc)])
+        assert list(d.iterdir()) == []  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    import os
+
+    os.close(E.hold_run_dir(d))  # the kernel let go of the holder's lock with its process
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_sigterm_to_the_runner_stops_the_runs_it_started(tmp_path):
+    """``kill`` of the comparison runner (SIGTERM, to it alone) stops its runs as well, instead of
+    leaving them writing their directories with nobody to report them."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from simulations.compare import ROOT
+
+    runner = subprocess.Popen([sys.executable, "-m", "simulations.compare", "digits-smoke", "--seeds", "0",
+                               "--methods", "Rand", "--engine", "inprocess", "--results", str(tmp_path)],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not _engines_writing(tmp_path) and time.monotonic() < deadline:
+            assert runner.poll() is None, "the runner ended before its run started"
+            time.sleep(0.2)
+        engines = _engines_writing(tmp_path)
+        assert engines, "no run started within 120 s"
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while _engines_writing(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _engines_writing(tmp_path) == []
+        assert not list(tmp_path.rglob("summary.json"))  # stopped, not waited for to the end
+    finally:
+        runner.kill()
+        for pid in _engines_writing(tmp_path):
+            __import__("os").kill(pid, signal.SIGKILL)
