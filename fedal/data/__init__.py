@@ -63,8 +63,19 @@ def partition_indices(
         # the Dirichlet partitioner warns on each resampling to meet min_partition_size; the
         # resampling is the documented behaviour we want, so the warning is noise here
         warnings.simplefilter("ignore", UserWarning)
-        return tuple(np.asarray(p.load_partition(i)["idx"], dtype=np.int64)
-                     for i in range(num_partitions))
+        try:
+            return tuple(np.asarray(p.load_partition(i)["idx"], dtype=np.int64)
+                         for i in range(num_partitions))
+        except ValueError as e:
+            if partition != "dirichlet" or "max number of attempts" not in str(e):
+                raise
+            # flwr-datasets redraws the whole partition up to 10 times until every client holds
+            # min_partition_size points, then gives up; which seeds fail depends on the data
+            raise ConfigError(
+                f"partition = dirichlet with dirichlet-alpha = {alpha} and seed = {seed} gives some of the "
+                f"{num_partitions} clients fewer than 10 of the {len(y)} points of {name!r} in all 10 of "
+                "flwr-datasets' draws; valid ways out: another seed, a larger dirichlet-alpha, fewer "
+                "clients, or partition = dirichlet-equal (every client the same size)") from e
 
 
 def client_data(cfg, partition_id: int, num_partitions: int) -> tuple[np.ndarray, np.ndarray]:
