@@ -287,6 +287,17 @@ def test_filter_and_mixed_config_note(tmp_path):
     assert len(only) == 4 and R.mixed_config_keys(only, "method") == {}
     md = R.write_report(tmp_path, tmp_path / "o", filters={"dataset": "mnist"}, command="CMD").read_text()
     assert "Filter: `dataset=mnist`" in md and "pools runs" not in md
+    assert len(R.filter_runs(runs, {"dataset": "mnist", "seed": ("0", "7")})) == 2  # seed 0 of both methods
+
+
+def test_a_filter_key_given_twice_keeps_runs_with_either_value(tmp_path):
+    from simulations.reports.cli import main
+
+    for seed in range(3):
+        write_run(tmp_path / "res", f"r{seed}", "Rand", seed, [0.5, 0.6 + seed / 100])
+    assert main([str(tmp_path / "res"), "--out", str(tmp_path / "o"), "--filter", "seed=0", "--filter", "seed=2"]) == 0
+    md = (tmp_path / "o" / "summary.md").read_text()
+    assert "Filter: `seed` one of `0`, `2`" in md and "| Rand | 2 | 0, 2 |" in md
 
 
 def test_keys_outside_the_experiment_hash_are_not_noted(tmp_path):

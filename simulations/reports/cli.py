@@ -17,6 +17,15 @@ def _parse_filter(s: str) -> tuple[str, str]:
     return k.strip(), v.strip()
 
 
+def _filters(pairs: list[tuple[str, str]]) -> dict[str, str | tuple[str, ...]]:
+    """--filter KEY=VALUE pairs; a key given more than once keeps the runs with any of its values
+    (--filter seed=0 --filter seed=1)."""
+    out: dict[str, list[str]] = {}
+    for k, v in pairs:
+        out.setdefault(k, []).append(v)
+    return {k: vs[0] if len(vs) == 1 else tuple(vs) for k, vs in out.items()}
+
+
 def build_parser(prog: str = "python -m simulations.reports") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -31,7 +40,8 @@ def build_parser(prog: str = "python -m simulations.reports") -> argparse.Argume
     p.add_argument("--title", default=None)
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the t-tests (default 0.05)")
     p.add_argument("--filter", type=_parse_filter, action="append", default=[], metavar="KEY=VALUE",
-                   help="keep only runs whose KEY (as for --group-by) equals VALUE; repeatable")
+                   help="keep only runs whose KEY (as for --group-by) equals VALUE; repeatable (a key given "
+                        "twice keeps runs with either value)")
     p.add_argument("--speedup-baseline", default=None,
                    help="group whose cumulative training time is the reference of the speedup table, e.g. retrain")
     p.add_argument("--timing", action=argparse.BooleanOptionalAction, default=None,
@@ -55,7 +65,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m simulations.r
             group_by=args.group_by,
             title=args.title,
             alpha=args.alpha,
-            filters=dict(args.filter),
+            filters=_filters(args.filter),
             speedup_baseline=args.speedup_baseline,
             timing=args.timing,
             exclude_initial=args.exclude_initial,

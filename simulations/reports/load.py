@@ -7,7 +7,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 from fedal.results import CONFIG_FILE, ROUND_REQUIRED, ROUNDS_FILE, SUMMARY_FILE
 
@@ -189,12 +189,14 @@ def load_runs(root: str | Path) -> list[Run]:
     return load_results(root).runs
 
 
-def filter_runs(runs: Iterable[Run], filters: Mapping[str, str] | None) -> list[Run]:
-    """Runs whose group value for every key equals the given string (e.g. dataset=cifar10)."""
+def filter_runs(runs: Iterable[Run], filters: Mapping[str, str | Sequence[str]] | None) -> list[Run]:
+    """Runs whose group value for every key equals the given string (e.g. dataset=cifar10) or
+    one of the given strings (e.g. seed in ("0", "1"))."""
     runs = list(runs)
     if not filters:
         return runs
-    return [r for r in runs if all(r.group(k) == v for k, v in filters.items())]
+    allowed = {k: (v,) if isinstance(v, str) else tuple(v) for k, v in filters.items()}
+    return [r for r in runs if all(r.group(k) in vs for k, vs in allowed.items())]
 
 
 def group_runs(runs: Iterable[Run], group_by: str = "method") -> dict[str, list[Run]]:

@@ -165,7 +165,8 @@ def write_report(
         skipped_by[s.method or "?"] += 1
     md += ["## Runs", ""]
     if filters:
-        md += ["Filter: " + ", ".join(f"`{k}={v}`" for k, v in filters.items()), ""]
+        md += ["Filter: " + ", ".join(f"`{k}={v}`" if isinstance(v, str) else f"`{k}` one of " + ", ".join(
+            f"`{x}`" for x in v) for k, v in filters.items()), ""]
     md.append(
         _md_table(
             [group_by, "completed runs", "seeds"],
