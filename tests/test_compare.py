@@ -1,4 +1,10 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -111,9 +117,6 @@ def test_runs_recorded_before_the_probe_keys_are_found_only_where_those_keys_do_
 
 def _engines_writing(path) -> list[int]:
     """PIDs of the engine processes whose command line names ``path`` (a run's results root)."""
-    import os
-    from pathlib import Path
-
     found = []
     for p in Path("/proc").iterdir():
         try:
@@ -129,9 +132,6 @@ def test_a_run_directory_being_written_is_refused_to_a_second_process(tmp_path):
     """Two processes making one run (the same suite started twice on one results folder, or a
     run left going by a killed runner) would append their rows between each other's; the engine
     holds a lock on the run directory, and a second one stops before writing anything."""
-    import subprocess
-    import sys
-
     import simulations.engine as E
     from fedal.results import run_directory
     from tests.golden import INPROCESS_BASE
@@ -149,20 +149,13 @@ def test_a_run_directory_being_written_is_refused_to_a_second_process(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    import os
-
     os.close(E.hold_run_dir(d))  # the kernel let go of the holder's lock with its process
 
 
-@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/cmdline").exists(), reason="reads /proc")
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
 def test_sigterm_to_the_runner_stops_the_runs_it_started(tmp_path):
     """``kill`` of the comparison runner (SIGTERM, to it alone) stops its runs as well, instead of
     leaving them writing their directories with nobody to report them."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from simulations.compare import ROOT
 
     runner = subprocess.Popen([sys.executable, "-m", "simulations.compare", "digits-smoke", "--seeds", "0",
@@ -185,4 +178,4 @@ def test_sigterm_to_the_runner_stops_the_runs_it_started(tmp_path):
     finally:
         runner.kill()
         for pid in _engines_writing(tmp_path):
-            __import__("os").kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
