@@ -57,17 +57,25 @@ def similarity(q: np.ndarray) -> np.ndarray:
     return np.ones_like(q) if s2 <= 0 else np.exp(-(q**2) / s2)
 
 
-def facility_location(sim: np.ndarray, picks) -> float:
-    """F(S) = Σ_y max_{z∈S} sim(y, z) (0 for an empty S)."""
+def facility_location(sim: np.ndarray, picks, weights=None) -> float:
+    """F(S) = Σ_y w_y max_{z∈S} sim(y, z) (0 for an empty S); w ≡ 1 unless ``weights`` are given."""
     picks = list(picks)
-    return float(np.max(sim[:, picks], axis=1).sum()) if picks else 0.0
+    if not picks:
+        return 0.0
+    cover = np.max(sim[:, picks], axis=1)
+    return float(cover.sum() if weights is None else (np.asarray(weights, dtype=np.float64) * cover).sum())
 
 
-def facility_location_greedy(sim, n: int, eligible=None) -> tuple[np.ndarray, np.ndarray]:
+def facility_location_greedy(sim, n: int, eligible=None, weights=None) -> tuple[np.ndarray, np.ndarray]:
     """DivFL's greedy: ``n`` eligible clients, each maximising F's marginal gain
-    Σ_y max(0, sim(y, z) − best_y) given the best similarity best_y each client already has to
-    the batch. Every client counts in F (ineligible ones must still be represented); only
-    eligible ones are picked. Returns (order, gains)."""
+    Σ_y w_y max(0, sim(y, z) − best_y) given the best similarity best_y each client already has
+    to the batch. Every client counts in F (ineligible ones must still be represented); only
+    eligible ones are picked. Returns (order, gains).
+
+    ``weights``: None (DivFL: every client counts once), an array w ≥ 0 (a weighted facility
+    location, still submodular, so the greedy keeps its 1 − 1/e bound), or a function of the
+    picks so far returning w, re-read before every pick (balanced DivFL,
+    ``fedal.selection.rules``: the weights follow the classes the batch is expected to fill)."""
     sim = _check_square(sim, "sim")
     available = _mask(eligible, len(sim))
     if not 0 <= n <= int(available.sum()):
@@ -75,7 +83,14 @@ def facility_location_greedy(sim, n: int, eligible=None) -> tuple[np.ndarray, np
     best = np.zeros(len(sim))
     order, gains = np.empty(n, np.int64), np.empty(n)
     for i in range(n):
-        gain = np.maximum(sim - best[:, None], 0.0).sum(axis=0)
+        missing = np.maximum(sim - best[:, None], 0.0)
+        if weights is None:
+            gain = missing.sum(axis=0)
+        else:
+            w = np.asarray(weights(order[:i]) if callable(weights) else weights, dtype=np.float64)
+            if w.shape != (len(sim),) or not np.all(np.isfinite(w)) or np.any(w < 0):
+                raise ValueError(f"weights must be {len(sim)} finite numbers >= 0; got shape {w.shape}")
+            gain = w @ missing
         z = _first_max(gain, available)
         order[i], gains[i] = z, gain[z]
         available[z] = False

@@ -135,6 +135,9 @@ CLIENT_RULE_METHODS = (
     Method("Cov+BASE", {"client-strategy": "diffusion-coverage", "point-strategy": "base"}),
     Method("Cov+LoGo", {"client-strategy": "diffusion-coverage", "point-strategy": "logo"}),
     Method("DivFL", {"client-strategy": "divfl", "point-strategy": RULE_POINTS}),
+    # fedal's balanced DivFL: the facility location weighted toward the classes the labeled set
+    # lacks (DivFL's winners in B end with less even labeled sets than Rand's: docs/results.md)
+    Method("DivFL+Bal", {"client-strategy": "balanced-divfl", "point-strategy": RULE_POINTS}),
     Method("Clustered", {"client-strategy": "clustered", "point-strategy": RULE_POINTS}),
     Method("Pow-d", {"client-strategy": "pow-d", "point-strategy": RULE_POINTS}),
     Method("KCenter", {"client-strategy": "kcenter", "point-strategy": RULE_POINTS}),

@@ -12,7 +12,7 @@ from fedal import client_baselines as fl
 from fedal.coverage import CoverageKernel, coverage_greedy, coverage_value
 from fedal.graph import build_graph
 from fedal.selection import ClientStats, order_clients
-from fedal.selection import ClusteredParams, CoverageParams, NoParams, PowDParams
+from fedal.selection import BalancedDivFLParams, ClusteredParams, CoverageParams, NoParams, PowDParams
 
 
 def clusters(n_clusters=4, size=5, spread=0.05, dim=6, seed=0):
@@ -116,6 +116,65 @@ def test_divfl_strategy_picks_only_eligible_clients():
     stats = ClientStats(entropy=np.ones(len(x)), n_unlabeled=n_u, embeddings=x[:, None, :])
     picks = order_clients("divfl", stats, np.random.default_rng(0), NoParams(), n=3)
     assert sorted(cluster[picks].tolist()) == [0, 1, 3]
+
+
+# ---------------------------------------------------------------------------- balanced DivFL
+def test_weighted_facility_location_greedy_takes_the_brute_force_best_addition():
+    rng = np.random.default_rng(5)
+    pts = rng.random((8, 2))
+    sim = fl.similarity(np.linalg.norm(pts[:, None] - pts[None], axis=2))
+    w = rng.random(8) * 3
+    order, gains = fl.facility_location_greedy(sim, 3, weights=w)
+    for i, z in enumerate(order):
+        prefix = list(order[:i])
+        value = {c: fl.facility_location(sim, [*prefix, c], w) for c in range(8) if c not in prefix}
+        assert max(value.values()) == pytest.approx(value[int(z)], abs=1e-12)
+        assert gains[i] == pytest.approx(value[int(z)] - fl.facility_location(sim, prefix, w), abs=1e-12)
+    best = max(fl.facility_location(sim, s, w) for s in itertools.combinations(range(8), 3))
+    assert fl.facility_location(sim, order, w) >= (1 - 1 / math.e) * best
+    with pytest.raises(ValueError, match="weights must be 8 finite numbers >= 0"):
+        fl.facility_location_greedy(sim, 3, weights=-w)
+
+
+def _class_clusters(counts, n_unlabeled=200):
+    """Four tight clusters of 5 clients; the model predicts class c for every client of cluster c.
+    ``counts``: the labeled set's class counts."""
+    x, cluster = clusters()
+    mix = np.eye(4)[cluster]
+    stats = ClientStats(entropy=np.ones(len(x)), n_unlabeled=np.full(len(x), n_unlabeled), embeddings=x[:, None, :],
+                        predicted_mix=mix, labeled_per_class=np.asarray(counts))
+    return stats, cluster
+
+
+def test_balanced_divfl_from_an_even_labeled_set_starts_as_divfl_and_keeps_the_batch_even():
+    stats, cluster = _class_clusters([300, 300, 300, 300])
+    rng = np.random.default_rng(0)
+    picks = order_clients("balanced-divfl", stats, rng, BalancedDivFLParams(), n=8)
+    plain = order_clients("divfl", stats, rng, NoParams(), n=8)
+    assert picks[0] == plain[0]  # even counts: every weight is 1, F is DivFL's
+    # each pick's projected labels move the weights: two clients per class, where DivFL's
+    # similarity alone takes a third client of one cluster before the second of another
+    assert np.bincount(cluster[picks], minlength=4).tolist() == [2, 2, 2, 2]
+    assert np.bincount(cluster[plain], minlength=4).tolist() != [2, 2, 2, 2]
+
+
+def test_balanced_divfl_starts_with_the_class_the_labeled_set_lacks_then_follows_the_projected_counts():
+    # class 3 is 200 labels short of the mean, class 2 on it: the first pick (W = 200 labels of
+    # class 3) leaves classes 2 and 3 each 50 short, so the second pick goes to class 2, not to the
+    # lowest-index cluster that DivFL's tie-break would take
+    stats, cluster = _class_clusters([400, 400, 300, 100])
+    picks = order_clients("balanced-divfl", stats, np.random.default_rng(0), BalancedDivFLParams(200), n=4)
+    assert cluster[picks].tolist()[:2] == [3, 2]
+    assert sorted(cluster[picks].tolist()) == [0, 1, 2, 3]  # and it still covers every cluster
+    plain = order_clients("divfl", stats, np.random.default_rng(0), NoParams(), n=4)
+    assert cluster[plain].tolist()[0] != 3  # DivFL alone starts elsewhere
+
+
+def test_balanced_divfl_needs_the_mix_and_the_label_counts():
+    stats, _ = _class_clusters([1, 1, 1, 1])
+    bare = ClientStats(entropy=stats.entropy, n_unlabeled=stats.n_unlabeled, embeddings=stats.embeddings)
+    with pytest.raises(ValueError, match="predicted class mix"):
+        order_clients("balanced-divfl", bare, np.random.default_rng(0), BalancedDivFLParams(), n=2)
 
 
 # ---------------------------------------------------------------------------- clustered sampling

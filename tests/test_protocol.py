@@ -214,8 +214,9 @@ def test_q_matrix_is_saved_per_round_with_the_graph_clients(tmp_path):
         assert (mat[~np.eye(M, dtype=bool)] > 0).all()
 
 
-def test_balanced_diffusion_runs_the_protocol_and_sends_only_a_mean_prediction():
-    rc = {**SMALL, "client-strategy": "balanced-diffusion", "point-strategy": "entropy"}
+@pytest.mark.parametrize("strategy", ["balanced-diffusion", "balanced-divfl"])
+def test_balanced_strategies_run_the_protocol_and_send_only_a_mean_prediction(strategy):
+    rc = {**SMALL, "client-strategy": strategy, "point-strategy": "entropy"}
     seen = []
 
     def on_reply(msg, reply):

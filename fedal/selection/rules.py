@@ -14,7 +14,7 @@ import numpy as np
 
 from fedal import client_baselines as fl
 from fedal.selection.base import GRAPH_KEYS, PROBE_KEYS, ClientStats, NoParams, register
-from fedal.selection.paper import ClientGeometry, GraphParams, graph_diagnostics
+from fedal.selection.paper import ClientGeometry, GraphParams, class_deficit_weights, graph_diagnostics
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,11 @@ class CoverageParams(GraphParams):
     """The client graph's settings (shared with ``diffusion``) and the coverage horizon H."""
 
     steps: int = 20
+
+
+@dataclass(frozen=True)
+class BalancedDivFLParams:
+    points_per_client: int = 200  # W: how far a pick moves the projected class counts
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,39 @@ def divfl_order(stats: ClientStats, rng: np.random.Generator, params: NoParams,
         return _empty()
     q = geo.q()
     order, gains = fl.facility_location_greedy(fl.similarity(q), n)
+    if diagnostics is not None:
+        diagnostics["gains"] = [round(float(v), 6) for v in gains]
+        geo.record_q(diagnostics, q)
+    return geo.nodes[order]
+
+
+@register("balanced-divfl", needs_pseudo_updates=True, needs_predicted_mix=True, needs_label_histogram=True,
+          config_keys=PROBE_KEYS, params=lambda cfg: BalancedDivFLParams(cfg.points_per_client))
+def balanced_divfl_order(stats: ClientStats, rng: np.random.Generator, params: BalancedDivFLParams,
+                         n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
+    """fedal's balanced DivFL (docs/method.md, "Balanced DivFL"): DivFL's facility location with
+    each client y weighted by w_y = ½ + ½·C·(m_y · d), m_y the global model's mean prediction over
+    U_y and d the class-deficit weights of the labeled set's counts projected over the batch so
+    far (``class_deficit_weights``, as balanced diffusion). A batch then represents the clients
+    whose data the labeled set lacks, and once the projected counts are even (d uniform, w ≡ 1)
+    it is DivFL's. Half of every weight stays 1, so no client drops out of F on a noisy mix."""
+    if stats.predicted_mix is None or stats.labeled_per_class is None:
+        raise ValueError("balanced-divfl needs each client's predicted class mix and the labeled set's class counts")
+    geo = ClientGeometry.of(stats, "balanced-divfl")
+    n = _count(n, geo.nodes)
+    if n == 0:
+        return _empty()
+    mix = np.asarray(stats.predicted_mix, dtype=np.float64)[geo.nodes]
+    counts = np.asarray(stats.labeled_per_class, dtype=np.float64)
+    # labels each client would give if picked: W, or all it has (docs/method.md, "Protocol" top-up)
+    gives = np.minimum(stats.n_unlabeled[geo.nodes], params.points_per_client).astype(np.float64)
+
+    def weights(picked: np.ndarray) -> np.ndarray:
+        projected = counts + (gives[picked, None] * mix[picked]).sum(axis=0)
+        return 0.5 + 0.5 * len(counts) * (mix @ class_deficit_weights(projected))
+
+    q = geo.q()
+    order, gains = fl.facility_location_greedy(fl.similarity(q), n, weights=weights)
     if diagnostics is not None:
         diagnostics["gains"] = [round(float(v), 6) for v in gains]
         geo.record_q(diagnostics, q)
