@@ -92,9 +92,37 @@ def test_the_first_selection_per_seed_paired_with_the_baselines_seeds_and_the_la
     assert (rule.later_drops, rule.later_steps, rule.worst_later) == (2, 8, pytest.approx(-0.03))
     assert math.isnan(fs["Rand"].vs_baseline[0]) and fs["Rand"].drops == 0 and fs["Rand"].later_drops == 0
     assert all(math.isnan(v) for v in D.first_selection_table(per, None)["Rule"].vs_baseline[:3])
+    # mean of (8, 6, 4, -5) points: 3.25 ± 5.74, t = 1.13 with 3 df; neither test finds a drop
+    assert rule.mean == (pytest.approx(0.0325), pytest.approx(0.0573730), pytest.approx(0.340, abs=1e-3))
+    assert rule.significant_drops() == []
     md = "\n".join(D.first_selection_markdown(per, ["Rand", "Rule"], "Rand"))
-    assert "| Rule | +8.0 +6.0 +4.0 -5.0 | 1 of 4 | -4.0 ± 2.0 (p = 0.074) | 2 of 8 | -3.0 |" in md
-    assert "| Rand | +10.0 +10.0 +10.0 | 0 of 3 | — | 0 of 6 | +10.0 |" in md
+    assert "| Rule | +8.0 +6.0 +4.0 -5.0 | 1 of 4 | +3.3 ± 5.7 (p = 0.34) | -4.0 ± 2.0 (p = 0.074) | no | 2 of 8 " \
+           "| -3.0 |" in md
+    assert "| Rand | +10.0 +10.0 +10.0 | 0 of 3 | +10.0 ± 0.0 | — | no | 0 of 6 | +10.0 |" in md
+
+
+def test_a_significant_first_selection_drop_is_one_below_zero_or_below_the_baseline_over_seeds():
+    """The test #23's "no drop at the first selection" is judged by (docs/results.md): over
+    seeds, not per seed. Changes of −5, −6, −4 points against the baseline's +10: t = −5 / (1/√3)
+    with 2 df gives p = 1 − |t| / √(t² + 2) against 0, and likewise for the paired −15."""
+    per = {"Rand": [diag(s, [0.5, 0.6, 0.7]) for s in range(3)],
+           "Drop": [diag(s, [0.5, 0.5 - d, 0.6]) for s, d in enumerate((0.05, 0.06, 0.04))],
+           "Lag": [diag(s, [0.5, 0.5 + d, 0.6]) for s, d in enumerate((0.05, 0.06, 0.04))]}
+    fs = D.first_selection_table(per, "Rand")
+
+    def p2(t):
+        return 1 - abs(t) / (t * t + 2) ** 0.5
+
+    assert fs["Drop"].mean[2] == pytest.approx(p2(-0.05 / (0.01 / 3 ** 0.5)))
+    assert fs["Drop"].vs_baseline[2] == pytest.approx(p2(-0.15 / (0.01 / 3 ** 0.5)))
+    assert fs["Drop"].significant_drops() == ["below 0", "below the baseline"]
+    assert fs["Lag"].significant_drops() == ["below the baseline"]  # rises, but less than random clients
+    assert fs["Rand"].significant_drops() == []
+    assert fs["Drop"].significant_drops(alpha=0.01) == ["below the baseline"]  # p = 0.013 against 0
+    md = "\n".join(D.first_selection_markdown(per, ["Rand", "Drop", "Lag"], "Rand"))
+    assert "| Drop | -5.0 -6.0 -4.0 | 3 of 3 | -5.0 ± 1.0 (p = 0.013) | -15.0 ± 1.0 (p = 0.0015) " \
+           "| below 0, below Rand |" in md
+    assert "| Lag | +5.0 +6.0 +4.0 | 0 of 3 | +5.0 ± 1.0 (p = 0.013) | -5.0 ± 1.0 (p = 0.013) | below Rand |" in md
 
 
 def test_report_carries_the_section_and_the_client_graph_picture(tmp_path):
@@ -106,7 +134,8 @@ def test_report_carries_the_section_and_the_client_graph_picture(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["selection_diagnostics"]["Same"]["same_class_pairs"]["mean"] == 1.0
-    assert "| Same | -10.0 | 1 of 1 | — | 0 of 1 | +20.0 |" in section  # baseline None: nothing paired
+    # one seed, baseline None: no test either way, so no significant drop
+    assert "| Same | -10.0 | 1 of 1 | -10.0 | — | no | 0 of 1 | +20.0 |" in section
     assert report["first_selection"]["Same"]["per_seed"] == {"0": pytest.approx(-0.1)}
 
 
