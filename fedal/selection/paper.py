@@ -105,6 +105,23 @@ def balanced_diffusion_order(stats: ClientStats, rng: np.random.Generator, param
     return _diffusion(stats, params, n, diagnostics, balance=True)
 
 
+def projected_deficit(stats: ClientStats, nodes: np.ndarray, points_per_client: int, what: str):
+    """The balanced strategies' class term, as a function of the batch picked so far (indices
+    into ``nodes``): each node's m_z · d, with d the class-deficit weights of the labeled counts
+    projected over the batch (each pick adds min(W, |U_z|)·m_z, docs/method.md, "Protocol" top-up)."""
+    if stats.predicted_mix is None or stats.labeled_per_class is None:
+        raise ValueError(f"{what} needs each client's predicted class mix and the labeled set's class counts")
+    mix = np.asarray(stats.predicted_mix, dtype=np.float64)[nodes]
+    counts = np.asarray(stats.labeled_per_class, dtype=np.float64)
+    gives = np.minimum(stats.n_unlabeled[nodes], points_per_client).astype(np.float64)
+
+    def deficit(picked: np.ndarray) -> np.ndarray:
+        projected = counts + (gives[picked, None] * mix[picked]).sum(axis=0)
+        return mix @ class_deficit_weights(projected)
+
+    return deficit
+
+
 def class_deficit_weights(counts: np.ndarray) -> np.ndarray:
     """w_c ∝ max(0, mean(n) − n_c): how far class c falls short of an even labeled set; sums to 1
     (uniform if no class falls short)."""
@@ -167,20 +184,8 @@ def _diffusion(stats: ClientStats, params: DiffusionParams, n: int | None, diagn
     if min(params.k, len(nodes) - 1) < 1:  # a single client: nothing to diffuse over
         return nodes[:n]
     graph, g = geo.graph(params), geo.g
-    extra = None
-    if balance:
-        if stats.predicted_mix is None or stats.labeled_per_class is None:
-            raise ValueError("balanced diffusion needs each client's predicted class mix and the "
-                             "labeled set's class counts")
-        mix = np.asarray(stats.predicted_mix, dtype=np.float64)[nodes]
-        counts = np.asarray(stats.labeled_per_class, dtype=np.float64)
-        # labels each graph client would give if picked: W, or all it has (docs/method.md, "Protocol" top-up)
-        gives = np.minimum(stats.n_unlabeled[nodes], params.points_per_client).astype(np.float64)
-
-        def extra(picked: np.ndarray) -> np.ndarray:
-            # the batch picked so far is expected to fill the classes its clients predict
-            projected = counts + (gives[picked, None] * mix[picked]).sum(axis=0)
-            return mix @ class_deficit_weights(projected)
+    # the batch picked so far is expected to fill the classes its clients predict
+    extra = projected_deficit(stats, nodes, params.points_per_client, "balanced diffusion") if balance else None
     sel = greedy_select(graph, g, n, steps=params.steps, extra_term=extra)
     if diagnostics is not None:
         diagnostics.update(graph_diagnostics(graph, g, sel.impacts[0], np.ones(len(nodes), bool)))

@@ -14,7 +14,7 @@ import numpy as np
 
 from fedal import client_baselines as fl
 from fedal.selection.base import GRAPH_KEYS, PROBE_KEYS, ClientStats, NoParams, register
-from fedal.selection.paper import ClientGeometry, GraphParams, class_deficit_weights, graph_diagnostics
+from fedal.selection.paper import ClientGeometry, GraphParams, graph_diagnostics, projected_deficit
 
 
 @dataclass(frozen=True)
@@ -97,20 +97,15 @@ def balanced_divfl_order(stats: ClientStats, rng: np.random.Generator, params: B
     far (``class_deficit_weights``, as balanced diffusion). A batch then represents the clients
     whose data the labeled set lacks, and once the projected counts are even (d uniform, w ≡ 1)
     it is DivFL's. Half of every weight stays 1, so no client drops out of F on a noisy mix."""
-    if stats.predicted_mix is None or stats.labeled_per_class is None:
-        raise ValueError("balanced-divfl needs each client's predicted class mix and the labeled set's class counts")
     geo = ClientGeometry.of(stats, "balanced-divfl")
     n = _count(n, geo.nodes)
     if n == 0:
         return _empty()
-    mix = np.asarray(stats.predicted_mix, dtype=np.float64)[geo.nodes]
-    counts = np.asarray(stats.labeled_per_class, dtype=np.float64)
-    # labels each client would give if picked: W, or all it has (docs/method.md, "Protocol" top-up)
-    gives = np.minimum(stats.n_unlabeled[geo.nodes], params.points_per_client).astype(np.float64)
+    deficit = projected_deficit(stats, geo.nodes, params.points_per_client, "balanced-divfl")
+    n_classes = len(stats.labeled_per_class)
 
     def weights(picked: np.ndarray) -> np.ndarray:
-        projected = counts + (gives[picked, None] * mix[picked]).sum(axis=0)
-        return 0.5 + 0.5 * len(counts) * (mix @ class_deficit_weights(projected))
+        return 0.5 + 0.5 * n_classes * deficit(picked)
 
     q = geo.q()
     order, gains = fl.facility_location_greedy(fl.similarity(q), n, weights=weights)
