@@ -226,7 +226,7 @@ class ClientWorker:
         reports/async-labeling/notes.md)."""
         from fedal.training import predict
         from fedal.training import pseudo_update as take_pseudo_update
-        from fedal.uncertainty import entropy
+        from fedal.uncertainty import class_mix, entropy
 
         cfg = self.cfg
         # U_z as it was before the acquisition this probe serves (AL round ``al_round``): a crashed
@@ -242,8 +242,8 @@ class ClientWorker:
         g = float(ent.mean()) if len(probs) else 0.0  # |U|=0 → g=0
         mean = None
         if mix:
-            # the mean softmax over U: C numbers, an aggregate of model outputs (balanced diffusion)
-            mean = [float(v) for v in (probs.mean(0) if len(probs) else np.zeros(self.data.num_classes))]
+            # the predicted class mix over U: C numbers, an aggregate of model outputs (the balanced rules)
+            mean = [float(v) for v in class_mix(probs, cfg.predicted_mix, self.data.num_classes)]
         reply = ProbeReply(self.data.partition_id, g, pools.n_unlabeled, pools.n_labeled, mean)
         if not pseudo_update:
             return reply

@@ -48,6 +48,9 @@ LATER_ASYNC_KEYS = ("annotators", "labeling-deadline-s", "async-budget")
 # training keys added after runs had been recorded: out of the hash while the schedule is the
 # constant one every recorded run used (lr-step-rounds is read only by the step schedule)
 LR_KEYS = ("lr-schedule", "lr-step-rounds")
+# a balanced client rule's key added after balanced runs had been recorded: out of the hash at its
+# default, the mean softmax every recorded balanced run read
+LATER_RULE_KEYS = ("predicted-mix",)
 
 
 
@@ -111,7 +114,7 @@ def experiment_key(run_config: Mapping[str, Any]) -> dict[str, Any]:
     drop = set(NON_EXPERIMENT_KEYS) | (_declared_keys(None) - _declared_keys(run_config))
     if run_config.get("labeling", "sync") == "sync":
         drop |= set(ASYNC_KEYS)
-    drop |= {k for k in LATER_ASYNC_KEYS if k in run_config and run_config[k] == DEFAULTS[k]}
+    drop |= {k for k in LATER_ASYNC_KEYS + LATER_RULE_KEYS if k in run_config and run_config[k] == DEFAULTS[k]}
     if run_config.get("lr-schedule", DEFAULTS["lr-schedule"]) == DEFAULTS["lr-schedule"]:
         drop |= set(LR_KEYS)
     return {k: v for k, v in run_config.items() if k not in drop}
@@ -161,6 +164,7 @@ class Config:
     client_impact: bool
     coverage_steps: int
     pow_d_candidates: int
+    predicted_mix: str
     local_k: int
     local_space: str
     backbone: str
@@ -253,6 +257,7 @@ class Config:
         # the choices of the maths that reads them (their modules check them too)
         from fedal.graph import LAPLACIANS, SIGMA_SCOPES
         from fedal.training import PSEUDO_OPTIMIZERS
+        from fedal.uncertainty import PREDICTED_MIXES
 
         if self.experiment_id and not CLIENT_ID_PATTERN.match(self.experiment_id):
             # it names the sites' store folders and the run's directory
@@ -265,6 +270,7 @@ class Config:
         _choice("training-mode", self.training_mode, tuple(modes))
         _choice("pseudo-params", self.pseudo_params, PSEUDO_PARAMS)
         _choice("pseudo-optimizer", self.pseudo_optimizer, PSEUDO_OPTIMIZERS)
+        _choice("predicted-mix", self.predicted_mix, PREDICTED_MIXES)
         _choice("sigma-scope", self.sigma_scope, SIGMA_SCOPES)
         _choice("laplacian", self.laplacian, LAPLACIANS)
         _choice("local-space", self.local_space, LOCAL_SPACES)

@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
     # client strategies beyond the paper (docs/method.md, "Client selection beyond the paper")
     "coverage-steps": 20,  # diffusion-coverage's horizon H (even)
     "pow-d-candidates": 0,  # pow-d's d; 0 means 2 × clients-per-round
+    # the balanced rules' class mix of U_z: "softmax" (mean prediction) or "argmax" (share of
+    # points predicted in each class; docs/method.md, "Balanced DivFL")
+    "predicted-mix": "softmax",
     # local batch (docs/method.md, "Local batch")
     "local-k": 7,
     "local-space": "embedding",

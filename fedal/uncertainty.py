@@ -2,7 +2,8 @@
 
 Every function takes an (n, C) array of probabilities and returns a length-n array in which a
 larger value means a more uncertain prediction, so that any of them can feed the same
-"pick the largest" selection code.
+"pick the largest" selection code. ``class_mix`` is the one aggregate here: a client's predicted
+class mix over its pool, the C numbers the balanced client rules read.
 """
 
 from __future__ import annotations
@@ -41,3 +42,27 @@ def least_confidence(probs) -> np.ndarray:
     """1 − max_j p_j: how far the top prediction is from certainty."""
     p = _check_probs(probs)
     return 1.0 - p.max(axis=1)
+
+
+# how a client summarises its predictions over U_z for the balanced client rules (predicted-mix)
+PREDICTED_MIXES = ("softmax", "argmax")
+
+
+def class_mix(probs, kind: str, num_classes: int) -> np.ndarray:
+    """The predicted class mix of a pool, C numbers summing to 1 (zeros for an empty pool).
+
+    ``softmax``: the mean softmax. ``argmax``: the share of points predicted in each class. A head
+    retrained at a small learning rate is unsure of everything, so its mean softmax is close to
+    uniform even where its argmax is right more often than not; the argmax share keeps the class
+    signal such a model has (docs/method.md, "Balanced DivFL")."""
+    if kind not in PREDICTED_MIXES:
+        raise ValueError(f"predicted-mix = {kind!r} is not valid; valid values: {', '.join(PREDICTED_MIXES)}")
+    p = np.asarray(probs, dtype=np.float64)
+    if p.size == 0:
+        return np.zeros(num_classes)
+    p = _check_probs(p)
+    if p.shape[1] != num_classes:
+        raise ValueError(f"predictions have {p.shape[1]} classes, the data {num_classes}")
+    if kind == "softmax":
+        return p.mean(axis=0)
+    return np.bincount(p.argmax(axis=1), minlength=num_classes) / len(p)

@@ -138,6 +138,10 @@ CLIENT_RULE_METHODS = (
     # fedal's balanced DivFL: the facility location weighted toward the classes the labeled set
     # lacks (DivFL's winners in B end with less even labeled sets than Rand's: docs/results.md)
     Method("DivFL+Bal", {"client-strategy": "balanced-divfl", "point-strategy": RULE_POINTS}),
+    # the same with each client's argmax share over U as its class mix: in A the retrained head's
+    # mean softmax is close to uniform, and DivFL+Bal's first pick there is DivFL's (docs/results.md)
+    Method("DivFL+Bal-argmax", {"client-strategy": "balanced-divfl", "point-strategy": RULE_POINTS,
+                                "predicted-mix": "argmax"}),
     Method("Clustered", {"client-strategy": "clustered", "point-strategy": RULE_POINTS}),
     Method("Pow-d", {"client-strategy": "pow-d", "point-strategy": RULE_POINTS}),
     Method("KCenter", {"client-strategy": "kcenter", "point-strategy": RULE_POINTS}),

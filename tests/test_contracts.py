@@ -94,6 +94,26 @@ def test_probe_leaves_a_clients_pending_labels_out_as_if_paid():
     assert none.g == pytest.approx(float(k.mean()), rel=1e-6)  # no pending: all of U
 
 
+
+def test_probe_sends_the_argmax_share_as_its_mix_with_predicted_mix_argmax():
+    import dataclasses
+
+    from fedal.client import ClientWorker
+    from fedal.client_data import load_client_data
+    from fedal.store import MemoryPoolStore
+    from fedal.training import predict
+
+    data = load_client_data(SMALL, 0, M)
+    data = dataclasses.replace(data, cfg=dataclasses.replace(data.cfg, predicted_mix="argmax"))
+    worker = ClientWorker(data, MemoryPoolStore())
+    model = worker.model()
+    probs = predict(model, data.x)[0]
+    reply = worker.probe(model.state_dict(), 1, 1, pseudo_update=False, mix=True)
+    share = np.bincount(probs.argmax(1), minlength=data.num_classes) / len(probs)
+    assert np.allclose(reply.mix, share)
+    assert not np.allclose(reply.mix, probs.mean(0), atol=1e-3)  # not the mean softmax
+
+
 # ------------------------------------------------------------------ a retried acquisition
 def test_a_retried_acquire_of_a_paid_round_returns_the_same_points_unpaid_in_memory_too():
     # the server resends query.acquire when a reply is lost; without a durable store the

@@ -61,3 +61,21 @@ def test_an_asynchronous_runs_hash_keeps_its_point_strategy():
     # recorded with it, and dropping it would change their hashes (fedal.config.experiment_key)
     key = experiment_key({"labeling": "async", "point-strategy": "entropy", "client-strategy": "random"})
     assert key["point-strategy"] == "entropy"
+
+
+BALANCED = [p for p in CONFIGS
+            if json.loads(p.read_text())["config"].get("client-strategy") in ("balanced-diffusion", "balanced-divfl")]
+
+
+def test_the_balanced_runs_keep_their_hash_with_the_later_predicted_mix_key():
+    # predicted-mix came after the balanced runs in results/ were recorded, all with the mean
+    # softmax: a run repeated today carries the key at its default and must find them (compare's
+    # reuse), while the argmax mix is another experiment
+    assert len(BALANCED) >= 10
+    for path in BALANCED:
+        meta = json.loads(path.read_text())
+        config = {k: v for k, v in meta["config"].items() if k != "predicted-mix"}
+        if "pseudo-optimizer" not in config:
+            continue  # hashed by the first rule (module docstring)
+        assert experiment_hash({**config, "predicted-mix": "softmax"}) == meta["config_hash"], path
+        assert experiment_hash({**config, "predicted-mix": "argmax"}) != meta["config_hash"], path
