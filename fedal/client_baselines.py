@@ -66,7 +66,7 @@ def facility_location(sim: np.ndarray, picks, weights=None) -> float:
     return float(cover.sum() if weights is None else (np.asarray(weights, dtype=np.float64) * cover).sum())
 
 
-def facility_location_greedy(sim, n: int, eligible=None, weights=None) -> tuple[np.ndarray, np.ndarray]:
+def facility_location_greedy(sim, n: int, eligible=None, weights=None, covered=None) -> tuple[np.ndarray, np.ndarray]:
     """DivFL's greedy: ``n`` eligible clients, each maximising F's marginal gain
     Σ_y w_y max(0, sim(y, z) − best_y) given the best similarity best_y each client already has
     to the batch. Every client counts in F (ineligible ones must still be represented); only
@@ -75,12 +75,19 @@ def facility_location_greedy(sim, n: int, eligible=None, weights=None) -> tuple[
     ``weights``: None (DivFL: every client counts once), an array w ≥ 0 (a weighted facility
     location, still submodular, so the greedy keeps its 1 − 1/e bound), or a function of the
     picks so far returning w, re-read before every pick (balanced DivFL,
-    ``fedal.selection.rules``: the weights follow the classes the batch is expected to fill)."""
+    ``fedal.selection.rules``: the weights follow the classes the batch is expected to fill).
+
+    ``covered``: a mask of clients already in the set before this batch (cumulative DivFL: the
+    clients that hold labels from earlier rounds). The greedy then maximises F(covered ∪ S) − F(covered),
+    so a batch goes where earlier rounds have not been; they stay pickable (gain ≥ 0)."""
     sim = _check_square(sim, "sim")
     available = _mask(eligible, len(sim))
     if not 0 <= n <= int(available.sum()):
         raise ValueError(f"n = {n} is invalid; valid: 0..{int(available.sum())} (the eligible clients)")
-    best = np.zeros(len(sim))
+    before = np.zeros(len(sim), bool) if covered is None else np.asarray(covered, dtype=bool)
+    if before.shape != (len(sim),):
+        raise ValueError(f"covered must be a mask of {len(sim)} clients; got shape {before.shape}")
+    best = sim[:, before].max(axis=1) if before.any() else np.zeros(len(sim))
     order, gains = np.empty(n, np.int64), np.empty(n)
     for i in range(n):
         missing = np.maximum(sim - best[:, None], 0.0)

@@ -142,6 +142,9 @@ CLIENT_RULE_METHODS = (
     # mean softmax is close to uniform, and DivFL+Bal's first pick there is DivFL's (docs/results.md)
     Method("DivFL+Bal-argmax", {"client-strategy": "balanced-divfl", "point-strategy": RULE_POINTS,
                                 "predicted-mix": "argmax"}),
+    # fedal's cumulative DivFL: the facility location continued from the clients that already hold
+    # labels, so rounds add up (DivFL's labeled set ends twice as uneven as Rand's: docs/results.md)
+    Method("DivFL+Cum", {"client-strategy": "cumulative-divfl", "point-strategy": RULE_POINTS}),
     Method("Clustered", {"client-strategy": "clustered", "point-strategy": RULE_POINTS}),
     Method("Pow-d", {"client-strategy": "pow-d", "point-strategy": RULE_POINTS}),
     Method("KCenter", {"client-strategy": "kcenter", "point-strategy": RULE_POINTS}),

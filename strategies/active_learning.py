@@ -151,8 +151,9 @@ class FederatedActiveLearning(Federation):
         pids = list(state.clients)
         n_u = np.array([state.clients[p].n_unlabeled if state.clients[p].node_id is not None else 0
                         for p in pids])
+        n_l = np.array([state.clients[p].n_labeled for p in pids])
         if not probes:  # random selection needs only |U|, tracked from acquire replies
-            return ClientStats(entropy=np.zeros(len(pids)), n_unlabeled=n_u)
+            return ClientStats(entropy=np.zeros(len(pids)), n_unlabeled=n_u, n_labeled=n_l)
         rounds = [{cid: ProbeReply.from_record(r.content) for cid, r in got.items()} for got in probes]
         answered = set.intersection(*(set(by_id) for by_id in rounds))
         if not answered:
@@ -177,7 +178,7 @@ class FederatedActiveLearning(Federation):
                     mix[z] = np.asarray(last[p].mix, dtype=np.float64)
         return ClientStats(entropy=g, n_unlabeled=n_u, embeddings=emb,
                            prev_entropy=None if np.all(np.isnan(prev)) else prev,
-                           predicted_mix=mix, labeled_per_class=state.labeled_per_class)
+                           predicted_mix=mix, labeled_per_class=state.labeled_per_class, n_labeled=n_l)
 
     def choose(self, pids: list[str], stats: ClientStats, diagnostics: dict) -> tuple[list, Callable]:
         """The client strategy's plan for this round, as (client id, labels) pairs (``pids``: the

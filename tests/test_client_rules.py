@@ -118,6 +118,47 @@ def test_divfl_strategy_picks_only_eligible_clients():
     assert sorted(cluster[picks].tolist()) == [0, 1, 3]
 
 
+# ---------------------------------------------------------------------------- cumulative DivFL
+def test_facility_location_from_covered_clients_takes_the_brute_force_best_addition():
+    # the greedy's gains are those of F(L ∪ S) − F(L): brute force over every addition, 8 clients
+    rng = np.random.default_rng(5)
+    pts = rng.random((8, 2))
+    sim = fl.similarity(np.linalg.norm(pts[:, None] - pts[None], axis=2))
+    covered = np.zeros(8, bool)
+    covered[[1, 6]] = True
+    order, gains = fl.facility_location_greedy(sim, 3, covered=covered)
+    for i, z in enumerate(order):
+        prefix = [1, 6, *order[:i]]
+        value = {c: fl.facility_location(sim, [*prefix, c]) for c in range(8) if c not in order[:i]}
+        assert max(value.values()) == pytest.approx(value[int(z)], abs=1e-12)
+        assert gains[i] == pytest.approx(value[int(z)] - fl.facility_location(sim, prefix), abs=1e-12)
+    assert fl.facility_location_greedy(sim, 3)[0].tolist() != order.tolist()  # L changes the batch
+    with pytest.raises(ValueError, match="covered must be a mask of 8 clients"):
+        fl.facility_location_greedy(sim, 3, covered=np.ones(7, bool))
+
+
+def test_cumulative_divfl_goes_to_the_clusters_no_labeled_client_represents():
+    # five tight clusters; clients of clusters 0 and 1 already hold labels. DivFL starts every
+    # round afresh and spends a pick on a labeled cluster; cumulative DivFL takes 2, 3, 4 first
+    x, cluster = clusters(n_clusters=5, size=4)
+    n_l = np.where(np.isin(cluster, [0, 1]) & (np.arange(len(x)) % 4 == 0), 200, 0)
+    stats = ClientStats(entropy=np.ones(len(x)), n_unlabeled=np.full(len(x), 100), embeddings=x[:, None, :],
+                        n_labeled=n_l)
+    diag: dict = {}
+    picks = order_clients("cumulative-divfl", stats, np.random.default_rng(0), NoParams(), n=3, diagnostics=diag)
+    assert sorted(cluster[picks].tolist()) == [2, 3, 4]
+    assert diag["covered_before"] == 2
+    plain = order_clients("divfl", stats, np.random.default_rng(0), NoParams(), n=3)
+    assert {0, 1} & set(cluster[plain].tolist())
+    # with no labels anywhere it is DivFL
+    fresh = ClientStats(entropy=stats.entropy, n_unlabeled=stats.n_unlabeled, embeddings=stats.embeddings,
+                        n_labeled=np.zeros(len(x), int))
+    assert order_clients("cumulative-divfl", fresh, np.random.default_rng(0), NoParams(), n=3).tolist() == plain.tolist()
+    bare = ClientStats(entropy=stats.entropy, n_unlabeled=stats.n_unlabeled, embeddings=stats.embeddings)
+    with pytest.raises(ValueError, match="count of labeled points"):
+        order_clients("cumulative-divfl", bare, np.random.default_rng(0), NoParams(), n=2)
+
+
 # ---------------------------------------------------------------------------- balanced DivFL
 def test_weighted_facility_location_greedy_takes_the_brute_force_best_addition():
     rng = np.random.default_rng(5)

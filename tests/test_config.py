@@ -226,7 +226,7 @@ def test_every_choice_key_names_its_valid_values(key):
     ({"client-strategy": "balanced-diffusion", "report-label-histogram": False},
      "client-strategy = 'balanced-diffusion' steers by the labeled set's class counts, which clients report only "
      "with report-label-histogram = true; set it to true or choose another client-strategy (random, entropy, "
-     "diffusion, diffusion-coverage, divfl, clustered, pow-d, kcenter)"),
+     "diffusion, diffusion-coverage, divfl, cumulative-divfl, clustered, pow-d, kcenter)"),
     ({"async-workers": "entropy,nope"},
      "async-workers = 'entropy,nope' is invalid; valid: a comma-separated list of entropy, least-confidence, margin"),
     ({"async-workers": " , "},

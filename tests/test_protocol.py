@@ -230,3 +230,15 @@ def test_balanced_strategies_run_the_protocol_and_send_only_a_mean_prediction(st
     assert seen and set(seen) == {10}  # digits: 10 classes
     with pytest.raises(Exception, match="report-label-histogram"):
         Config.from_run_config({**rc, "report-label-histogram": False})
+
+
+def test_cumulative_divfl_reads_which_clients_hold_labels_from_the_servers_own_counts():
+    # the clients that hold labels come from the acquire replies the server tracks (no new message
+    # field): 2 initial clients before round 1's choice, and those plus round 1's 2 picks before round 2's
+    rc = {**SMALL, "client-strategy": "cumulative-divfl", "point-strategy": "random"}
+    rows, _ = run_inprocess(rc, M)
+    assert [r["labels"] for r in rows] == [30, 54, 78]
+    holders = [set(rows[0]["chosen_clients"])]
+    holders.append(holders[0] | set(rows[1]["chosen_clients"]))
+    assert [r["graph"]["covered_before"] for r in rows[:-1]] == [len(h) for h in holders]
+    assert len(holders[1]) > len(holders[0])

@@ -29,6 +29,7 @@ class ClientStats:
     prev_entropy: np.ndarray | None = None  # g^{r-1}; NaN where unknown
     predicted_mix: np.ndarray | None = None  # (M, C) mean softmax over U_z (balanced variant)
     labeled_per_class: np.ndarray | None = None  # (C,) labels paid so far, per class (aggregate)
+    n_labeled: np.ndarray | None = None  # |L_z|: labels each client holds (from its acquire replies)
 
     @property
     def eligible(self) -> np.ndarray:

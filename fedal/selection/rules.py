@@ -87,6 +87,30 @@ def divfl_order(stats: ClientStats, rng: np.random.Generator, params: NoParams,
     return geo.nodes[order]
 
 
+@register("cumulative-divfl", needs_pseudo_updates=True, config_keys=PROBE_KEYS, params=lambda cfg: NoParams())
+def cumulative_divfl_order(stats: ClientStats, rng: np.random.Generator, params: NoParams,
+                           n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
+    """fedal's cumulative DivFL (docs/method.md, "Cumulative DivFL"): DivFL's facility location
+    continued from the clients that already hold labels (earlier rounds' picks and round 0's),
+    F(L ∪ S) − F(L). DivFL starts every round from an empty set, so round after round it
+    represents the same dense regions of the client space; here a batch goes where the labeled
+    set does not yet reach. Clients that hold labels stay pickable."""
+    geo = ClientGeometry.of(stats, "cumulative-divfl")
+    n = _count(n, geo.nodes)
+    if n == 0:
+        return _empty()
+    if stats.n_labeled is None:
+        raise ValueError("cumulative-divfl needs each client's count of labeled points (n_labeled)")
+    covered = np.asarray(stats.n_labeled)[geo.nodes] > 0
+    q = geo.q()
+    order, gains = fl.facility_location_greedy(fl.similarity(q), n, covered=covered)
+    if diagnostics is not None:
+        diagnostics["gains"] = [round(float(v), 6) for v in gains]
+        diagnostics["covered_before"] = int(covered.sum())
+        geo.record_q(diagnostics, q)
+    return geo.nodes[order]
+
+
 @register("balanced-divfl", needs_pseudo_updates=True, needs_predicted_mix=True, needs_label_histogram=True,
           config_keys=PROBE_KEYS + ("predicted-mix",),
           params=lambda cfg: BalancedDivFLParams(cfg.points_per_client))
