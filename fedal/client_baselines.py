@@ -77,17 +77,19 @@ def facility_location_greedy(sim, n: int, eligible=None, weights=None, covered=N
     picks so far returning w, re-read before every pick (balanced DivFL,
     ``fedal.selection.rules``: the weights follow the classes the batch is expected to fill).
 
-    ``covered``: a mask of clients already in the set before this batch (cumulative DivFL: the
-    clients that hold labels from earlier rounds). The greedy then maximises F(covered ∪ S) − F(covered),
-    so a batch goes where earlier rounds have not been; they stay pickable (gain ≥ 0)."""
+    ``covered``: how far each client is already in the set before this batch, c_l ∈ [0, 1] (a mask:
+    cumulative DivFL's clients that hold labels from earlier rounds; a share: how much of each
+    client's data is labeled). Every client y then starts at best_y = max_l c_l·sim(y, l), and the
+    greedy maximises F(covered ∪ S) − F(covered), so a batch goes where earlier rounds have not
+    been; covered clients stay pickable (gain ≥ 0)."""
     sim = _check_square(sim, "sim")
     available = _mask(eligible, len(sim))
     if not 0 <= n <= int(available.sum()):
         raise ValueError(f"n = {n} is invalid; valid: 0..{int(available.sum())} (the eligible clients)")
-    before = np.zeros(len(sim), bool) if covered is None else np.asarray(covered, dtype=bool)
-    if before.shape != (len(sim),):
-        raise ValueError(f"covered must be a mask of {len(sim)} clients; got shape {before.shape}")
-    best = sim[:, before].max(axis=1) if before.any() else np.zeros(len(sim))
+    before = np.zeros(len(sim)) if covered is None else np.asarray(covered, dtype=np.float64)
+    if before.shape != (len(sim),) or not np.all((before >= 0) & (before <= 1)):
+        raise ValueError(f"covered must be {len(sim)} numbers in [0, 1] (or a mask); got shape {before.shape}")
+    best = (sim * before[None, :]).max(axis=1)
     order, gains = np.empty(n, np.int64), np.empty(n)
     for i in range(n):
         missing = np.maximum(sim - best[:, None], 0.0)

@@ -48,9 +48,9 @@ LATER_ASYNC_KEYS = ("annotators", "labeling-deadline-s", "async-budget")
 # training keys added after runs had been recorded: out of the hash while the schedule is the
 # constant one every recorded run used (lr-step-rounds is read only by the step schedule)
 LR_KEYS = ("lr-schedule", "lr-step-rounds")
-# a balanced client rule's key added after balanced runs had been recorded: out of the hash at its
-# default, the mean softmax every recorded balanced run read
-LATER_RULE_KEYS = ("predicted-mix",)
+# client-rule keys added after runs that read them had been recorded: out of the hash at their
+# defaults, which those runs used (the mean softmax; a labeled client covering wholly)
+LATER_RULE_KEYS = ("predicted-mix", "cumulative-cover")
 
 
 
@@ -165,6 +165,7 @@ class Config:
     coverage_steps: int
     pow_d_candidates: int
     predicted_mix: str
+    cumulative_cover: str
     local_k: int
     local_space: str
     backbone: str
@@ -257,6 +258,7 @@ class Config:
         # the choices of the maths that reads them (their modules check them too)
         from fedal.graph import LAPLACIANS, SIGMA_SCOPES
         from fedal.training import PSEUDO_OPTIMIZERS
+        from fedal.selection.rules import CUMULATIVE_COVERS
         from fedal.uncertainty import PREDICTED_MIXES
 
         if self.experiment_id and not CLIENT_ID_PATTERN.match(self.experiment_id):
@@ -271,6 +273,7 @@ class Config:
         _choice("pseudo-params", self.pseudo_params, PSEUDO_PARAMS)
         _choice("pseudo-optimizer", self.pseudo_optimizer, PSEUDO_OPTIMIZERS)
         _choice("predicted-mix", self.predicted_mix, PREDICTED_MIXES)
+        _choice("cumulative-cover", self.cumulative_cover, CUMULATIVE_COVERS)
         _choice("sigma-scope", self.sigma_scope, SIGMA_SCOPES)
         _choice("laplacian", self.laplacian, LAPLACIANS)
         _choice("local-space", self.local_space, LOCAL_SPACES)

@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     # the balanced rules' class mix of U_z: "softmax" (mean prediction) or "argmax" (share of
     # points predicted in each class; docs/method.md, "Balanced DivFL")
     "predicted-mix": "softmax",
+    # cumulative-divfl: a client that holds labels covers its neighbours "full"y, or by the
+    # "share" of its data already labeled (docs/method.md, "Cumulative DivFL")
+    "cumulative-cover": "full",
     # local batch (docs/method.md, "Local batch")
     "local-k": 7,
     "local-space": "embedding",

@@ -12,7 +12,7 @@ from fedal import client_baselines as fl
 from fedal.coverage import CoverageKernel, coverage_greedy, coverage_value
 from fedal.graph import build_graph
 from fedal.selection import ClientStats, order_clients
-from fedal.selection import BalancedDivFLParams, ClusteredParams, CoverageParams, NoParams, PowDParams
+from fedal.selection import BalancedDivFLParams, ClusteredParams, CoverageParams, CumulativeParams, NoParams, PowDParams
 
 
 def clusters(n_clusters=4, size=5, spread=0.05, dim=6, seed=0):
@@ -133,7 +133,7 @@ def test_facility_location_from_covered_clients_takes_the_brute_force_best_addit
         assert max(value.values()) == pytest.approx(value[int(z)], abs=1e-12)
         assert gains[i] == pytest.approx(value[int(z)] - fl.facility_location(sim, prefix), abs=1e-12)
     assert fl.facility_location_greedy(sim, 3)[0].tolist() != order.tolist()  # L changes the batch
-    with pytest.raises(ValueError, match="covered must be a mask of 8 clients"):
+    with pytest.raises(ValueError, match=r"covered must be 8 numbers in \[0, 1\] \(or a mask\); got shape \(7,\)"):
         fl.facility_location_greedy(sim, 3, covered=np.ones(7, bool))
 
 
@@ -145,7 +145,8 @@ def test_cumulative_divfl_goes_to_the_clusters_no_labeled_client_represents():
     stats = ClientStats(entropy=np.ones(len(x)), n_unlabeled=np.full(len(x), 100), embeddings=x[:, None, :],
                         n_labeled=n_l)
     diag: dict = {}
-    picks = order_clients("cumulative-divfl", stats, np.random.default_rng(0), NoParams(), n=3, diagnostics=diag)
+    picks = order_clients("cumulative-divfl", stats, np.random.default_rng(0), CumulativeParams(), n=3,
+                          diagnostics=diag)
     assert sorted(cluster[picks].tolist()) == [2, 3, 4]
     assert diag["covered_before"] == 2
     plain = order_clients("divfl", stats, np.random.default_rng(0), NoParams(), n=3)
@@ -153,10 +154,51 @@ def test_cumulative_divfl_goes_to_the_clusters_no_labeled_client_represents():
     # with no labels anywhere it is DivFL
     fresh = ClientStats(entropy=stats.entropy, n_unlabeled=stats.n_unlabeled, embeddings=stats.embeddings,
                         n_labeled=np.zeros(len(x), int))
-    assert order_clients("cumulative-divfl", fresh, np.random.default_rng(0), NoParams(), n=3).tolist() == plain.tolist()
+    assert order_clients("cumulative-divfl", fresh, np.random.default_rng(0), CumulativeParams(),
+                         n=3).tolist() == plain.tolist()
     bare = ClientStats(entropy=stats.entropy, n_unlabeled=stats.n_unlabeled, embeddings=stats.embeddings)
     with pytest.raises(ValueError, match="count of labeled points"):
-        order_clients("cumulative-divfl", bare, np.random.default_rng(0), NoParams(), n=2)
+        order_clients("cumulative-divfl", bare, np.random.default_rng(0), CumulativeParams(), n=2)
+
+
+def test_facility_location_from_a_partly_covered_set_takes_the_brute_force_best_addition():
+    # covered as shares c_l: each client starts at max_l c_l·sim(y, l)
+    rng = np.random.default_rng(6)
+    pts = rng.random((8, 2))
+    sim = fl.similarity(np.linalg.norm(pts[:, None] - pts[None], axis=2))
+    c = np.zeros(8)
+    c[[0, 5]] = [0.3, 0.7]
+
+    def value(picks):
+        start = (sim * c[None, :]).max(axis=1)
+        return float(np.maximum(start, sim[:, list(picks)].max(axis=1) if picks else 0).sum())
+
+    order, gains = fl.facility_location_greedy(sim, 3, covered=c)
+    for i, z in enumerate(order):
+        prefix = list(order[:i])
+        cand = {k: value([*prefix, k]) for k in range(8) if k not in prefix}
+        assert max(cand.values()) == pytest.approx(cand[int(z)], abs=1e-12)
+        assert gains[i] == pytest.approx(cand[int(z)] - value(prefix), abs=1e-12)
+    with pytest.raises(ValueError, match=r"covered must be 8 numbers in \[0, 1\]"):
+        fl.facility_location_greedy(sim, 3, covered=np.full(8, 1.5))
+
+
+def test_cumulative_divfl_by_share_lets_a_barely_labeled_cluster_count_again():
+    # the labeled clients of clusters 0 and 1 hold 200 of 10,000 points each: by share they cover
+    # their clusters by 2% only, so the batch is DivFL's (a labeled cluster gets a pick again);
+    # covering wholly, the batch avoids both
+    x, cluster = clusters(n_clusters=5, size=4)
+    holder = np.isin(cluster, [0, 1]) & (np.arange(len(x)) % 4 == 0)
+    stats = ClientStats(entropy=np.ones(len(x)), n_unlabeled=np.where(holder, 9800, 10000), embeddings=x[:, None, :],
+                        n_labeled=np.where(holder, 200, 0))
+    full = order_clients("cumulative-divfl", stats, np.random.default_rng(0), CumulativeParams("full"), n=3)
+    share = order_clients("cumulative-divfl", stats, np.random.default_rng(0), CumulativeParams("share"), n=3)
+    plain = order_clients("divfl", stats, np.random.default_rng(0), NoParams(), n=3)
+    assert sorted(cluster[full].tolist()) == [2, 3, 4]
+    assert {0, 1} & set(cluster[share].tolist())
+    assert sorted(cluster[share].tolist()) == sorted(cluster[plain].tolist())
+    with pytest.raises(ValueError, match="cumulative-cover = 'half' is not valid; valid values: full, share"):
+        CumulativeParams("half")
 
 
 # ---------------------------------------------------------------------------- balanced DivFL

@@ -63,19 +63,25 @@ def test_an_asynchronous_runs_hash_keeps_its_point_strategy():
     assert key["point-strategy"] == "entropy"
 
 
-BALANCED = [p for p in CONFIGS
-            if json.loads(p.read_text())["config"].get("client-strategy") in ("balanced-diffusion", "balanced-divfl")]
+
+# client-rule keys that came after runs reading them were recorded: (strategies, recorded default, another value)
+LATER_RULE_KEYS = {"predicted-mix": (("balanced-diffusion", "balanced-divfl"), "softmax", "argmax"),
+                   "cumulative-cover": (("cumulative-divfl",), "full", "share")}
 
 
-def test_the_balanced_runs_keep_their_hash_with_the_later_predicted_mix_key():
-    # predicted-mix came after the balanced runs in results/ were recorded, all with the mean
-    # softmax: a run repeated today carries the key at its default and must find them (compare's
-    # reuse), while the argmax mix is another experiment
-    assert len(BALANCED) >= 10
-    for path in BALANCED:
+@pytest.mark.parametrize("key", list(LATER_RULE_KEYS))
+def test_runs_recorded_before_a_later_rule_key_keep_their_hash_with_it_at_its_default(key):
+    # a run repeated today carries the key at its default and must find the recorded one (compare's
+    # reuse); another value is another experiment
+    strategies, default, other = LATER_RULE_KEYS[key]
+    runs = [p for p in CONFIGS if json.loads(p.read_text())["config"].get("client-strategy") in strategies]
+    assert len(runs) >= 5
+    for path in runs:
         meta = json.loads(path.read_text())
-        config = {k: v for k, v in meta["config"].items() if k != "predicted-mix"}
+        if meta["config"].get(key, default) != default:
+            continue  # recorded with the key at another value (the general test above checks it)
+        config = {k: v for k, v in meta["config"].items() if k != key}
         if "pseudo-optimizer" not in config:
             continue  # hashed by the first rule (module docstring)
-        assert experiment_hash({**config, "predicted-mix": "softmax"}) == meta["config_hash"], path
-        assert experiment_hash({**config, "predicted-mix": "argmax"}) != meta["config_hash"], path
+        assert experiment_hash({**config, key: default}) == meta["config_hash"], path
+        assert experiment_hash({**config, key: other}) != meta["config_hash"], path

@@ -29,6 +29,20 @@ class BalancedDivFLParams:
     points_per_client: int = 200  # W: how far a pick moves the projected class counts
 
 
+# how far a client that holds labels covers its neighbours in cumulative DivFL: wholly, or by the
+# share of its data that is labeled (docs/method.md, "Cumulative DivFL")
+CUMULATIVE_COVERS = ("full", "share")
+
+
+@dataclass(frozen=True)
+class CumulativeParams:
+    cover: str = "full"
+
+    def __post_init__(self):
+        if self.cover not in CUMULATIVE_COVERS:
+            raise ValueError(f"cumulative-cover = {self.cover!r} is not valid; valid values: {', '.join(CUMULATIVE_COVERS)}")
+
+
 @dataclass(frozen=True)
 class ClusteredParams:
     groups: int = 5  # V: one group per client of a batch
@@ -87,26 +101,32 @@ def divfl_order(stats: ClientStats, rng: np.random.Generator, params: NoParams,
     return geo.nodes[order]
 
 
-@register("cumulative-divfl", needs_pseudo_updates=True, config_keys=PROBE_KEYS, params=lambda cfg: NoParams())
-def cumulative_divfl_order(stats: ClientStats, rng: np.random.Generator, params: NoParams,
+@register("cumulative-divfl", needs_pseudo_updates=True, config_keys=PROBE_KEYS + ("cumulative-cover",),
+          params=lambda cfg: CumulativeParams(cfg.cumulative_cover))
+def cumulative_divfl_order(stats: ClientStats, rng: np.random.Generator, params: CumulativeParams,
                            n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     """fedal's cumulative DivFL (docs/method.md, "Cumulative DivFL"): DivFL's facility location
     continued from the clients that already hold labels (earlier rounds' picks and round 0's),
     F(L ∪ S) − F(L). DivFL starts every round from an empty set, so round after round it
     represents the same dense regions of the client space; here a batch goes where the labeled
-    set does not yet reach. Clients that hold labels stay pickable."""
+    set does not yet reach. Clients that hold labels stay pickable. ``cover = "share"``: a client
+    in L covers only as far as its data is labeled, |L_l| / (|L_l| + |U_l|)."""
     geo = ClientGeometry.of(stats, "cumulative-divfl")
     n = _count(n, geo.nodes)
     if n == 0:
         return _empty()
     if stats.n_labeled is None:
         raise ValueError("cumulative-divfl needs each client's count of labeled points (n_labeled)")
-    covered = np.asarray(stats.n_labeled)[geo.nodes] > 0
+    labeled = np.asarray(stats.n_labeled, dtype=np.float64)[geo.nodes]
+    if params.cover == "full":
+        covered = (labeled > 0).astype(np.float64)
+    else:
+        covered = labeled / np.maximum(labeled + stats.n_unlabeled[geo.nodes], 1)
     q = geo.q()
     order, gains = fl.facility_location_greedy(fl.similarity(q), n, covered=covered)
     if diagnostics is not None:
         diagnostics["gains"] = [round(float(v), 6) for v in gains]
-        diagnostics["covered_before"] = int(covered.sum())
+        diagnostics["covered_before"] = int((labeled > 0).sum())
         geo.record_q(diagnostics, q)
     return geo.nodes[order]
 
