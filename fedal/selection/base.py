@@ -75,7 +75,12 @@ _REGISTRY: Registry[ClientStrategy] = Registry("client strategy",
 
 
 def register(name: str, **declared: Any) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
-    """Decorator adding an ordering function to the registry as client strategy ``name``."""
+    """Decorator adding an ordering function to the registry as client strategy ``name``.
+
+    A strategy that reads the predicted mix reads ``predicted-mix`` too (how clients compute it,
+    ``fedal.uncertainty.class_mix``): the key joins its ``config_keys`` here, once for all."""
+    if declared.get("needs_predicted_mix") and MIX_KEY not in declared.get("config_keys", ()):
+        declared = {**declared, "config_keys": (*declared.get("config_keys", ()), MIX_KEY)}
 
     def add(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         _REGISTRY.add(name, ClientStrategy(name, fn, **declared))
@@ -89,6 +94,7 @@ available = _REGISTRY.names  # registered client strategies, in registration ord
 get = _REGISTRY.get
 
 
+MIX_KEY = "predicted-mix"  # what a needs_predicted_mix strategy's clients send (register adds it)
 # what the pseudo-updates m_t depend on (every strategy that reads q) and the client graph
 PROBE_KEYS = ("pseudo-optimizer", "pseudo-epochs", "pseudo-lr", "pseudo-params", "sketch-dim")
 GRAPH_KEYS = ("knn-k", "rho", "sigma-scope", "laplacian", "delta")

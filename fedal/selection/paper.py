@@ -94,8 +94,7 @@ def diffusion_order(stats: ClientStats, rng: np.random.Generator, params: Diffus
     return _diffusion(stats, params, n, diagnostics, balance=False)
 
 
-@register("balanced-diffusion", **{**_GRAPH, "config_keys": CLIENT_GRAPH_KEYS + ("predicted-mix",)},
-          needs_predicted_mix=True, needs_label_histogram=True)
+@register("balanced-diffusion", **_GRAPH, needs_predicted_mix=True, needs_label_histogram=True)
 def balanced_diffusion_order(stats: ClientStats, rng: np.random.Generator, params: DiffusionParams,
                              n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     """Diffusion with a class-balance term (fedal's own variant, docs/method.md, "Balanced

@@ -132,8 +132,7 @@ def cumulative_divfl_order(stats: ClientStats, rng: np.random.Generator, params:
 
 
 @register("balanced-divfl", needs_pseudo_updates=True, needs_predicted_mix=True, needs_label_histogram=True,
-          config_keys=PROBE_KEYS + ("predicted-mix",),
-          params=lambda cfg: BalancedDivFLParams(cfg.points_per_client))
+          config_keys=PROBE_KEYS, params=lambda cfg: BalancedDivFLParams(cfg.points_per_client))
 def balanced_divfl_order(stats: ClientStats, rng: np.random.Generator, params: BalancedDivFLParams,
                          n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     """fedal's balanced DivFL (docs/method.md, "Balanced DivFL"): DivFL's facility location with
