@@ -328,6 +328,11 @@ def reuse(run: PlannedRun, source: Path) -> None:
 
 _CHILDREN: set[subprocess.Popen] = set()  # the runs under way (run_one), stopped with the runner
 _CHILDREN_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # set by _stop_runs: no queued run starts after it
+
+
+def _stopped_code() -> int:
+    return 128 + signal.SIGTERM
 
 
 def run_one(run: PlannedRun, log_file: Path, engine: str = "ray") -> int:
@@ -335,8 +340,10 @@ def run_one(run: PlannedRun, log_file: Path, engine: str = "ray") -> int:
     cmd = [sys.executable, "-m", "simulations.engine", "--clients", str(run.suite.clients),
            "--engine", engine, "--run-config", json.dumps(run.run_config)]
     with open(log_file, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-        with _CHILDREN_LOCK:
+        with _CHILDREN_LOCK:  # under the lock, so a stop between the check and the start cannot miss it
+            if _STOPPING.is_set():
+                return _stopped_code()
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
             _CHILDREN.add(proc)
         try:
             return proc.wait()
@@ -348,7 +355,9 @@ def run_one(run: PlannedRun, log_file: Path, engine: str = "ray") -> int:
 def _stop_runs(signum, frame) -> None:
     """SIGTERM to the runner stops its runs too: a run left going would go on writing its
     directory after the runner is gone (Ctrl-C reaches them anyway, through the terminal's
-    process group; ``kill`` of the runner alone does not)."""
+    process group; ``kill`` of the runner alone does not). With ``--jobs`` the queued runs would
+    otherwise start one after another as the stopped ones end, so they are cancelled too."""
+    _STOPPING.set()
     with _CHILDREN_LOCK:
         for proc in _CHILDREN:
             proc.terminate()
@@ -405,11 +414,14 @@ def main(argv=None, prog: str = "python -m simulations.compare") -> int:
     t_start = time.time()
 
     def one(r: PlannedRun) -> tuple[PlannedRun, int, float]:
+        if _STOPPING.is_set():
+            return r, _stopped_code(), 0.0
         t0 = time.time()
         return r, run_one(r, r.run_dir / LOG_FILE, args.engine), time.time() - t0
 
     # --jobs > 1 runs whole simulations side by side (each its own Ray cluster); results do not
     # depend on it, only the wall times recorded in them do, so timing suites should use 1
+    _STOPPING.clear()
     previous = signal.signal(signal.SIGTERM, _stop_runs)
     try:
         failures = _run_all(todo, one, args.jobs, t_start)
@@ -424,7 +436,8 @@ def _run_all(todo: list[PlannedRun], one, jobs: int, t_start: float) -> int:
     """Runs ``todo`` (``jobs`` at a time) with a progress line per finished run; returns the
     number that failed."""
     failures = 0
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         for i, fut in enumerate(as_completed([pool.submit(one, r) for r in todo]), 1):
             r, code, took = fut.result()
             eta = (time.time() - t_start) / i * (len(todo) - i)
@@ -433,6 +446,11 @@ def _run_all(todo: list[PlannedRun], one, jobs: int, t_start: float) -> int:
             bar = "#" * int(30 * i / len(todo))
             print(f"[{bar:30s}] {i}/{len(todo)} {r.method.name} seed {r.seed}: {status} in {took:.0f}s, "
                   f"ETA {eta / 60:.0f} min", flush=True)
+    except BaseException:  # SIGTERM (_stop_runs) or Ctrl-C: the queued runs must not start
+        _STOPPING.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return failures
 
 

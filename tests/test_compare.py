@@ -96,6 +96,36 @@ def test_jobs_runs_every_planned_run_once_and_validates(tmp_path, monkeypatch, c
         C.main(["digits-smoke", "--jobs", "0"])
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_to_the_runner_starts_none_of_its_queued_runs(tmp_path, monkeypatch, jobs):
+    """With runs still queued, SIGTERM used to stop the runs under way and then start the queued
+    ones one after another while the runner waited for its pool: it took a SIGKILL to stop."""
+    import threading
+
+    import simulations.compare as C
+
+    started, lock = [], threading.Lock()
+
+    def fake_run_one(run, log_file, engine):
+        with lock:
+            started.append(run.seed)
+            first = len(started) == 1
+        if first:
+            time.sleep(0.3)  # every run is queued by now
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill <runner>` would, mid-run
+        time.sleep(0.5)  # the stopped run takes a moment to end
+        return C._stopped_code()
+
+    monkeypatch.setattr(C, "run_one", fake_run_one)
+    planned = len(SUITES["digits-smoke"].methods) * len(SUITES["digits-smoke"].seeds)
+    assert planned > 2 * jobs
+    with pytest.raises(SystemExit) as stop:
+        C.main(["digits-smoke", "--results", str(tmp_path), "--jobs", str(jobs), "--engine", "inprocess"])
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert len(started) <= jobs  # only those already under way when the signal came
+    assert signal.getsignal(signal.SIGTERM) is not C._stop_runs  # the handler is put back
+
+
 def test_runs_recorded_before_the_probe_keys_are_found_only_where_those_keys_do_not_matter(tmp_path):
     """A Rand run never reads the probe's keys, so one recorded before they existed is the same
     experiment; a diffusion run from before the revised probe is reproduced by no configuration."""
