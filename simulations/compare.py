@@ -329,10 +329,7 @@ def reuse(run: PlannedRun, source: Path) -> None:
 _CHILDREN: set[subprocess.Popen] = set()  # the runs under way (run_one), stopped with the runner
 _CHILDREN_LOCK = threading.Lock()
 _STOPPING = threading.Event()  # set by _stop_runs: no queued run starts after it
-
-
-def _stopped_code() -> int:
-    return 128 + signal.SIGTERM
+STOPPED = 128 + signal.SIGTERM  # the exit code of a run or runner stopped by SIGTERM
 
 
 def run_one(run: PlannedRun, log_file: Path, engine: str = "ray") -> int:
@@ -340,9 +337,9 @@ def run_one(run: PlannedRun, log_file: Path, engine: str = "ray") -> int:
     cmd = [sys.executable, "-m", "simulations.engine", "--clients", str(run.suite.clients),
            "--engine", engine, "--run-config", json.dumps(run.run_config)]
     with open(log_file, "w") as f:
-        with _CHILDREN_LOCK:  # under the lock, so a stop between the check and the start cannot miss it
+        with _CHILDREN_LOCK:  # a stop cannot fall between the check and the start
             if _STOPPING.is_set():
-                return _stopped_code()
+                return STOPPED
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
             _CHILDREN.add(proc)
         try:
@@ -353,10 +350,9 @@ def run_one(run: PlannedRun, log_file: Path, engine: str = "ray") -> int:
 
 
 def _stop_runs(signum, frame) -> None:
-    """SIGTERM to the runner stops its runs too: a run left going would go on writing its
-    directory after the runner is gone (Ctrl-C reaches them anyway, through the terminal's
-    process group; ``kill`` of the runner alone does not). With ``--jobs`` the queued runs would
-    otherwise start one after another as the stopped ones end, so they are cancelled too."""
+    """SIGTERM to the runner stops its runs too, not only the runner (Ctrl-C reaches them through
+    the terminal's process group): a run left going would write its directory with nobody to
+    report it, and the queued runs would start one by one as the stopped ones end."""
     _STOPPING.set()
     with _CHILDREN_LOCK:
         for proc in _CHILDREN:
@@ -390,10 +386,7 @@ def main(argv=None, prog: str = "python -m simulations.compare") -> int:
     if args.suite not in SUITES:
         raise SystemExit(f"unknown suite {args.suite!r}; valid: {', '.join(SUITES)}")
     suite = SUITES[args.suite]
-    extra = {}
-    for kv in args.set:
-        k, _, v = kv.partition("=")
-        extra[k] = v
+    extra = dict(kv.partition("=")[::2] for kv in args.set)
     runs = plan(suite, Path(args.results), args.seeds, args.methods, extra)
     todo = [r for r in runs if not r.done]
     index = finished_runs(Path(args.results))
@@ -414,8 +407,6 @@ def main(argv=None, prog: str = "python -m simulations.compare") -> int:
     t_start = time.time()
 
     def one(r: PlannedRun) -> tuple[PlannedRun, int, float]:
-        if _STOPPING.is_set():
-            return r, _stopped_code(), 0.0
         t0 = time.time()
         return r, run_one(r, r.run_dir / LOG_FILE, args.engine), time.time() - t0
 

@@ -114,7 +114,7 @@ def test_sigterm_to_the_runner_starts_none_of_its_queued_runs(tmp_path, monkeypa
             time.sleep(0.3)  # every run is queued by now
             os.kill(os.getpid(), signal.SIGTERM)  # as `kill <runner>` would, mid-run
         time.sleep(0.5)  # the stopped run takes a moment to end
-        return C._stopped_code()
+        return C.STOPPED
 
     monkeypatch.setattr(C, "run_one", fake_run_one)
     planned = len(SUITES["digits-smoke"].methods) * len(SUITES["digits-smoke"].seeds)

@@ -15,7 +15,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from simulations.reports.load import ReportError, Run, _ordered_groups, filter_runs, group_runs, load_results, require_group
-from simulations.reports.stats import (accuracy_table, budgets, count_significance, duplicate_seeds,
+from simulations.reports.stats import (Table, accuracy_table, budgets, count_significance, duplicate_seeds,
                                         has_train_times, imbalance_ratios, improvement, improvement_over,
                                         matched_speedups, mixed_config_keys, phase_totals, significance_table,
                                         speedups, training_times)
@@ -111,6 +111,22 @@ def _diagnostics_section(runs: Sequence[Run], group_by: str, groups: Sequence[st
     data["first_selection"] = D.first_selection_json(per, baseline)
     return D.report_markdown(per, [g for g in groups if g in per], baseline) + [
         "![Client graph of the first selection, per method](client_graph.png)", ""]
+
+
+NULL_MIN_SEEDS = 6  # three against three at least; with 5, a 2-against-3 split says little
+
+
+def _null_section(sig_table: Table, baseline: str, alpha: float, data: dict) -> list[str]:
+    """"<baseline> against itself" (simulations/reports/null.py) when the baseline has enough seeds."""
+    from simulations.reports.null import baseline_against_itself, null_json, null_markdown
+
+    cells = sig_table.get(baseline, {})
+    seeds = set.intersection(*(set(c.seeds) for c in cells.values())) if cells else set()
+    if len(seeds) < NULL_MIN_SEEDS:
+        return []
+    nc = baseline_against_itself(sig_table, baseline, alpha=alpha)
+    data["baseline_against_itself"] = null_json(nc)
+    return null_markdown(nc, baseline, alpha)
 
 
 def write_report(
@@ -282,6 +298,7 @@ def write_report(
                 for b in budgets(sig_table)
             ])
         md += [_md_table([group_by, *map(str, budgets(sig_table))], rows), ""]
+        md += _null_section(sig_table, baseline, alpha, data)
         data["significance"] = {
             g: {"counts": asdict(counts[g]), "per_budget": {b: asdict(c) for b, c in sig[g].items()}} for g in sig
         }
