@@ -161,6 +161,23 @@ def test_cumulative_divfl_goes_to_the_clusters_no_labeled_client_represents():
         order_clients("cumulative-divfl", bare, np.random.default_rng(0), CumulativeParams(), n=2)
 
 
+def test_cumulative_divfl_starts_a_new_pass_once_every_client_holds_labels():
+    # a small federation is covered after a few rounds; then every gain would be 0 and the greedy
+    # would take clients in index order, the same ones every round. A client covers only above the
+    # least-labeled level, so the next pass goes to the least-labeled clients, one per cluster
+    x, cluster = clusters(n_clusters=5, size=4)
+    n_l = np.where(np.isin(cluster, [0, 3]), 400, 200)  # clusters 1, 2 and 4 are one pick behind
+    stats = ClientStats(entropy=np.ones(len(x)), n_unlabeled=np.full(len(x), 100), embeddings=x[:, None, :],
+                        n_labeled=n_l)
+    picks = order_clients("cumulative-divfl", stats, np.random.default_rng(0), CumulativeParams(), n=3)
+    assert sorted(cluster[picks].tolist()) == [1, 2, 4]
+    # with every client at one level it is DivFL again
+    even = ClientStats(entropy=stats.entropy, n_unlabeled=stats.n_unlabeled, embeddings=stats.embeddings,
+                       n_labeled=np.full(len(x), 200))
+    assert order_clients("cumulative-divfl", even, np.random.default_rng(0), CumulativeParams(), n=3).tolist() == \
+        order_clients("divfl", even, np.random.default_rng(0), NoParams(), n=3).tolist()
+
+
 def test_facility_location_from_a_partly_covered_set_takes_the_brute_force_best_addition():
     # covered as shares c_l: each client starts at max_l c_l·sim(y, l)
     rng = np.random.default_rng(6)

@@ -109,7 +109,8 @@ def cumulative_divfl_order(stats: ClientStats, rng: np.random.Generator, params:
     continued from the clients that already hold labels (earlier rounds' picks and round 0's),
     F(L ∪ S) − F(L). DivFL starts every round from an empty set, so round after round it
     represents the same dense regions of the client space; here a batch goes where the labeled
-    set does not yet reach. Clients that hold labels stay pickable. ``cover = "share"``: a client
+    set does not yet reach; once every client holds labels, from those above the least-labeled
+    level. Clients that hold labels stay pickable. ``cover = "share"``: a client
     in L covers only as far as its data is labeled, |L_l| / (|L_l| + |U_l|)."""
     geo = ClientGeometry.of(stats, "cumulative-divfl")
     n = _count(n, geo.nodes)
@@ -119,14 +120,18 @@ def cumulative_divfl_order(stats: ClientStats, rng: np.random.Generator, params:
         raise ValueError("cumulative-divfl needs each client's count of labeled points (n_labeled)")
     labeled = np.asarray(stats.n_labeled, dtype=np.float64)[geo.nodes]
     if params.cover == "full":
-        covered = (labeled > 0).astype(np.float64)
+        # covered: above the least-labeled level. While some client has no label that is "holds
+        # labels"; once every client holds some (a small federation, a long run) a new pass starts
+        # from the least labeled. Covering every client would make every gain 0, and the greedy
+        # would fall back to index order: the same clients every round.
+        covered = (labeled > labeled.min()).astype(np.float64)
     else:
         covered = labeled / np.maximum(labeled + stats.n_unlabeled[geo.nodes], 1)
     q = geo.q()
     order, gains = fl.facility_location_greedy(fl.similarity(q), n, covered=covered)
     if diagnostics is not None:
         diagnostics["gains"] = [round(float(v), 6) for v in gains]
-        diagnostics["covered_before"] = int((labeled > 0).sum())
+        diagnostics["covered_before"] = int((covered > 0).sum())
         geo.record_q(diagnostics, q)
     return geo.nodes[order]
 
