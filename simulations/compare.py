@@ -145,10 +145,10 @@ CLIENT_RULE_METHODS = (
     # fedal's cumulative DivFL: the facility location continued from the clients that already hold
     # labels, so rounds add up (DivFL's labeled set ends twice as uneven as Rand's: docs/results.md)
     Method("DivFL+Cum", {"client-strategy": "cumulative-divfl", "point-strategy": RULE_POINTS}),
-    # the same with a labeled client covering only as far as its data is labeled: DivFL+Cum's
-    # rounds crowd (same-class pairs 0.14 in B Dirichlet pretrained against DivFL's 0.01)
-    Method("DivFL+CumS", {"client-strategy": "cumulative-divfl", "point-strategy": RULE_POINTS,
-                          "cumulative-cover": "share"}),
+    # the same with a labeled client covering only as far as its data is labeled (DivFL+Cum's rounds
+    # crowd in B Dirichlet pretrained), and with LoGo points (BASE points lose in B Shard pretrained)
+    Method("DivFL+CumS", {"client-strategy": "cumulative-divfl", "point-strategy": RULE_POINTS, "cumulative-cover": "share"}),
+    Method("DivFL+Cum+LoGo", {"client-strategy": "cumulative-divfl", "point-strategy": "logo"}),
     Method("Clustered", {"client-strategy": "clustered", "point-strategy": RULE_POINTS}),
     Method("Pow-d", {"client-strategy": "pow-d", "point-strategy": RULE_POINTS}),
     Method("KCenter", {"client-strategy": "kcenter", "point-strategy": RULE_POINTS}),
