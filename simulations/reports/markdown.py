@@ -118,11 +118,9 @@ NULL_MIN_SEEDS = 6  # three against three at least; with 5, a 2-against-3 split 
 
 def _null_section(sig_table: Table, baseline: str, alpha: float, data: dict) -> list[str]:
     """"<baseline> against itself" (simulations/reports/null.py) when the baseline has enough seeds."""
-    from simulations.reports.null import baseline_against_itself, null_json, null_markdown
+    from simulations.reports.null import baseline_against_itself, common_seeds, null_json, null_markdown
 
-    cells = sig_table.get(baseline, {})
-    seeds = set.intersection(*(set(c.seeds) for c in cells.values())) if cells else set()
-    if len(seeds) < NULL_MIN_SEEDS:
+    if len(common_seeds(sig_table, baseline)) < NULL_MIN_SEEDS:
         return []
     nc = baseline_against_itself(sig_table, baseline, alpha=alpha)
     data["baseline_against_itself"] = null_json(nc)

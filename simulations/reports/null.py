@@ -39,6 +39,12 @@ class NullCounts:
         return float(np.mean(np.array(self.worse) >= m)) if self.worse else math.nan
 
 
+def common_seeds(table: Table, baseline: str) -> tuple[int, ...]:
+    """The baseline's seeds present at every budget (none when it has no cells)."""
+    cells = table.get(baseline) or {}
+    return tuple(sorted(set.intersection(*(set(c.seeds) for c in cells.values())))) if cells else ()
+
+
 def baseline_against_itself(table: Table, baseline: str, k: int | None = None, alpha: float = 0.05,
                             seed: int = 0) -> NullCounts:
     """Every split of the baseline's seeds into k against n − k (default k = n // 2), counted with
@@ -49,7 +55,7 @@ def baseline_against_itself(table: Table, baseline: str, k: int | None = None, a
         raise ValueError(f"baseline {baseline!r} has no accuracy cells; groups: {sorted(table)}")
     budgets = tuple(sorted(cells))
     value = {b: dict(zip(cells[b].seeds, cells[b].values)) for b in budgets}
-    seeds = tuple(sorted(set.intersection(*(set(v) for v in value.values()))))
+    seeds = common_seeds(table, baseline)
     n = len(seeds)
     k = n // 2 if k is None else k
     if not 2 <= k <= n - 2:
