@@ -18,8 +18,9 @@ import time
 import numpy as np
 import torch
 
-from fedal import acquisition
+from fedal import acquisition, numerics
 from fedal.config import Config
+from fedal.defaults import DEFAULTS
 from fedal.pools import Pools
 from fedal.client_data import ClientData, NodeConfigError, load_node_data
 from fedal.protocol import (AcquireReply, AcquireRequest, InfoReply, InfoRequest, LabelingReply, LabelingRequest,
@@ -54,6 +55,7 @@ def site_worker(run_config: dict, node_config: dict, memory_store=None) -> "Clie
     pools: with a state dir (node config ``state-dir`` or ``FEDAL_STATE_DIR``) the SQLite store
     there, which holds every paid label across restarts; without one ``memory_store()`` (the
     ClientApp: the node's Flower context). The process's thread counts are set on the first call."""
+    numerics.apply(run_config.get("numerics", DEFAULTS["numerics"]))  # before the site computes
     if not _THREADS_SET:
         configure_threads()
     data = load_node_data(run_config, node_config)

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from fedal.data.registry import dataset_names, resolve_backbone
 from fedal.defaults import DEFAULTS
 from fedal.errors import ConfigError  # defined below fedal.data, which raises it too
+from fedal.numerics import NUMERICS
 from fedal.validation import check_choice, check_number, invalid
 
 # Choices are tuples so that error messages can list them.
@@ -51,6 +52,9 @@ LR_KEYS = ("lr-schedule", "lr-step-rounds")
 # client-rule keys added after runs that read them had been recorded: out of the hash at their
 # defaults, which those runs used (the mean softmax; a labeled client covering wholly)
 LATER_RULE_KEYS = ("predicted-mix", "cumulative-cover")
+# added after every recorded run had computed on its machine's own kernels: out of the hash at
+# "native", so those runs keep their hashes; "portable" is another experiment (fedal/numerics.py)
+LATER_ENV_KEYS = ("numerics",)
 
 
 
@@ -114,7 +118,7 @@ def experiment_key(run_config: Mapping[str, Any]) -> dict[str, Any]:
     drop = set(NON_EXPERIMENT_KEYS) | (_declared_keys(None) - _declared_keys(run_config))
     if run_config.get("labeling", "sync") == "sync":
         drop |= set(ASYNC_KEYS)
-    drop |= {k for k in LATER_ASYNC_KEYS + LATER_RULE_KEYS if k in run_config and run_config[k] == DEFAULTS[k]}
+    drop |= {k for k in LATER_ASYNC_KEYS + LATER_RULE_KEYS + LATER_ENV_KEYS if k in run_config and run_config[k] == DEFAULTS[k]}
     if run_config.get("lr-schedule", DEFAULTS["lr-schedule"]) == DEFAULTS["lr-schedule"]:
         drop |= set(LR_KEYS)
     return {k: v for k, v in run_config.items() if k not in drop}
@@ -172,6 +176,7 @@ class Config:
     backbone_weights: str
     freeze_backbone: bool
     device: str
+    numerics: str
     run_dir: str
     run_name: str
     report_label_histogram: bool
@@ -278,6 +283,7 @@ class Config:
         _choice("laplacian", self.laplacian, LAPLACIANS)
         _choice("local-space", self.local_space, LOCAL_SPACES)
         _choice("device", self.device, DEVICES)
+        _choice("numerics", self.numerics, NUMERICS)
         _choice("backbone", self.backbone, BACKBONES)
         _number("dirichlet-alpha", self.dirichlet_alpha, 0, lo_open=True)
         _number("shard-class-fraction", self.shard_class_fraction, 0, 1, lo_open=True)

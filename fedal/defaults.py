@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     "backbone-weights": "",
     "freeze-backbone": False,
     "device": "auto",
+    # CPU kernels: "native" (this machine's fastest) or "portable" (the same bits on every x86-64
+    # CPU with AVX2; fedal/numerics.py)
+    "numerics": "native",
     # output
     "run-dir": "runs",
     "run-name": "",

@@ -47,8 +47,10 @@ def run_directory(cfg) -> Path:
 def run_metadata(cfg) -> dict:
     """What config.json records about a run (the reports read it; ``experiment`` with the config
     hash and seed says which run a directory holds)."""
+    from fedal.numerics import fingerprint
+
     return {"config": cfg.to_run_config(), "seed": cfg.seed, "config_hash": cfg.config_hash(),
-            "experiment": cfg.experiment,
+            "experiment": cfg.experiment, "environment": fingerprint(cfg.numerics),
             "method": cfg.method_name or f"{cfg.client_strategy}+{cfg.point_strategy}",
             "suite": cfg.suite, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "argv": sys.argv}
 
@@ -90,6 +92,7 @@ class RunRecorder:
             old = {}
             if (self.dir / CONFIG_FILE).exists():
                 old = json.loads((self.dir / CONFIG_FILE).read_text())
+            self._check_same_numerics(old, config)
             config = {**config, "started": old.get("started", config.get("started")),
                       "resumed": [*old.get("resumed", []), config.get("started")]}
             (self.dir / SUMMARY_FILE).unlink(missing_ok=True)
@@ -102,6 +105,22 @@ class RunRecorder:
             for name in (ROUNDS_FILE, SUMMARY_FILE, Q_FILE, CHECKPOINT_FILE):
                 (self.dir / name).unlink(missing_ok=True)
         write_atomic(self.dir / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
+
+    def _check_same_numerics(self, old: dict[str, Any], config: dict[str, Any]) -> None:
+        """A run resumed on kernels that compute other bits (``fedal.numerics.golden``) would mix
+        two environments in one run's rows: refused before anything is written. Runs recorded
+        before the golden existed say nothing and resume as before."""
+        theirs = (old.get("environment") or {}).get("golden")
+        ours = (config.get("environment") or {}).get("golden")
+        if theirs is None or ours is None or theirs == ours:
+            return
+        env = old["environment"]
+        raise ResultsMismatch(
+            f"{self.dir} holds a run begun on other numerics (golden {theirs}: {env.get('cpu', '?')}, "
+            f"{env.get('cpu_capability', '?')} kernels, numerics = {env.get('numerics', '?')}); this process "
+            f"computes golden {ours}, so the resumed rounds would not continue the recorded ones. Resume it on "
+            "the first kind of machine, start it afresh (move the directory away), or make runs with "
+            "numerics = portable, which computes alike on every x86-64 CPU with AVX2; nothing was written")
 
     def _check_free(self, config: dict[str, Any]) -> None:
         try:

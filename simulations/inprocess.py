@@ -74,10 +74,12 @@ def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda 
     keep their pools from an earlier run, as SuperNodes outlive a crashed server);
     ``grid_class``: an ``InProcessGrid`` subclass to build instead (fault injection)."""
     from fedal.client_app import build_client_app
+    from fedal import numerics
     from fedal.config import Config
     from strategies.active_learning import FederatedActiveLearning
 
     cfg = Config.from_run_config(run_config)
+    numerics.apply(cfg.numerics)  # before any torch computation in this process
     if grid is None:
         grid = (grid_class or InProcessGrid)(build_client_app(run_config), num_clients, on_reply=on_reply,
                                              wire_seed=wire_seed)

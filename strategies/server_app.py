@@ -10,9 +10,11 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedal import numerics
 from fedal.checkpoint import CheckpointError
 from fedal.config import Config, ConfigError
 from fedal.data import load_dataset
+from fedal.numerics import NumericsError
 from fedal.results import ResultsMismatch, RunRecorder, run_directory, run_metadata
 from strategies.active_learning import FederatedActiveLearning
 from strategies.federation import ClientFailure, FederationError
@@ -34,8 +36,9 @@ def main(grid: Grid, context: Context, run_config: dict | None = None) -> None:
     torch.set_num_threads(int(os.environ.get("FEDAL_TORCH_THREADS", "1")))
     try:
         cfg = Config.from_run_config({**context.run_config, **(run_config or {})})
+        numerics.apply(cfg.numerics)  # before this process computes anything with torch
         load_dataset(cfg.dataset, cfg.data_root)  # a missing dataset stops here, before any label
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, NumericsError) as e:
         # raised, not SystemExit: Flower catches Exception only, and logs it
         _report("fedal: configuration error: ", e)
         raise

@@ -105,7 +105,7 @@ IN_HASH = {
     "annotator-latency": "constant:seconds=4", "label-noise": 0.1, "sim-fl-round-s": 10.0, "sim-select-s": 5.0,
     "annotators": "simulated", "labeling-deadline-s": 120.0, "async-budget": "standing",
     "lr-schedule": "constant", "lr-step-rounds": 5, "coverage-steps": 10, "pow-d-candidates": 12,
-    "predicted-mix": "argmax", "cumulative-cover": "share"}
+    "predicted-mix": "argmax", "cumulative-cover": "share", "numerics": "portable"}
 # every key read: asynchronous labeling with people (their keys), both diffusion strategies (the
 # keys they declare), a weights file (freeze-backbone needs one on mnist1d)
 HASH_BASE = {"labeling": "async", "annotators": "people", "labeling-deadline-s": 60.0,
@@ -205,7 +205,7 @@ CHOICES = {
     "device": "auto, cpu, cuda", "backbone": "auto, cnn1d, mlp, resnet18, resnet50, resnet101",
     "on-client-failure": "skip, stop", "labeling": "sync, async", "annotators": "simulated, people",
     "async-budget": "selection, standing", "lr-schedule": "constant, step", "predicted-mix": "softmax, argmax",
-    "cumulative-cover": "full, share",
+    "cumulative-cover": "full, share", "numerics": "native, portable",
 }
 
 

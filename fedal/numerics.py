@@ -1,0 +1,119 @@
+"""Which CPU kernels a run computes with, and a fingerprint that says so.
+
+Float32 training on the CPU is exact only on the same kernels: PyTorch picks its vectorised
+kernels by the CPU's instruction set (AVX2, AVX-512), oneDNN picks convolution kernels by the CPU
+and its caches, and MKL picks GEMM code paths by the CPU. Two machines can therefore train the same
+seed to different accuracies (MNIST-1D Dirichlet, pretrained, Rand seed 0: 47.5% after round 0 on
+one machine, 44.4% on another; results/v2/README.md). Over 15 FedAvg rounds the last-bit
+differences grow, so a suite resumed on another machine mixes two environments in one table.
+
+``numerics = native`` (the default) keeps the fastest kernels of this machine. ``numerics =
+portable`` fixes each choice to one that every x86-64 CPU with AVX2 computes alike:
+
+- ``ATEN_CPU_CAPABILITY=avx2``: PyTorch's own kernels at AVX2 even where AVX-512 exists;
+- oneDNN off (``torch.backends.mkldnn.enabled = False``): convolutions go through im2col and MKL;
+- ``MKL_CBWR=COMPATIBLE``: MKL's conditional numerical reproducibility, one code path on every
+  Intel or compatible CPU.
+
+Measured on one machine (AMD EPYC, AVX-512), every cap of MKL's and oneDNN's instruction sets gives
+the same bits under ``portable``, and a pretrained MNIST-1D run trains about 15% slower.
+
+``fingerprint`` records what a run computed with, and ``golden`` is the hash of a small, fixed
+training job on these kernels: two runs whose goldens agree computed on the same numerics.
+``fedal.results.RunRecorder`` refuses to resume a run on a machine whose golden differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+
+NUMERICS = ("native", "portable")
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"}
+PORTABLE_CAPABILITY = "AVX2"
+_X86 = ("x86_64", "amd64")
+
+
+class NumericsError(RuntimeError):
+    """Portable numerics cannot hold in this process (the CPU, or kernels chosen already)."""
+
+
+def apply(mode: str) -> None:
+    """Fix this process's CPU kernels for ``mode``; call it before torch computes anything.
+
+    PyTorch reads ``ATEN_CPU_CAPABILITY`` at its first kernel dispatch and MKL reads ``MKL_CBWR``
+    at its first call, so a process that has already computed keeps what it chose: that is
+    checked (the capability in use is read back) and refused rather than recorded wrongly."""
+    if mode not in NUMERICS:
+        raise ValueError(f"numerics = {mode!r} is not valid; valid values: {', '.join(NUMERICS)}")
+    if mode == "native":
+        return
+    if platform.machine().lower() not in _X86:
+        raise NumericsError(f"numerics = portable needs an x86-64 CPU with AVX2; this machine is "
+                            f"{platform.machine()}: use numerics = native")
+    os.environ.update(PORTABLE_ENV)
+    import torch
+
+    torch.backends.mkldnn.enabled = False
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability != PORTABLE_CAPABILITY:
+        raise NumericsError(
+            f"numerics = portable needs PyTorch's {PORTABLE_CAPABILITY} kernels, but this process uses "
+            f"{capability}: either the CPU lacks AVX2 or torch had computed before the setting was "
+            "applied (set ATEN_CPU_CAPABILITY=avx2 and MKL_CBWR=COMPATIBLE in the environment, or use "
+            "numerics = native)")
+
+
+def golden() -> str:
+    """SHA-256 (16 hex digits) of a small CNN's weights after 10 Adam steps on fixed random data.
+
+    The ops are the ones fedal trains with (1-D convolutions, a linear head, cross-entropy, Adam);
+    a different kernel anywhere in them changes the last bits, and so the hash."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((64, 1, 40)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 10, 64))
+    model = torch.nn.Sequential(torch.nn.Conv1d(1, 16, 5), torch.nn.ReLU(), torch.nn.Conv1d(16, 16, 3),
+                                torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16 * 34, 10))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.from_numpy(0.1 * rng.standard_normal(tuple(p.shape)).astype(np.float32)))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a reduction split over threads sums in another order
+    try:
+        for _ in range(10):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        digest.update(p.detach().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fingerprint(mode: str) -> dict:
+    """What a run computes with: the numerics mode, the kernels in use and the golden hash."""
+    import numpy as np
+    import torch
+
+    return {"numerics": mode, "golden": golden(), "cpu": _cpu_model(), "machine": platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "mkldnn": bool(torch.backends.mkldnn.enabled), "mkl_cbwr": os.environ.get("MKL_CBWR", ""),
+            "torch": torch.__version__, "numpy": np.__version__}
