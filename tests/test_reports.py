@@ -349,3 +349,23 @@ def test_significance_uses_students_pooled_test_not_welchs():
     p = 2 * stats.t.sf(abs(t), na + nb - 2)
     assert c.t == pytest.approx(t) and c.p == pytest.approx(p)
     assert c.verdict == "better"  # Welch's test (p ≈ 0.12) would call it a tie
+
+
+def _with_environment(d, golden):
+    meta = json.loads((d / "config.json").read_text())
+    meta["environment"] = {"golden": golden, "cpu": "CPU-" + golden, "cpu_capability": "AVX2", "numerics": "portable"}
+    (d / "config.json").write_text(json.dumps(meta))
+
+
+def test_a_report_says_which_numerics_its_runs_computed_on_and_when_they_span_several(tmp_path):
+    for seed in range(2):
+        _with_environment(write_run(tmp_path, f"r{seed}", "Rand", seed, [0.5, 0.6]), "g1")
+        _with_environment(write_run(tmp_path, f"o{seed}", "Ours", seed, [0.5, 0.7]), "g1")
+    one = R.write_report(tmp_path, tmp_path / "one", command="CMD").read_text()
+    assert "Numerics: every run here, golden `g1` (CPU-g1, AVX2 kernels, numerics = portable)." in one
+    write_run(tmp_path, "o9", "Ours", 9, [0.5, 0.7])  # recorded before fedal recorded numerics
+    md = R.write_report(tmp_path, tmp_path / "two", command="CMD").read_text()
+    assert "Numerics: these runs span 2 environments" in md
+    assert "- Ours: 2 on golden `g1` (CPU-g1, AVX2 kernels, numerics = portable); 1 on numerics not recorded" in md
+    data = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert data["environments"]["g1"]["runs"] == 4 and data["environments"]["not recorded"]["runs"] == 1

@@ -42,6 +42,9 @@ class Run:
     config: Mapping[str, object]
     rounds: tuple[Round, ...]
     summary: Mapping[str, object]
+    # what the run computed with (fedal/numerics.py: its golden hash, kernels, CPU); empty for
+    # runs recorded before fedal recorded it
+    environment: Mapping[str, object] = field(default_factory=dict)
 
     def group(self, key: str) -> str:
         """The value of `key` for this run, as a group label: a top-level field or a config key."""
@@ -179,6 +182,7 @@ def load_results(root: str | Path) -> Results:
                 config=dict(cfg.get("config") or {}),
                 rounds=read_rounds(d / ROUNDS_FILE),
                 summary=summary,
+                environment=dict(cfg.get("environment") or {}),
             )
         )
     return Results(root=root, runs=runs, skipped=skipped)

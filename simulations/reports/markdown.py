@@ -113,6 +113,30 @@ def _diagnostics_section(runs: Sequence[Run], group_by: str, groups: Sequence[st
         "![Client graph of the first selection, per method](client_graph.png)", ""]
 
 
+def _environment_lines(runs: Sequence[Run], group_by: str, data: dict) -> list[str]:
+    """Which numerics the runs computed on (fedal/numerics.py's golden hash): runs of one seed
+    agree to the bit only on one golden, so a reader should know when a table spans several."""
+    envs: dict[str, dict] = {}
+    per_group: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in runs:
+        key = str(r.environment.get("golden", "not recorded"))
+        envs.setdefault(key, dict(r.environment))
+        per_group[r.group(group_by)][key] += 1
+    data["environments"] = {k: {**e, "runs": sum(g.get(k, 0) for g in per_group.values())} for k, e in envs.items()}
+
+    def name(k: str) -> str:
+        e = envs[k]
+        return (f"golden `{k}` ({e.get('cpu', '?')}, {e.get('cpu_capability', '?')} kernels, numerics = "
+                f"{e.get('numerics', '?')})" if e else "numerics not recorded (runs made before fedal recorded them)")
+
+    if len(envs) == 1:
+        return [f"Numerics: every run here, {name(next(iter(envs)))}.", ""]
+    lines = [f"Numerics: these runs span {len(envs)} environments; a seed gives the same bits only within one:"]
+    for g, counts in per_group.items():
+        lines.append(f"- {g}: " + "; ".join(f"{n} on {name(k)}" for k, n in counts.items()))
+    return lines + [""]
+
+
 NULL_MIN_SEEDS = 6  # three against three at least; with 5, a 2-against-3 split says little
 
 
@@ -202,6 +226,7 @@ def write_report(
                   "and its seeds are treated as unpaired.")
     if mixed or duplicate_seeds(runs, group_by):
         md.append("")
+    md += _environment_lines(runs, group_by, data)
 
     # Accuracy.
     imps = improvement_over(table, baseline) if baseline is not None else None
