@@ -55,7 +55,8 @@ def site_worker(run_config: dict, node_config: dict, memory_store=None) -> "Clie
     pools: with a state dir (node config ``state-dir`` or ``FEDAL_STATE_DIR``) the SQLite store
     there, which holds every paid label across restarts; without one ``memory_store()`` (the
     ClientApp: the node's Flower context). The process's thread counts are set on the first call."""
-    numerics.apply(run_config.get("numerics", DEFAULTS["numerics"]))  # before the site computes
+    # before the site computes anything with torch (fedal/numerics.py)
+    numerics.apply(run_config.get("numerics", DEFAULTS["numerics"]), run_config.get("device", DEFAULTS["device"]))
     if not _THREADS_SET:
         configure_threads()
     data = load_node_data(run_config, node_config)

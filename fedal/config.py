@@ -284,6 +284,9 @@ class Config:
         _choice("local-space", self.local_space, LOCAL_SPACES)
         _choice("device", self.device, DEVICES)
         _choice("numerics", self.numerics, NUMERICS)
+        if self.numerics == "portable" and self.device == "cuda":
+            raise ConfigError("numerics = portable fixes CPU kernels, but device = cuda trains on the GPU: set "
+                              "device = cpu (or auto on a machine without CUDA), or numerics = native")
         _choice("backbone", self.backbone, BACKBONES)
         _number("dirichlet-alpha", self.dirichlet_alpha, 0, lo_open=True)
         _number("shard-class-fraction", self.shard_class_fraction, 0, 1, lo_open=True)

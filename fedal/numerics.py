@@ -39,8 +39,10 @@ class NumericsError(RuntimeError):
     """Portable numerics cannot hold in this process (the CPU, or kernels chosen already)."""
 
 
-def apply(mode: str) -> None:
+def apply(mode: str, device: str = "cpu") -> None:
     """Fix this process's CPU kernels for ``mode``; call it before torch computes anything.
+    ``device``: the run's ``device`` key; portable numerics fix CPU kernels only, so a run that
+    would train on CUDA is refused.
 
     PyTorch reads ``ATEN_CPU_CAPABILITY`` at its first kernel dispatch and MKL reads ``MKL_CBWR``
     at its first call, so a process that has already computed keeps what it chose: that is
@@ -54,6 +56,10 @@ def apply(mode: str) -> None:
                             f"{platform.machine()}: use numerics = native")
     os.environ.update(PORTABLE_ENV)
     import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        raise NumericsError(f"numerics = portable fixes CPU kernels, but device = {device} trains on CUDA "
+                            "here: set device = cpu, or numerics = native")
 
     torch.backends.mkldnn.enabled = False
     capability = torch.backends.cpu.get_cpu_capability()

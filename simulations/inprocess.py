@@ -79,7 +79,7 @@ def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda 
     from strategies.active_learning import FederatedActiveLearning
 
     cfg = Config.from_run_config(run_config)
-    numerics.apply(cfg.numerics)  # before any torch computation in this process
+    numerics.apply(cfg.numerics, cfg.device)  # before any torch computation in this process
     if grid is None:
         grid = (grid_class or InProcessGrid)(build_client_app(run_config), num_clients, on_reply=on_reply,
                                              wire_seed=wire_seed)

@@ -36,7 +36,7 @@ def main(grid: Grid, context: Context, run_config: dict | None = None) -> None:
     torch.set_num_threads(int(os.environ.get("FEDAL_TORCH_THREADS", "1")))
     try:
         cfg = Config.from_run_config({**context.run_config, **(run_config or {})})
-        numerics.apply(cfg.numerics)  # before this process computes anything with torch
+        numerics.apply(cfg.numerics, cfg.device)  # before this process computes anything with torch
         load_dataset(cfg.dataset, cfg.data_root)  # a missing dataset stops here, before any label
     except (ConfigError, FileNotFoundError, NumericsError) as e:
         # raised, not SystemExit: Flower catches Exception only, and logs it

@@ -98,3 +98,9 @@ def test_a_run_is_not_resumed_on_numerics_that_compute_other_bits(tmp_path):
 def test_a_run_recorded_before_the_golden_existed_still_resumes(tmp_path):
     RunRecorder(tmp_path, {"config_hash": "abc", "seed": 0, "experiment": "abc-s0", "started": "t"}, resume=False)
     _recorder(tmp_path, "bbbb", resume=True)
+
+
+def test_portable_numerics_refuse_a_run_that_trains_on_the_gpu():
+    with pytest.raises(ConfigError, match=r"numerics = portable fixes CPU kernels, but device = cuda trains on the GPU"):
+        Config.from_run_config({"numerics": "portable", "device": "cuda"})
+    assert Config.from_run_config({"numerics": "portable", "device": "cpu"}).numerics == "portable"
