@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,8 +29,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedal.config import TRAINING_MODES, Config, ConfigError, experiment_hash
-from fedal.results import CONFIG_FILE, LOG_FILE, SUMMARY_FILE
+from fedal.config import TRAINING_MODES, Config, ConfigError
+from fedal.results import LOG_FILE, SUMMARY_FILE
+from simulations.run_index import find_identical, finished_runs, numerics_conflicts, reuse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -259,73 +259,6 @@ def plan(suite: Suite, results: Path, seeds=None, methods=None, extra: dict | No
     return runs
 
 
-def finished_runs(results: Path) -> dict[str, list[Path]]:
-    """Every finished run directory under ``results``, by ``<hash>-s<seed>`` with the hash
-    recomputed from its config.json (``fedal.config.experiment_hash``: runs made before a key
-    their strategies never read existed are still found): one walk of the tree."""
-    index: dict[str, list[Path]] = {}
-    if not results.is_dir():
-        return index
-    for summary in sorted(results.rglob(SUMMARY_FILE)):
-        try:
-            finished = json.loads(summary.read_text()).get("completed") is True
-        except (OSError, ValueError):
-            finished = False  # a corrupted summary is not a finished run; the run is then made afresh
-        if finished:
-            index.setdefault(_identity(summary.parent), []).append(summary.parent)
-    return index
-
-
-def _uses_client_graph(name) -> bool:
-    from fedal import selection
-
-    return name in selection.available() and selection.get(name).needs_pseudo_updates
-
-
-def _identity(run_dir: Path) -> str:
-    """``<experiment hash>-s<seed>`` of a finished run, from its config.json (the directory name
-    if that cannot be read)."""
-    try:
-        meta = json.loads((run_dir / CONFIG_FILE).read_text())
-        rc = meta["config"]
-        if _uses_client_graph(rc.get("client-strategy")) and "pseudo-optimizer" not in rc:
-            # a client-graph run from before the revised probe (one probe after training, exhausted
-            # clients in the graph): no configuration today reproduces it
-            return f"{run_dir.name}-before-revised-probe"
-        return f"{experiment_hash(rc)}-s{int(meta['seed'])}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return run_dir.name
-
-
-def find_identical(run: PlannedRun, results: Path, index: dict[str, list[Path]] | None = None) -> Path | None:
-    """A finished run elsewhere under ``results`` with the same experiment (config hash + seed).
-
-    The hash leaves out labels (method name, suite, output paths; ``NON_EXPERIMENT_KEYS``) and keys
-    the run's strategies never read (``fedal.config.experiment_key``), and runs are deterministic
-    under their seed, so such a run *is* this run: e.g. the
-    training-modes suite's warm-start runs are the Ent+Ent runs of the warm-start comparisons.
-    ``index``: ``finished_runs(results)``, when many runs are looked up.
-    """
-    index = finished_runs(results) if index is None else index
-    own = run.run_dir.resolve()
-    return next((d for d in index.get(run.run_dir.name, []) if d.resolve() != own), None)
-
-
-def reuse(run: PlannedRun, source: Path) -> None:
-    """Copy an identical finished run into this run's directory under this run's labels."""
-    tmp = run.run_dir.with_name(run.run_dir.name + ".reusing")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    cfg_path = tmp / CONFIG_FILE
-    cfg = json.loads(cfg_path.read_text())
-    cfg.update({"method": run.method.name, "suite": run.suite.name, "reused_from": str(source)})
-    cfg.setdefault("config", {}).update({"method-name": run.method.name, "suite": run.suite.name})
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-    shutil.rmtree(run.run_dir, ignore_errors=True)  # an unfinished attempt of this run, if any
-    run.run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(run.run_dir)  # atomic: a half-copied run is never mistaken for a finished one
-
-
 _CHILDREN: set[subprocess.Popen] = set()  # the runs under way (run_one), stopped with the runner
 _CHILDREN_LOCK = threading.Lock()
 _STOPPING = threading.Event()  # set by _stop_runs: no queued run starts after it
@@ -376,6 +309,8 @@ def main(argv=None, prog: str = "python -m simulations.compare") -> int:
                          "--jobs 2 uses both cores (simulations/inprocess.py)")
     ap.add_argument("--jobs", type=int, default=1,
                     help="runs at a time (default 1; wall times recorded in results are then contended)")
+    ap.add_argument("--allow-mixed-numerics", action="store_true",
+                    help="add seeds to a method whose finished runs computed on other numerics (fedal/numerics.py)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         raise SystemExit(f"--jobs = {args.jobs} is invalid; valid: an integer >= 1")
@@ -394,7 +329,13 @@ def main(argv=None, prog: str = "python -m simulations.compare") -> int:
     print(f"suite {suite.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, "
           f"{sum(v is not None for v in same.values())} identical to finished runs elsewhere, "
           f"{sum(v is None for v in same.values())} to run")
+    mixed = numerics_conflicts([r for r in todo if same[id(r)] is None])
+    if mixed and not (args.dry_run or args.allow_mixed_numerics):
+        raise SystemExit("these methods' finished runs computed on other numerics than new runs here would, so "
+                         "their seeds would mix two environments:\n  " + "\n  ".join(mixed) + "\nuse another "
+                         "--results root (e.g. with --set numerics=portable), or --allow-mixed-numerics; nothing was run")
     if args.dry_run:
+        print("".join(f"  mixes numerics: {line}\n" for line in mixed), end="")
         for r in runs:
             state = "done" if r.done else ("same" if same.get(id(r)) else "todo")
             print(f"  {state}  {r.method.name:18s} seed {r.seed}  {r.run_dir}")

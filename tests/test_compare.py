@@ -209,3 +209,37 @@ def test_sigterm_to_the_runner_stops_the_runs_it_started(tmp_path):
         runner.kill()
         for pid in _engines_writing(tmp_path):
             os.kill(pid, signal.SIGKILL)
+
+
+def _finished(run_dir, golden):
+    run_dir.mkdir(parents=True)
+    env = {} if golden is None else {"environment": {"golden": golden}}
+    (run_dir / "config.json").write_text(json.dumps({"method": "Rand", "seed": 0, **env}))
+    (run_dir / "summary.json").write_text(json.dumps({"completed": True}))
+
+
+@pytest.mark.parametrize("golden", [None, "0123456789abcdef"])
+def test_new_seeds_are_not_added_to_a_method_whose_runs_computed_on_other_numerics(tmp_path, capsys, golden):
+    from simulations.compare import main
+
+    done = plan(SUITES["digits-smoke"], tmp_path, seeds=[0], methods=["Rand"])[0]
+    _finished(done.run_dir, golden)
+    args = ["digits-smoke", "--methods", "Rand", "--seeds", "0", "1", "--results", str(tmp_path), "--engine", "inprocess"]
+    with pytest.raises(SystemExit, match=r"their seeds would mix two environments:\n  .*Rand: finished runs 1 on "
+                                         + ("numerics not recorded" if golden is None else f"golden {golden}")):
+        main(args)
+    new = plan(SUITES["digits-smoke"], tmp_path, seeds=[1], methods=["Rand"])[0]
+    assert not new.run_dir.exists()  # nothing was run
+    assert main(args + ["--dry-run"]) == 0
+    assert "mixes numerics:" in capsys.readouterr().out
+
+
+def test_new_seeds_join_a_method_whose_runs_computed_on_these_numerics(tmp_path, capsys):
+    from simulations.compare import main
+    from simulations.run_index import golden_here
+
+    done = plan(SUITES["digits-smoke"], tmp_path, seeds=[0], methods=["Rand"])[0]
+    _finished(done.run_dir, golden_here("native"))
+    assert main(["digits-smoke", "--methods", "Rand", "--seeds", "0", "1", "--results", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "mixes numerics" not in out and "todo  Rand" in out
