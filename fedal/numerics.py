@@ -32,7 +32,30 @@ import platform
 NUMERICS = ("native", "portable")
 PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"}
 PORTABLE_CAPABILITY = "AVX2"
+# numpy's OpenBLAS picks its kernels when it loads, so this one must be in the environment before
+# the process starts (simulations/compare.py and simulations/engine.py see to it)
+OPENBLAS_ENV = {"OPENBLAS_CORETYPE": "Haswell"}
 _X86 = ("x86_64", "amd64")
+_ACTIVE = "native"
+
+
+def process_env(mode: str) -> dict[str, str]:
+    """What a process must find in its environment at start to compute under ``mode``."""
+    return {**PORTABLE_ENV, **OPENBLAS_ENV} if mode == "portable" else {}
+
+
+def active() -> str:
+    """The numerics this process was set to (``apply``); ``native`` until then."""
+    return _ACTIVE
+
+
+def openblas_cores() -> list[str]:
+    """The kernel families of the OpenBLAS libraries loaded in this process (numpy's, scipy's)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # comes with scikit-learn; without it the check cannot be made
+        return []
+    return sorted({str(i.get("architecture")) for i in threadpool_info() if i.get("internal_api") == "openblas"})
 
 
 class NumericsError(RuntimeError):
@@ -49,7 +72,9 @@ def apply(mode: str, device: str = "cpu") -> None:
     checked (the capability in use is read back) and refused rather than recorded wrongly."""
     if mode not in NUMERICS:
         raise ValueError(f"numerics = {mode!r} is not valid; valid values: {', '.join(NUMERICS)}")
+    global _ACTIVE
     if mode == "native":
+        _ACTIVE = mode
         return
     if platform.machine().lower() not in _X86:
         raise NumericsError(f"numerics = portable needs an x86-64 CPU with AVX2; this machine is "
@@ -69,15 +94,41 @@ def apply(mode: str, device: str = "cpu") -> None:
             f"{capability}: either the CPU lacks AVX2 or torch had computed before the setting was "
             "applied (set ATEN_CPU_CAPABILITY=avx2 and MKL_CBWR=COMPATIBLE in the environment, or use "
             "numerics = native)")
+    import numpy  # noqa: F401  (loads OpenBLAS, whose kernels are then read back)
+
+    cores = openblas_cores()
+    if any(c.lower() != OPENBLAS_ENV["OPENBLAS_CORETYPE"].lower() for c in cores):
+        raise NumericsError(
+            f"numerics = portable needs numpy's OpenBLAS on its {OPENBLAS_ENV['OPENBLAS_CORETYPE']} kernels, but "
+            f"this process loaded {', '.join(cores)}: start it with OPENBLAS_CORETYPE="
+            f"{OPENBLAS_ENV['OPENBLAS_CORETYPE']} in the environment (python -m simulations.engine and "
+            "python -m simulations.compare set it themselves), or use numerics = native")
+    _ACTIVE = mode
+
+
+def adam(params, lr: float):
+    """The Adam a run trains with: ``torch.optim.Adam``, or under portable numerics
+    ``fedal.portable_adam.PortableAdam``, the same step with a root every CPU rounds alike."""
+    import torch
+
+    if _ACTIVE == "portable":
+        from fedal.portable_adam import PortableAdam
+
+        return PortableAdam(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr)
 
 
 def golden() -> str:
-    """SHA-256 (16 hex digits) of a small CNN's weights after 10 Adam steps on fixed random data.
+    """SHA-256 (16 hex digits) of a small CNN's weights after 10 Adam steps on fixed random data,
+    and of a float64 matrix product in numpy.
 
-    The ops are the ones fedal trains with (1-D convolutions, a linear head, cross-entropy, Adam);
-    a different kernel anywhere in them changes the last bits, and so the hash."""
+    The ops are the ones fedal computes with: 1-D convolutions, a linear head, cross-entropy and
+    Adam (``adam``, as a run's training gets it) in torch; OpenBLAS's products in
+    numpy, which the client graph and the point strategies use. A different kernel anywhere in
+    them changes the last bits, and so the hash."""
     import numpy as np
     import torch
+
 
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal((64, 1, 40)).astype(np.float32))
@@ -87,7 +138,7 @@ def golden() -> str:
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.from_numpy(0.1 * rng.standard_normal(tuple(p.shape)).astype(np.float32)))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = adam(list(model.parameters()), 3e-3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a reduction split over threads sums in another order
     try:
@@ -100,6 +151,8 @@ def golden() -> str:
     digest = hashlib.sha256()
     for p in model.parameters():
         digest.update(p.detach().numpy().tobytes())
+    a = rng.standard_normal((96, 333))
+    digest.update((a @ a.T).tobytes())  # sums of 333 products: the order is the kernel's
     return digest.hexdigest()[:16]
 
 
@@ -122,4 +175,5 @@ def fingerprint(mode: str) -> dict:
     return {"numerics": mode, "golden": golden(), "cpu": _cpu_model(), "machine": platform.machine(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "mkldnn": bool(torch.backends.mkldnn.enabled), "mkl_cbwr": os.environ.get("MKL_CBWR", ""),
+            "openblas": ",".join(openblas_cores()),
             "torch": torch.__version__, "numpy": np.__version__}

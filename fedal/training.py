@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedal import numerics
 from fedal.data.registry import resolve_backbone
 from fedal.models import CNN1D, FedALModel, Identity, MLPBackbone
 
@@ -80,7 +81,7 @@ def _device(model: nn.Module) -> torch.device:
 
 
 OPTIMIZERS: Mapping[str, Callable[..., torch.optim.Optimizer]] = MappingProxyType({
-    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "adam": lambda params, lr: numerics.adam(params, lr),  # torch's, or PortableAdam under portable numerics
     "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
 })
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedal.config import TRAINING_MODES, Config, ConfigError
+from fedal.numerics import process_env
 from fedal.results import LOG_FILE, SUMMARY_FILE
 from simulations.run_index import find_identical, finished_runs, numerics_conflicts, reuse
 
@@ -273,7 +275,8 @@ def run_one(run: PlannedRun, log_file: Path, engine: str = "ray") -> int:
         with _CHILDREN_LOCK:  # a stop cannot fall between the check and the start
             if _STOPPING.is_set():
                 return STOPPED
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+            env = {**os.environ, **process_env(run.run_config.get("numerics", "native"))}
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
             _CHILDREN.add(proc)
         try:
             return proc.wait()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from fedal.deploy import QUIET_ENV
@@ -111,6 +112,12 @@ def main(argv=None) -> int:
                          "without Ray, same rows, one core (simulations/inprocess.py)")
     args = ap.parse_args(argv)
     from fedal.config import Config
+    from fedal.numerics import process_env
+
+    need = process_env(json.loads(args.run_config).get("numerics", "native"))
+    if argv is None and any(os.environ.get(k) != v for k, v in need.items()):
+        # numpy's OpenBLAS chose its kernels when it loaded: start again with them fixed
+        os.execve(sys.executable, [sys.executable, "-m", "simulations.engine", *sys.argv[1:]], {**os.environ, **need})
     from fedal.results import run_directory
 
     try:

@@ -7,12 +7,14 @@ here); this module reads what is already there."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from fedal.config import experiment_hash
+from fedal.numerics import process_env
 from fedal.results import CONFIG_FILE, SUMMARY_FILE
 
 NOT_RECORDED = "not recorded"  # a run made before fedal recorded its numerics (fedal/numerics.py)
@@ -105,7 +107,7 @@ def golden_here(numerics: str) -> str:
     MKL choose their kernels once per process, so this one's may not be the run's."""
     code = "import sys; from fedal import numerics as n; n.apply(sys.argv[1]); print(n.golden())"
     out = subprocess.run([sys.executable, "-c", code, numerics], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, **process_env(numerics)})
     if out.returncode != 0:
         raise SystemExit(f"numerics = {numerics} cannot run here: {out.stderr.strip().splitlines()[-1]}")
     return out.stdout.strip().splitlines()[-1]

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from fedal.config import Config, ConfigError, experiment_hash
-from fedal.numerics import NUMERICS, NumericsError, apply
+from fedal.numerics import NUMERICS, NumericsError, apply, process_env
 from fedal.results import CONFIG_FILE, ResultsMismatch, RunRecorder
 
 X86_AVX2 = platform.machine().lower() in ("x86_64", "amd64") and "avx2" in open("/proc/cpuinfo").read()
@@ -29,8 +29,8 @@ SCRIPT = ("import json, sys; from fedal import numerics; numerics.apply(sys.argv
 
 
 def _fingerprint(mode: str, env: dict) -> dict:
-    clean = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR")}
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], env={**clean, **env}, capture_output=True,
+    clean = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "OPENBLAS_CORETYPE")}
+    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], env={**clean, **process_env(mode), **env}, capture_output=True,
                          text=True, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
