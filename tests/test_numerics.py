@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 
@@ -104,3 +105,67 @@ def test_portable_numerics_refuse_a_run_that_trains_on_the_gpu():
     with pytest.raises(ConfigError, match=r"numerics = portable fixes CPU kernels, but device = cuda trains on the GPU"):
         Config.from_run_config({"numerics": "portable", "device": "cuda"})
     assert Config.from_run_config({"numerics": "portable", "device": "cpu"}).numerics == "portable"
+
+
+def test_portable_adam_takes_torchs_adam_step():
+    import numpy as np
+    import torch
+
+    from fedal.portable_adam import PortableAdam
+
+    rng = np.random.default_rng(1)
+    start = torch.from_numpy(rng.standard_normal(4000).astype(np.float32))
+    grads = [torch.from_numpy(rng.standard_normal(4000).astype(np.float32)) for _ in range(5)]
+    ours, theirs = start.clone().requires_grad_(), start.clone().requires_grad_()
+    opt_ours, opt_theirs = PortableAdam([ours], lr=3e-3), torch.optim.Adam([theirs], lr=3e-3, foreach=False)
+    for g in grads:
+        for p, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            p.grad = g.clone()
+            opt.step()
+    # the same Adam: moments agree to the bit (no root in them), parameters to float32's last bits
+    assert torch.equal(opt_ours.state[ours]["exp_avg_sq"], opt_theirs.state[theirs]["exp_avg_sq"])
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-6) and not torch.equal(ours, start)
+    # that its root is the one every CPU rounds alike is tested under QEMU (below)
+
+
+def test_portable_numerics_train_with_portable_adam_and_native_with_torchs(monkeypatch):
+    import torch
+
+    from fedal import numerics
+    from fedal.portable_adam import PortableAdam
+    from fedal.training import make_optimizer
+
+    p = [torch.zeros(3, requires_grad=True)]
+    monkeypatch.setattr(numerics, "_ACTIVE", "portable")
+    assert type(make_optimizer(p, 1e-3, "adam")) is PortableAdam
+    monkeypatch.setattr(numerics, "_ACTIVE", "native")
+    assert type(make_optimizer(p, 1e-3, "adam")) is torch.optim.Adam
+
+
+def test_portable_numerics_refuse_openblas_on_other_kernels():
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    env.update(OPENBLAS_CORETYPE="Sandybridge", ATEN_CPU_CAPABILITY="avx2", MKL_CBWR="COMPATIBLE")
+    out = subprocess.run([sys.executable, "-c", SCRIPT, "portable"], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode != 0
+    assert "numerics = portable needs numpy's OpenBLAS on its Haswell kernels, but this process loaded" in out.stderr
+
+
+QEMU = shutil.which("qemu-x86_64")
+
+
+@needs_avx2
+@pytest.mark.skipif(QEMU is None, reason="qemu-user is not installed (.ci/run installs it)")
+@pytest.mark.parametrize("cpu", ["Haswell-v4", "EPYC-Rome"])
+def test_portable_numerics_compute_the_same_bits_on_another_cpu_emulated_by_qemu(cpu):
+    # QEMU's user mode runs this venv's Python on an emulated CPU of another vendor or generation
+    # (its own CPUID: MKL, OpenBLAS and PyTorch choose their kernels for it); the fixed kernels
+    # must give this machine's golden there. Native numerics, unfixed, give another one.
+    env = {**{k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "OPENBLAS_CORETYPE")}}
+    here = _fingerprint("portable", {})
+    out = subprocess.run([QEMU, "-cpu", cpu, sys.executable, "-c", SCRIPT, "portable"],
+                         env={**env, **process_env("portable")}, capture_output=True, text=True, timeout=600,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    there = json.loads(out.stdout.strip().splitlines()[-1])
+    assert there["golden"] == here["golden"], (here, there)
