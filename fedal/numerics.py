@@ -101,8 +101,8 @@ def apply(mode: str, device: str = "cpu") -> None:
         raise NumericsError(
             f"numerics = portable needs numpy's OpenBLAS on its {OPENBLAS_ENV['OPENBLAS_CORETYPE']} kernels, but "
             f"this process loaded {', '.join(cores)}: start it with OPENBLAS_CORETYPE="
-            f"{OPENBLAS_ENV['OPENBLAS_CORETYPE']} in the environment (python -m simulations.engine and "
-            "python -m simulations.compare set it themselves), or use numerics = native")
+            f"{OPENBLAS_ENV['OPENBLAS_CORETYPE']} in the environment (python -m simulations.engine, "
+            "python -m simulations.compare and fedal run set it themselves), or use numerics = native")
     _ACTIVE = mode
 
 

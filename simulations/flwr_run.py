@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from fedal.deploy import QUIET_ENV
+from fedal.numerics import process_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,6 +78,8 @@ def flwr_run(run_config: str = "", supernodes: int = 100, home: Path | None = No
     home = write_flower_home(home or ROOT / ".flwr")
     bindir = Path(sys.executable).parent
     env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(home), "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
+    if re.search(r"numerics\s*=\s*['\"]portable['\"]", run_config):
+        env.update(process_env("portable"))  # the SuperLink's simulation processes inherit it (fedal/numerics.py)
     cmd = [str(bindir / "flwr"), "run", str(ROOT), "--stream",
            "--federation-config", federation_config(supernodes, 1, gpus)]
     if run_config:

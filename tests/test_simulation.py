@@ -48,12 +48,14 @@ def test_simulation_engine_end_to_end(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(shutil.which("flwr", path=str(Path(sys.executable).parent)) is None,
                     reason="the flwr CLI is not installed next to this Python")
-def test_flwr_run_cli(tmp_path):
+@pytest.mark.parametrize("numerics", ["native", "portable"])
+def test_flwr_run_cli(tmp_path, numerics):
     from simulations.flwr_run import flwr_run
 
     runs = tmp_path / "runs"
     rc = (f"client-strategy='entropy' point-strategy='entropy' al-rounds=1 init-clients=2 "
-          f"init-points=20 clients-per-round=2 points-per-client=20 fl-rounds=1 run-dir='{runs}'")
+          f"init-points=20 clients-per-round=2 points-per-client=20 fl-rounds=1 run-dir='{runs}' "
+          f"numerics='{numerics}'")
     p = flwr_run(rc, supernodes=6, home=tmp_path / "flwr-home", timeout=480, capture=True)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-3000:]
@@ -61,5 +63,10 @@ def test_flwr_run_cli(tmp_path):
     [run_dir] = list(runs.iterdir())
     rows = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [r["labels"] for r in rows] == [40, 80]
+    if numerics == "portable":  # flwr_run gave the SuperLink's processes the environment it needs
+        from simulations.run_index import golden_here
+
+        env = json.loads((run_dir / "config.json").read_text())["environment"]
+        assert env["numerics"] == "portable" and env["golden"] == golden_here("portable")
     ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
     assert str(tmp_path / "flwr-home") not in ps  # the local SuperLink was stopped
