@@ -133,8 +133,9 @@ def golden() -> str:
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal((64, 1, 40)).astype(np.float32))
     y = torch.from_numpy(rng.integers(0, 10, 64))
-    model = torch.nn.Sequential(torch.nn.Conv1d(1, 16, 5), torch.nn.ReLU(), torch.nn.Conv1d(16, 16, 3),
-                                torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16 * 34, 10))
+    with torch.random.fork_rng(devices=[]):  # the layers' own init draws must not move the run's RNG
+        model = torch.nn.Sequential(torch.nn.Conv1d(1, 16, 5), torch.nn.ReLU(), torch.nn.Conv1d(16, 16, 3),
+                                    torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16 * 34, 10))
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.from_numpy(0.1 * rng.standard_normal(tuple(p.shape)).astype(np.float32)))

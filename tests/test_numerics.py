@@ -169,3 +169,20 @@ def test_portable_numerics_compute_the_same_bits_on_another_cpu_emulated_by_qemu
     assert out.returncode == 0, out.stderr[-2000:]
     there = json.loads(out.stdout.strip().splitlines()[-1])
     assert there["golden"] == here["golden"], (here, there)
+
+
+def test_the_golden_leaves_the_global_random_state_as_it_found_it():
+    import numpy as np
+    import torch
+
+    from fedal.numerics import golden
+
+    torch.manual_seed(3)
+    np.random.seed(3)
+    first = golden()
+    after = (torch.rand(4), np.random.rand(4))
+    torch.manual_seed(3)
+    np.random.seed(3)
+    expected = (torch.rand(4), np.random.rand(4))
+    assert torch.equal(after[0], expected[0]) and np.array_equal(after[1], expected[1])
+    assert golden() == first  # and it is a fixed job
