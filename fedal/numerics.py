@@ -16,7 +16,8 @@ portable`` fixes each choice to one that every x86-64 CPU with AVX2 computes ali
   Intel or compatible CPU.
 
 Measured on one machine (AMD EPYC, AVX-512), every cap of MKL's and oneDNN's instruction sets gives
-the same bits under ``portable``, and a pretrained MNIST-1D run trains about 15% slower.
+the same bits under ``portable``; a pretrained MNIST-1D run takes about 1.5× as long
+(simulations/benchmarks/results/numerics.md).
 
 ``fingerprint`` records what a run computed with, and ``golden`` is the hash of a small, fixed
 training job on these kernels: two runs whose goldens agree computed on the same numerics.
