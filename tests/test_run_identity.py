@@ -11,8 +11,10 @@ import sys
 from datetime import datetime
 
 import pytest
+import torch
 
 from fedal.config import Config
+from fedal.numerics import golden
 from fedal.results import (CONFIG_FILE, ROUNDS_FILE, SUMMARY_FILE, ResultsMismatch, RunRecorder, run_directory,
                            run_identity, run_metadata)
 from simulations.alignment import recorded_clients
@@ -48,6 +50,9 @@ def test_config_json_records_what_the_reports_and_the_alignment_tool_read(tmp_pa
     before = datetime.now().replace(microsecond=0)
     meta = run_metadata(cfg)
     after = datetime.now()
+    # the numerics it computed on (fedal/numerics.py): this process's kernels and their golden
+    env = meta.pop("environment")
+    assert env["numerics"] == "native" and env["golden"] == golden() and env["torch"] == torch.__version__
     assert meta == {"config": cfg.to_run_config(), "seed": 3, "config_hash": cfg.config_hash(),
                     "experiment": "study-1", "method": "random+random", "suite": "smoke",
                     "started": meta["started"], "argv": ["simulations/engine.py", "--clients", "7", "--run-config", "{}"]}
