@@ -116,10 +116,12 @@ def _diagnostics_section(runs: Sequence[Run], group_by: str, groups: Sequence[st
 def _environment_lines(runs: Sequence[Run], group_by: str, data: dict) -> list[str]:
     """Which numerics the runs computed on (fedal/numerics.py's golden hash): runs of one seed
     agree to the bit only on one golden, so a reader should know when a table spans several."""
+    from simulations.run_index import NOT_RECORDED  # the key compare's check uses too
+
     envs: dict[str, dict] = {}
     per_group: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in runs:
-        key = str(r.environment.get("golden", "not recorded"))
+        key = str(r.environment.get("golden", NOT_RECORDED))
         envs.setdefault(key, dict(r.environment))
         per_group[r.group(group_by)][key] += 1
     data["environments"] = {k: {**e, "runs": sum(g.get(k, 0) for g in per_group.values())} for k, e in envs.items()}
