@@ -151,6 +151,9 @@ CLIENT_RULE_METHODS = (
     # crowd in B Dirichlet pretrained), and with LoGo points (BASE points lose in B Shard pretrained)
     Method("DivFL+CumS", {"client-strategy": "cumulative-divfl", "point-strategy": RULE_POINTS, "cumulative-cover": "share"}),
     Method("DivFL+Cum+LoGo", {"client-strategy": "cumulative-divfl", "point-strategy": "logo"}),
+    # and with Rand's own random points: the client rule alone (behind random clients BASE points
+    # lose in B Shard pretrained and win 1 budget at most elsewhere: reports/v2)
+    Method("DivFL+Cum+Rand", {"client-strategy": "cumulative-divfl", "point-strategy": "random"}),
     Method("Clustered", {"client-strategy": "clustered", "point-strategy": RULE_POINTS}),
     Method("Pow-d", {"client-strategy": "pow-d", "point-strategy": RULE_POINTS}),
     Method("KCenter", {"client-strategy": "kcenter", "point-strategy": RULE_POINTS}),
