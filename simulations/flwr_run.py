@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -73,12 +72,24 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def requested_numerics(run_config: str = "") -> str:
+    """The ``numerics`` a ``flwr run`` with these ``--run-config`` overrides gets: the override
+    parsed as flwr parses it (key=value pairs or one .toml file), else pyproject.toml's default."""
+    import tomllib
+
+    from flwr.common.config import parse_config_args
+
+    default = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    overrides = parse_config_args([run_config]) if run_config else {}
+    return str(overrides.get("numerics", default.get("numerics", "native")))
+
+
 def flwr_run(run_config: str = "", supernodes: int = 100, home: Path | None = None,
              timeout: float | None = None, capture: bool = False, gpus: float = 0.0) -> subprocess.CompletedProcess:
     home = write_flower_home(home or ROOT / ".flwr")
     bindir = Path(sys.executable).parent
     env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(home), "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
-    if re.search(r"numerics\s*=\s*['\"]portable['\"]", run_config):
+    if requested_numerics(run_config) == "portable":
         env.update(process_env("portable"))  # the SuperLink's simulation processes inherit it (fedal/numerics.py)
     cmd = [str(bindir / "flwr"), "run", str(ROOT), "--stream",
            "--federation-config", federation_config(supernodes, 1, gpus)]

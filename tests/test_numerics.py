@@ -186,3 +186,17 @@ def test_the_golden_leaves_the_global_random_state_as_it_found_it():
     expected = (torch.rand(4), np.random.rand(4))
     assert torch.equal(after[0], expected[0]) and np.array_equal(after[1], expected[1])
     assert golden() == first  # and it is a fixed job
+
+
+def test_flwr_run_reads_the_numerics_from_the_run_config_as_flwr_does(tmp_path):
+    # the SuperLink's processes get the OpenBLAS setting only when the run will ask for portable
+    # numerics (simulations/flwr_run.py): key=value overrides, a .toml file, or pyproject's default
+    from simulations.flwr_run import requested_numerics
+
+    assert requested_numerics("") == "native"  # pyproject.toml's default
+    assert requested_numerics("numerics='portable'") == "portable"
+    assert requested_numerics("seed=2 numerics=\"portable\" al-rounds=3") == "portable"
+    assert requested_numerics("numerics='native' seed=2") == "native"
+    toml = tmp_path / "overrides.toml"
+    toml.write_text('numerics = "portable"\nseed = 4\n')
+    assert requested_numerics(str(toml)) == "portable"
