@@ -74,14 +74,14 @@ def _alive(pid: int) -> bool:
 
 def requested_numerics(run_config: str = "") -> str:
     """The ``numerics`` a ``flwr run`` with these ``--run-config`` overrides gets: the override
-    parsed as flwr parses it (key=value pairs or one .toml file), else pyproject.toml's default."""
-    import tomllib
-
+    parsed as flwr parses it (key=value pairs or one .toml file), else the default (fedal/defaults.py,
+    which pyproject.toml repeats: a test keeps them equal)."""
     from flwr.common.config import parse_config_args
 
-    default = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    from fedal.defaults import DEFAULTS
+
     overrides = parse_config_args([run_config]) if run_config else {}
-    return str(overrides.get("numerics", default.get("numerics", "native")))
+    return str(overrides.get("numerics", DEFAULTS["numerics"]))
 
 
 def flwr_run(run_config: str = "", supernodes: int = 100, home: Path | None = None,
