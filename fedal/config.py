@@ -309,7 +309,8 @@ class Config:
         _choice("on-client-failure", self.on_client_failure, ON_CLIENT_FAILURE)
         _number("stop-after-round", self.stop_after_round, -1, integer=True, note="-1: off")
         if clients.get(self.client_strategy).needs_label_histogram and not self.report_label_histogram:
-            others = [n for n in clients.available() if not clients.get(n).needs_label_histogram]
+            others = [n for n in clients.available()  # the simulator-only yardstick is no alternative
+                      if not (clients.get(n).needs_label_histogram or clients.get(n).simulator_only)]
             raise ConfigError(
                 f"client-strategy = {self.client_strategy!r} steers by the labeled set's class counts, which "
                 "clients report only with report-label-histogram = true; set it to true or choose "

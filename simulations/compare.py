@@ -154,6 +154,10 @@ CLIENT_RULE_METHODS = (
     # and with Rand's own random points: the client rule alone (behind random clients BASE points
     # lose in B Shard pretrained and win 1 budget at most elsewhere: reports/v2)
     Method("DivFL+Cum+Rand", {"client-strategy": "cumulative-divfl", "point-strategy": "random"}),
+    # the class-mix oracle (simulator only, --engine inprocess): clients picked by their true class
+    # counts, behind random and BASE points. Could any client rule win here by class mix?
+    Method("Oracle+Rand", {"client-strategy": "oracle-balance", "point-strategy": "random"}),
+    Method("Oracle+BASE", {"client-strategy": "oracle-balance", "point-strategy": "base"}),
     Method("Clustered", {"client-strategy": "clustered", "point-strategy": RULE_POINTS}),
     Method("Pow-d", {"client-strategy": "pow-d", "point-strategy": RULE_POINTS}),
     Method("KCenter", {"client-strategy": "kcenter", "point-strategy": RULE_POINTS}),
@@ -270,6 +274,14 @@ _STOPPING = threading.Event()  # set by _stop_runs: no queued run starts after i
 STOPPED = 128 + signal.SIGTERM  # the exit code of a run or runner stopped by SIGTERM
 
 
+def simulator_only(run_config: dict) -> bool:
+    """Whether a run's client strategy reads what only the in-process simulator has."""
+    from fedal import selection
+
+    name = run_config.get("client-strategy")
+    return name in selection.available() and selection.get(name).simulator_only
+
+
 def run_one(run: PlannedRun, log_file: Path, engine: str = "ray") -> int:
     run.run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "simulations.engine", "--clients", str(run.suite.clients),
@@ -330,6 +342,10 @@ def main(argv=None, prog: str = "python -m simulations.compare") -> int:
     extra = dict(kv.partition("=")[::2] for kv in args.set)
     runs = plan(suite, Path(args.results), args.seeds, args.methods, extra)
     todo = [r for r in runs if not r.done]
+    oracle = sorted({r.method.name for r in todo if simulator_only(r.run_config)})
+    if oracle and args.engine != "inprocess":
+        raise SystemExit(f"{', '.join(oracle)} read the clients' true class counts, which only --engine inprocess "
+                         f"gives (--engine {args.engine} was asked); nothing was run")
     index = finished_runs(Path(args.results))
     same = {id(r): find_identical(r, Path(args.results), index) for r in todo}
     print(f"suite {suite.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, "

@@ -66,6 +66,26 @@ class InProcessGrid:
         return replies
 
 
+def true_class_counts(grid: InProcessGrid, run_config: dict, num_classes: int):
+    """The simulator's oracle for a simulator-only client strategy (fedal/selection/oracle.py):
+    a function of client ids giving each client's true class counts over its unlabeled and its
+    labeled pool, (M, C) each, read from the clients' own data and pools in this process. It goes
+    around the protocol on purpose; no message carries these counts."""
+    from fedal.client_app import worker
+
+    def oracle(pids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        counts = {}
+        for ctx in grid.contexts.values():
+            w = worker(ctx, {**ctx.run_config, **run_config})
+            pools, y = w.pools(), w.data.y
+            counts[w.data.client_id] = (np.bincount(y[pools.unlabeled], minlength=num_classes),
+                                        np.bincount(y[np.asarray(pools.labeled, dtype=np.int64)], minlength=num_classes))
+        return (np.stack([counts[p][0] for p in pids]).astype(np.float64),
+                np.stack([counts[p][1] for p in pids]).astype(np.float64))
+
+    return oracle
+
+
 def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda s: None,
                   wire_seed: int | None = None, record: bool = False, grid=None, grid_class=None):
     """Run the full AL protocol in-process; returns (rows, grid). ``record``: also write the run
@@ -84,6 +104,8 @@ def run_inprocess(run_config: dict, num_clients: int, on_reply=None, log=lambda 
         grid = (grid_class or InProcessGrid)(build_client_app(run_config), num_clients, on_reply=on_reply,
                                              wire_seed=wire_seed)
     loop = FederatedActiveLearning.for_run(cfg, grid, log=log)
+    if loop.strategy.simulator_only:
+        loop.oracle = true_class_counts(grid, run_config, loop.num_classes)
     grid.loop = loop  # callers read what the loop kept after the run (e.g. its summary)
     recorder = None
     if record:

@@ -64,6 +64,10 @@ class FederatedActiveLearning(Federation):
         # labels paid so far, per class (the labeled set's histogram; balanced diffusion reads it)
         self.labeled_per_class = np.zeros(num_classes, dtype=np.int64)
         self.summary: dict | None = None
+        # the in-process simulator's view of the clients' true class counts, for a simulator-only
+        # client strategy (fedal/selection/oracle.py): client ids -> ((M, C) over U, (M, C) over L).
+        # simulations/inprocess.py sets it; nothing else can, so such a run is refused elsewhere.
+        self.oracle: Callable[[list[str]], tuple[np.ndarray, np.ndarray]] | None = None
 
     @classmethod
     def for_run(cls, cfg: Config, grid: Grid, log: Callable[[str], None] = print) -> "FederatedActiveLearning":
@@ -180,6 +184,15 @@ class FederatedActiveLearning(Federation):
                            prev_entropy=None if np.all(np.isnan(prev)) else prev,
                            predicted_mix=mix, labeled_per_class=state.labeled_per_class, n_labeled=n_l)
 
+    def with_truth(self, pids: list[str], stats: ClientStats) -> ClientStats:
+        """``stats`` with the clients' true class counts added, for a simulator-only strategy."""
+        if not self.strategy.simulator_only:
+            return stats
+        import dataclasses
+
+        unlabeled, labeled = self.oracle(pids)
+        return dataclasses.replace(stats, true_unlabeled=unlabeled, true_labeled=labeled)
+
     def choose(self, pids: list[str], stats: ClientStats, diagnostics: dict) -> tuple[list, Callable]:
         """The client strategy's plan for this round, as (client id, labels) pairs (``pids``: the
         client ids in the order of ``stats``), and its whole order (drawn again from the same
@@ -238,6 +251,14 @@ class FederatedActiveLearning(Federation):
     # ------------------------------------------------------------------ the loop
     def run(self, recorder=None) -> list[dict]:
         cfg, policy = self.cfg, self.policy
+        if self.strategy.simulator_only and self.oracle is None:
+            from fedal.errors import ConfigError
+
+            raise ConfigError(
+                f"client-strategy = {cfg.client_strategy!r} reads the clients' true class counts, which only the "
+                "in-process simulator can give (python -m simulations.compare SUITE --engine inprocess); it is a "
+                "yardstick, not a method for flwr run or a deployment. Choose another client-strategy: "
+                + ", ".join(n for n in selection.available() if not selection.get(n).simulator_only))
         t_run = time.perf_counter()
         ck_path = None if recorder is None else recorder.dir / CHECKPOINT_FILE
         ck = policy.load(self, ck_path) if cfg.resume else None  # refused before any client is asked
@@ -269,7 +290,7 @@ class FederatedActiveLearning(Federation):
             n_labels = sum(c.n_labeled for c in state.clients.values())
             chosen, diagnostics, pids = [], {}, list(state.clients)
             if selecting:
-                stats = self.client_stats(state, probes)
+                stats = self.with_truth(pids, self.client_stats(state, probes))
                 t = time.perf_counter()
                 plan, order = self.choose(pids, stats, diagnostics)
                 plan = policy.cap(plan)

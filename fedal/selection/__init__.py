@@ -8,7 +8,8 @@
 
 The registry lives in ``base``; a strategy module registers its ordering functions on import,
 so every one is imported here (``paper``: the paper's strategies and fedal's balanced
-diffusion; ``rules``: coverage and the selectors of the federated-learning literature). Pure
+diffusion; ``rules``: coverage and the selectors of the federated-learning literature;
+``oracle``: a simulator-only yardstick that reads the clients' true class counts). Pure
 numpy: no torch, no Flower.
 """
 
@@ -26,7 +27,7 @@ from .base import (
     register,
     unregister,
 )
-from . import paper, rules  # noqa: E402,F401  (registration, in the order users see them)
+from . import paper, rules, oracle  # noqa: E402,F401  (registration, in the order users see them)
 from .paper import (  # noqa: E402
     CLIENT_GRAPH_KEYS,
     Q_RECORD_MAX_NODES,

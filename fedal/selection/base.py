@@ -30,6 +30,11 @@ class ClientStats:
     predicted_mix: np.ndarray | None = None  # (M, C) mean softmax over U_z (balanced variant)
     labeled_per_class: np.ndarray | None = None  # (C,) labels paid so far, per class (aggregate)
     n_labeled: np.ndarray | None = None  # |L_z|: labels each client holds (from its acquire replies)
+    # simulator only (``ClientStrategy.simulator_only``): each client's true class counts over U_z
+    # and over L_z, (M, C), read by the in-process simulator from the clients' own pools
+    # (simulations/inprocess.py). No message carries them; a server outside the simulator has none.
+    true_unlabeled: np.ndarray | None = None
+    true_labeled: np.ndarray | None = None
 
     @property
     def eligible(self) -> np.ndarray:
@@ -56,6 +61,9 @@ class ClientStrategy:
       with ``report-label-histogram = true``.
     - ``config_keys``: run-config keys it reads; keys that no strategy of a run reads stay out of
       the run's hash (``fedal.config.experiment_key``).
+    - ``simulator_only``: reads the clients' true class counts (``ClientStats.true_unlabeled``),
+      which only the in-process simulator can give; the server loop refuses it anywhere else.
+      Such a strategy is a yardstick (how far could client choice go?), never a method to deploy.
     - ``params``: builds the strategy's own parameters (a frozen dataclass) from a
       ``fedal.config.Config``; a strategy that reads none gets ``NoParams``.
     """
@@ -67,6 +75,7 @@ class ClientStrategy:
     needs_predicted_mix: bool = False
     needs_label_histogram: bool = False
     config_keys: tuple[str, ...] = ()
+    simulator_only: bool = False
     params: Callable[[Any], Any] = lambda cfg: NoParams()
 
 
