@@ -158,6 +158,9 @@ CLIENT_RULE_METHODS = (
     # counts, behind random and BASE points. Could any client rule win here by class mix?
     Method("Oracle+Rand", {"client-strategy": "oracle-balance", "point-strategy": "random"}),
     Method("Oracle+BASE", {"client-strategy": "oracle-balance", "point-strategy": "base"}),
+    # fedal's mix balance: the oracle's greedy on the clients' predicted class mixes (deployable)
+    Method("Mix+Rand", {"client-strategy": "mix-balance", "point-strategy": "random"}),
+    Method("Mix+BASE", {"client-strategy": "mix-balance", "point-strategy": "base"}),
     Method("Clustered", {"client-strategy": "clustered", "point-strategy": RULE_POINTS}),
     Method("Pow-d", {"client-strategy": "pow-d", "point-strategy": RULE_POINTS}),
     Method("KCenter", {"client-strategy": "kcenter", "point-strategy": RULE_POINTS}),

@@ -11,7 +11,8 @@ from fedal.config import Config
 from fedal.data import client_data
 from fedal.errors import ConfigError
 from fedal.selection import ClientStats, get, order_clients
-from fedal.selection.oracle import OracleParams, _entropy, balance_greedy
+from fedal.class_balance import balance_greedy, entropy as _entropy
+from fedal.selection.oracle import OracleParams
 from tests.inprocess import InProcessGrid, run_inprocess
 from tests.test_protocol import ALLOWED_METRICS, SMALL, M, _pools
 
@@ -123,3 +124,42 @@ def test_in_process_picks_follow_the_true_counts_and_no_message_carries_them():
     for r in replies:
         for metrics in r.content.metric_records.values():
             assert set(metrics) <= ALLOWED_METRICS
+
+
+# ---------------------------------------------------------------- mix balance, the deployable twin
+def test_mix_balance_is_the_oracles_greedy_on_predicted_mixes():
+    # with predicted mixes equal to the true ones, mix balance picks what the oracle picks; with
+    # the mixes permuted among clients, it follows the mixes, not the truth
+    rng = np.random.default_rng(3)
+    unl = rng.integers(0, 40, size=(10, C)).astype(float)
+    n_u = unl.sum(1).astype(int)
+    lab = rng.integers(0, 20, size=(10, C)).astype(float)
+    truth = ClientStats(entropy=np.zeros(10), n_unlabeled=n_u, true_unlabeled=unl, true_labeled=lab)
+    seen = ClientStats(entropy=np.zeros(10), n_unlabeled=n_u, predicted_mix=unl / n_u[:, None],
+                       labeled_per_class=lab.sum(0))
+    r = np.random.default_rng(0)
+    want = order_clients("oracle-balance", truth, r, OracleParams(15), n=5)
+    got = order_clients("mix-balance", seen, r, get("mix-balance").params(Config.from_run_config(
+        {"points-per-client": 15})), n=5)
+    assert list(got) == list(want)
+    perm = np.roll(np.arange(10), 3)
+    moved = ClientStats(entropy=np.zeros(10), n_unlabeled=n_u[perm], predicted_mix=(unl / n_u[:, None])[perm],
+                        labeled_per_class=lab.sum(0))
+    got2 = order_clients("mix-balance", moved, r, get("mix-balance").params(Config.from_run_config(
+        {"points-per-client": 15})), n=5)
+    assert list(got2) == [int(np.flatnonzero(perm == z)[0]) for z in want]
+
+
+def test_mix_balance_runs_the_protocol_sending_only_a_mean_prediction():
+    rc = {**SMALL, "client-strategy": "mix-balance", "point-strategy": "random"}
+    replies = []
+    rows, _ = run_inprocess(rc, M, on_reply=lambda m, r: replies.append(r))
+    assert [r["labels"] for r in rows] == [30, 54, 78]
+    assert all(len(r["graph"]["balance_entropy"]) == 2 for r in rows[:-1])
+    probes = [r for r in replies if r.metadata.message_type == "query.probe"]
+    assert probes and not any(r.content.array_records for r in probes)  # no pseudo-updates, no data
+    for r in probes:  # the mix: C numbers, a mean over the client's pool
+        metrics = {k: v for rec in r.content.metric_records.values() for k, v in rec.items()}
+        assert set(metrics) <= ALLOWED_METRICS | {"mix"} and len(metrics["mix"]) == 10
+    with pytest.raises(ConfigError, match="report-label-histogram"):
+        Config.from_run_config({**rc, "report-label-histogram": False})

@@ -38,11 +38,11 @@ from .paper import (  # noqa: E402
     diffusion_params,
     graph_diagnostics,
 )
-from .rules import BalancedDivFLParams, ClusteredParams, CoverageParams, CumulativeParams, PowDParams  # noqa: E402
+from .rules import BalancedDivFLParams, ClusteredParams, CoverageParams, CumulativeParams, MixBalanceParams, PowDParams  # noqa: E402
 
 __all__ = [
     "CLIENT_GRAPH_KEYS", "GRAPH_KEYS", "PROBE_KEYS", "Q_RECORD_MAX_NODES", "ClientGeometry", "ClientStats",
-    "BalancedDivFLParams", "ClientStrategy", "ClusteredParams", "CoverageParams", "CumulativeParams", "DiffusionParams", "GraphParams",
+    "BalancedDivFLParams", "ClientStrategy", "ClusteredParams", "CoverageParams", "CumulativeParams", "DiffusionParams", "GraphParams", "MixBalanceParams",
     "NoParams", "PowDParams",
     "allocate_budget", "available", "class_deficit_weights", "diffusion_params", "get", "graph_diagnostics",
     "order_clients", "plan_round", "register", "unregister",

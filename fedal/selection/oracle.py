@@ -7,11 +7,12 @@ its unlabeled pool, and see whether its picks beat random clients behind the sam
 If even this oracle does not, no rule that steers by class mix can, and the setting's gains (or
 losses) belong to the point step.
 
-``oracle-balance`` picks greedily the client whose expected acquisition makes the labeled set's
-class counts most even (highest entropy of labeled + acquired so far in the batch). "Expected":
-a client asked for k points adds k · (its unlabeled class mix), which is what random points give;
-other point strategies skew it, and the oracle does not model them. Pure numpy; the counts come
-from the in-process simulator only (``fedal.selection.base.ClientStats.true_unlabeled``).
+``oracle-balance`` runs ``fedal.class_balance.balance_greedy`` on the true counts: each pick the
+client whose expected acquisition makes the labeled set's class counts most even. Its deployable
+twin, ``mix-balance`` (``fedal.selection.rules``), runs the same greedy on what clients may send
+(their predicted class mix over U_z and the labeled set's class counts), so the distance between
+the two is the price of not seeing the labels. The counts come from the in-process simulator only
+(``fedal.selection.base.ClientStats.true_unlabeled``).
 """
 
 from __future__ import annotations
@@ -20,48 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedal.class_balance import balance_greedy
 from fedal.selection.base import ClientStats, register
 
 
 @dataclass(frozen=True)
 class OracleParams:
     points_per_client: int = 200  # W: what one pick adds (min(W, |U_z|) points)
-
-
-def _entropy(counts: np.ndarray) -> np.ndarray:
-    """Shannon entropy (nats) of each row of non-negative ``counts`` (a row of zeros: 0)."""
-    tot = counts.sum(-1, keepdims=True)
-    p = np.divide(counts, tot, out=np.zeros_like(counts), where=tot > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * np.log(p), 0.0)
-    return -terms.sum(-1)
-
-
-def balance_greedy(unlabeled: np.ndarray, labeled: np.ndarray, take: np.ndarray, n: int,
-                   eligible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The greedy batch that makes the expected labeled set most even.
-
-    ``unlabeled``: (M, C) class counts over each client's U; ``labeled``: (C,) class counts of the
-    labeled set; ``take``: (M,) points a pick would label; ``n``: picks. Pick i maximises the
-    entropy of ``labeled`` + the expected acquisitions of picks 1..i (ties: the lower index).
-    Returns the picks in order and the entropy after each (nats)."""
-    unlabeled = np.asarray(unlabeled, dtype=np.float64)
-    m = unlabeled.shape[0]
-    size = unlabeled.sum(1)
-    take = np.minimum(np.asarray(take, dtype=np.float64), size)
-    mix = np.divide(unlabeled, size[:, None], out=np.zeros_like(unlabeled), where=size[:, None] > 0)
-    gain = mix * take[:, None]  # (M, C): what a pick adds, in expectation under random points
-    ok = (size > 0) if eligible is None else (np.asarray(eligible, bool) & (size > 0))
-    h = np.asarray(labeled, dtype=np.float64).copy()
-    order, after = [], []
-    for _ in range(min(int(n), int(ok.sum()))):
-        ent = np.where(ok, _entropy(h[None, :] + gain), -np.inf)
-        z = int(np.argmax(ent))
-        order.append(z)
-        after.append(float(ent[z]))
-        h += gain[z]
-        ok[z] = False
-    return np.asarray(order, dtype=np.int64), np.asarray(after)
 
 
 @register("oracle-balance", probes=False, simulator_only=True,

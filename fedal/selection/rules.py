@@ -1,5 +1,5 @@
 """Client strategies beyond the paper (docs/method.md, "Client selection beyond the paper"):
-fedal's diffusion coverage and four selectors of the federated-learning literature, registered
+fedal's diffusion coverage, DivFL variants and mix balance, and four selectors of the federated-learning literature, registered
 in the client-strategy registry (``fedal.selection.base``) on the signals its probe
 already sends (q between pseudo-updates, g, |U|). The maths is in ``fedal.coverage`` and
 ``fedal.client_baselines``; each entry here adapts one round's ``ClientStats`` to it, declares
@@ -162,6 +162,33 @@ def balanced_divfl_order(stats: ClientStats, rng: np.random.Generator, params: B
         diagnostics["gains"] = [round(float(v), 6) for v in gains]
         geo.record_q(diagnostics, q)
     return geo.nodes[order]
+
+
+@dataclass(frozen=True)
+class MixBalanceParams:
+    points_per_client: int = 200  # W: what one pick adds (min(W, |U_z|) points)
+
+
+@register("mix-balance", needs_predicted_mix=True, needs_label_histogram=True,
+          params=lambda cfg: MixBalanceParams(cfg.points_per_client))
+def mix_balance_order(stats: ClientStats, rng: np.random.Generator, params: MixBalanceParams,
+                      n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
+    """fedal's mix balance (docs/method.md, "Mix balance"): the class-mix oracle's greedy
+    (``fedal.class_balance.balance_greedy``) on what clients may send: |U_z| times each client's
+    predicted class mix over U_z stands in for its true class counts, and the labeled set's class
+    counts (the aggregate acquire replies carry) for the true labeled counts."""
+    from fedal.class_balance import balance_greedy
+
+    if stats.predicted_mix is None or stats.labeled_per_class is None:
+        raise ValueError("mix-balance needs each client's predicted class mix and the labeled set's class counts")
+    elig = stats.eligible
+    n = int(elig.sum()) if n is None else n
+    counts = np.asarray(stats.predicted_mix, dtype=np.float64) * stats.n_unlabeled[:, None]
+    take = np.minimum(params.points_per_client, stats.n_unlabeled)
+    order, after = balance_greedy(counts, stats.labeled_per_class, take, n, elig)
+    if diagnostics is not None:
+        diagnostics["balance_entropy"] = [round(float(v), 6) for v in after[:n]]
+    return order
 
 
 @register("clustered", needs_pseudo_updates=True, config_keys=PROBE_KEYS,
