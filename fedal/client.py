@@ -229,7 +229,7 @@ class ClientWorker:
         reports/async-labeling/notes.md)."""
         from fedal.training import predict
         from fedal.training import pseudo_update as take_pseudo_update
-        from fedal.uncertainty import class_mix, entropy
+        from fedal.uncertainty import class_mix, confusion_counts, entropy
 
         cfg = self.cfg
         # U_z as it was before the acquisition this probe serves (AL round ``al_round``): a crashed
@@ -247,7 +247,13 @@ class ClientWorker:
         if mix:
             # the predicted class mix over U: C numbers, an aggregate of model outputs (the balanced rules)
             mean = [float(v) for v in class_mix(probs, cfg.predicted_mix, self.data.num_classes)]
-        reply = ProbeReply(self.data.partition_id, g, pools.n_unlabeled, pools.n_labeled, mean)
+        confusion = None
+        if mix and cfg.predicted_mix == "bbse":
+            # the server solves each client's argmax share through the federation's confusion matrix
+            idx, y = pools.labeled_arrays()
+            p_l = predict(model, self.data.x[idx])[0] if len(idx) else np.zeros((0, self.data.num_classes))
+            confusion = [int(v) for v in confusion_counts(p_l, y, self.data.num_classes).ravel()]
+        reply = ProbeReply(self.data.partition_id, g, pools.n_unlabeled, pools.n_labeled, mean, confusion)
         if not pseudo_update:
             return reply
         m = take_pseudo_update(model, x_u, optimizer=cfg.pseudo_optimizer, epochs=cfg.pseudo_epochs,

@@ -225,6 +225,9 @@ class ProbeReply(Reply):
     n_unlabeled: int
     n_labeled: int
     mix: list | None = None  # mean softmax over U_z, C numbers (when asked)
+    # predicted-mix = bbse: the labeled points' true × predicted class counts, C² numbers, row-major
+    # (an aggregate of the labeled set, as acquired-per-class is; never per point)
+    confusion: list | None = None
     pseudo: dict | None = None  # {"m": (1, D) float32}: the pseudo-update m_t (when asked)
 
     @property

@@ -44,8 +44,9 @@ def least_confidence(probs) -> np.ndarray:
     return 1.0 - p.max(axis=1)
 
 
-# how a client summarises its predictions over U_z for the balanced client rules (predicted-mix)
-PREDICTED_MIXES = ("softmax", "argmax")
+# how a client summarises its predictions over U_z for the balanced client rules (predicted-mix);
+# bbse: the argmax share, which the server corrects through the labeled points' confusion matrix
+PREDICTED_MIXES = ("softmax", "argmax", "bbse")
 
 
 def class_mix(probs, kind: str, num_classes: int) -> np.ndarray:
@@ -54,7 +55,8 @@ def class_mix(probs, kind: str, num_classes: int) -> np.ndarray:
     ``softmax``: the mean softmax. ``argmax``: the share of points predicted in each class. A head
     retrained at a small learning rate is unsure of everything, so its mean softmax is close to
     uniform even where its argmax is right more often than not; the argmax share keeps the class
-    signal such a model has (docs/method.md, "Balanced DivFL")."""
+    signal such a model has (docs/method.md, "Balanced DivFL"). ``bbse``: the argmax share, which
+    the server corrects with ``bbse_mix``."""
     if kind not in PREDICTED_MIXES:
         raise ValueError(f"predicted-mix = {kind!r} is not valid; valid values: {', '.join(PREDICTED_MIXES)}")
     p = np.asarray(probs, dtype=np.float64)
@@ -66,3 +68,29 @@ def class_mix(probs, kind: str, num_classes: int) -> np.ndarray:
     if kind == "softmax":
         return p.mean(axis=0)
     return np.bincount(p.argmax(axis=1), minlength=num_classes) / len(p)
+
+
+def confusion_counts(probs, labels, num_classes: int) -> np.ndarray:
+    """(C, C) counts of labeled points, true class × predicted class (``predicted-mix = bbse``):
+    an aggregate of the client's labeled set, never per point."""
+    p = _check_probs(np.asarray(probs, dtype=np.float64)) if len(probs) else np.zeros((0, num_classes))
+    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(conf, (np.asarray(labels, dtype=np.int64), p.argmax(axis=1)), 1)
+    return conf
+
+
+def bbse_mix(confusion, argmax_share) -> np.ndarray:
+    """A pool's class mix q from its argmax share μ by black-box shift estimation (Lipton, Wang and
+    Smola, ICML 2018): μ = M q with M[h, t] = P(predicted h | true t) from ``confusion`` (true ×
+    predicted counts of labeled points), solved for q ≥ 0 by non-negative least squares and
+    normalised. A class with no labeled point has a zero column and gets no mass; a pool with no
+    prediction (μ = 0) gets zeros. docs/method.md, "Mix balance"."""
+    from scipy.optimize import nnls
+
+    mu = np.asarray(argmax_share, dtype=np.float64)
+    if mu.sum() <= 0:
+        return np.zeros_like(mu)
+    conf = np.asarray(confusion, dtype=np.float64)
+    m = (conf / np.maximum(conf.sum(1, keepdims=True), 1)).T
+    q = nnls(m, mu)[0]
+    return q / q.sum() if q.sum() > 0 else np.full(len(q), 1.0 / len(q))

@@ -161,6 +161,10 @@ CLIENT_RULE_METHODS = (
     # fedal's mix balance: the oracle's greedy on the clients' predicted class mixes (deployable)
     Method("Mix+Rand", {"client-strategy": "mix-balance", "point-strategy": "random"}),
     Method("Mix+BASE", {"client-strategy": "mix-balance", "point-strategy": "base"}),
+    # and on BBSE's mixes, the estimate whose greedy beats random batches at the first selection
+    # (simulations/mix_estimates.py)
+    Method("MixB+Rand", {"client-strategy": "mix-balance", "point-strategy": "random", "predicted-mix": "bbse"}),
+    Method("MixB+BASE", {"client-strategy": "mix-balance", "point-strategy": "base", "predicted-mix": "bbse"}),
     Method("Clustered", {"client-strategy": "clustered", "point-strategy": RULE_POINTS}),
     Method("Pow-d", {"client-strategy": "pow-d", "point-strategy": RULE_POINTS}),
     Method("KCenter", {"client-strategy": "kcenter", "point-strategy": RULE_POINTS}),

@@ -13,7 +13,8 @@ class mix over U can be estimated from what a client may compute and send:
   Decaestecker, "Adjusting the outputs of a classifier to new a priori probabilities", Neural
   Computation 2002), with the labeled set's class shares as the training prior;
 - ``bbse``: black-box shift estimation (Lipton, Wang and Smola, ICML 2018): the argmax share
-  solved through the confusion matrix of the labeled points, q ≥ 0 by non-negative least squares.
+  solved through the confusion matrix of the labeled points (``fedal.uncertainty.bbse_mix``,
+  what ``predicted-mix = bbse`` runs).
 
 Per estimate: the mean total-variation distance to the true mix (simulator side), and the label
 entropy (nats) a batch of V clients picked by the balance greedy (``fedal/class_balance.py``) on
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedal.class_balance import balance_greedy, entropy
+from fedal.uncertainty import bbse_mix
 
 ESTIMATES = ("softmax", "argmax", "em", "bbse")
 
@@ -47,24 +49,12 @@ def saerens_em(probs: np.ndarray, train_prior: np.ndarray, iters: int = 100) -> 
     return q
 
 
-def bbse(confusion: np.ndarray, argmax_share: np.ndarray) -> np.ndarray:
-    """The pool's class mix q ≥ 0 (summing to 1) from its argmax share μ = M q, with M[h, t] =
-    P(predicted h | true t) from ``confusion`` (true × predicted counts); non-negative least
-    squares, a class never seen in ``confusion`` gets no column (it cannot be estimated)."""
-    from scipy.optimize import nnls
-
-    conf = np.asarray(confusion, dtype=np.float64)
-    m = (conf / np.maximum(conf.sum(1, keepdims=True), 1)).T
-    q = nnls(m, np.asarray(argmax_share, dtype=np.float64))[0]
-    return q / q.sum() if q.sum() > 0 else np.full(len(q), 1.0 / len(q))
-
-
 def estimates(probs: np.ndarray, train_prior: np.ndarray, confusion: np.ndarray) -> dict[str, np.ndarray]:
     """Each estimate of ``ESTIMATES`` of one pool's class mix from its posteriors."""
     p = np.asarray(probs, dtype=np.float64)
     share = np.bincount(p.argmax(1), minlength=p.shape[1]) / len(p)
     return {"softmax": p.mean(0), "argmax": share, "em": saerens_em(p, train_prior),
-            "bbse": bbse(confusion, share)}
+            "bbse": bbse_mix(confusion, share)}
 
 
 def batch_entropy(order, labeled: np.ndarray, true_mix: np.ndarray, take: np.ndarray) -> float:
@@ -90,6 +80,7 @@ def first_selection(run_config: dict, num_clients: int, draws: int = 200) -> See
     from fedal.client_app import worker
     from fedal.config import Config
     from fedal.training import predict
+    from fedal.uncertainty import confusion_counts
     from simulations.inprocess import run_inprocess, true_class_counts
     from strategies.active_learning import FederatedActiveLearning
 
@@ -124,7 +115,7 @@ def first_selection(run_config: dict, num_clients: int, draws: int = 200) -> See
             probs[z] = predict(model, w.data.x[pools.unlabeled])[0]
         if pools.labeled:
             idx = np.asarray(pools.labeled, dtype=np.int64)
-            np.add.at(conf, (w.data.y[idx], predict(model, w.data.x[idx])[0].argmax(1)), 1)
+            conf += confusion_counts(predict(model, w.data.x[idx])[0], w.data.y[idx], c)
     n_u = unl.sum(1)
     true_mix = unl / np.maximum(n_u, 1)[:, None]
     take = np.minimum(cfg.points_per_client, n_u)

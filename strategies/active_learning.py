@@ -180,6 +180,12 @@ class FederatedActiveLearning(Federation):
             for z, p in enumerate(pids):
                 if p in last:
                     mix[z] = np.asarray(last[p].mix, dtype=np.float64)
+            if self.cfg.predicted_mix == "bbse":  # argmax shares through the summed confusion counts
+                from fedal.uncertainty import bbse_mix
+
+                c = self.num_classes
+                conf = sum(np.asarray(r.confusion, dtype=np.float64).reshape(c, c) for r in last.values())
+                mix = np.stack([bbse_mix(conf, row) for row in mix])
         return ClientStats(entropy=g, n_unlabeled=n_u, embeddings=emb,
                            prev_entropy=None if np.all(np.isnan(prev)) else prev,
                            predicted_mix=mix, labeled_per_class=state.labeled_per_class, n_labeled=n_l)

@@ -204,7 +204,7 @@ CHOICES = {
     "sigma-scope": "edges, all", "laplacian": "unnormalized, rw, sym", "local-space": "embedding, input",
     "device": "auto, cpu, cuda", "backbone": "auto, cnn1d, mlp, resnet18, resnet50, resnet101",
     "on-client-failure": "skip, stop", "labeling": "sync, async", "annotators": "simulated, people",
-    "async-budget": "selection, standing", "lr-schedule": "constant, step", "predicted-mix": "softmax, argmax",
+    "async-budget": "selection, standing", "lr-schedule": "constant, step", "predicted-mix": "softmax, argmax, bbse",
     "cumulative-cover": "full, share", "numerics": "native, portable",
 }
 

@@ -3,7 +3,8 @@ the first-selection diagnostic runs end to end on a small federation."""
 
 import numpy as np
 
-from simulations.mix_estimates import ESTIMATES, bbse, first_selection, saerens_em, table
+from fedal.uncertainty import bbse_mix as bbse, confusion_counts
+from simulations.mix_estimates import ESTIMATES, first_selection, saerens_em, table
 from tests.test_protocol import SMALL
 
 
@@ -25,6 +26,13 @@ def test_bbse_inverts_the_confusion_matrix():
     q = np.array([0.5, 0.1, 0.4])
     assert np.allclose(bbse(conf, m @ q), q, atol=1e-9)
     assert not np.allclose(m @ q, q)  # the argmax share itself is off
+    assert np.allclose(bbse(conf, np.zeros(3)), 0)  # a pool without predictions
+
+
+def test_confusion_counts_are_true_by_predicted():
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.0, 0.1, 0.9]])
+    conf = confusion_counts(probs, [0, 1, 1, 2], 3)
+    assert conf.tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
 
 
 def test_first_selection_runs_and_tabulates():

@@ -163,3 +163,30 @@ def test_mix_balance_runs_the_protocol_sending_only_a_mean_prediction():
         assert set(metrics) <= ALLOWED_METRICS | {"mix"} and len(metrics["mix"]) == 10
     with pytest.raises(ConfigError, match="report-label-histogram"):
         Config.from_run_config({**rc, "report-label-histogram": False})
+
+
+def test_bbse_mixes_reach_mix_balance_through_the_summed_confusion_counts(monkeypatch):
+    # predicted-mix = bbse: clients send their argmax share and their labeled points' confusion
+    # counts (C² integers that add up to the client's labels); the server solves each share through
+    # the federation's summed counts before the greedy sees it
+    import fedal.class_balance as cb
+    from fedal.uncertainty import bbse_mix
+
+    seen = []
+    real = cb.balance_greedy
+    monkeypatch.setattr(cb, "balance_greedy", lambda u, *a, **k: (seen.append(np.array(u)), real(u, *a, **k))[1])
+    rc = {**SMALL, "client-strategy": "mix-balance", "point-strategy": "random", "predicted-mix": "bbse",
+          "al-rounds": 1}
+    probes = []
+    rows, grid = run_inprocess(rc, M, on_reply=lambda m, r: probes.append(r) if r.metadata.message_type == "query.probe" else None)
+    assert [r["labels"] for r in rows] == [30, 54]
+    got = {}
+    for r in probes:
+        met = {k: v for rec in r.content.metric_records.values() for k, v in rec.items()}
+        assert set(met) <= ALLOWED_METRICS | {"mix", "confusion"} and not r.content.array_records
+        assert len(met["confusion"]) == 100 and sum(met["confusion"]) == met["n-labeled"]
+        got[int(met["partition-id"])] = met
+    conf = sum(np.asarray(m["confusion"], dtype=float).reshape(10, 10) for m in got.values())
+    want = np.stack([bbse_mix(conf, got[z]["mix"]) * got[z]["n-unlabeled"] for z in range(M)])
+    assert np.allclose(seen[0], want)
+    assert not np.allclose(seen[0], np.stack([np.asarray(got[z]["mix"]) * got[z]["n-unlabeled"] for z in range(M)]))
