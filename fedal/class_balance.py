@@ -45,3 +45,14 @@ def balance_greedy(unlabeled: np.ndarray, labeled: np.ndarray, take: np.ndarray,
         h += gain[z]
         ok[z] = False
     return np.asarray(order, dtype=np.int64), np.asarray(after)
+
+
+def balance_order(counts, labeled, n_unlabeled, points_per_client: int, n: int | None,
+                  eligible) -> tuple[np.ndarray, np.ndarray]:
+    """A client strategy's order by ``balance_greedy``: the first ``n`` eligible clients (None:
+    all of them), each pick taking min(W, |U_z|) points (the budget rule's top-up, docs/method.md,
+    "Protocol")."""
+    eligible = np.asarray(eligible, bool)
+    n = int(eligible.sum()) if n is None else n
+    take = np.minimum(points_per_client, np.asarray(n_unlabeled))
+    return balance_greedy(counts, labeled, take, n, eligible)

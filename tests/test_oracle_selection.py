@@ -12,7 +12,7 @@ from fedal.data import client_data
 from fedal.errors import ConfigError
 from fedal.selection import ClientStats, get, order_clients
 from fedal.class_balance import balance_greedy, entropy as _entropy
-from fedal.selection.oracle import OracleParams
+from fedal.selection import MixBalanceParams as OracleParams
 from tests.inprocess import InProcessGrid, run_inprocess
 from tests.test_protocol import ALLOWED_METRICS, SMALL, M, _pools
 

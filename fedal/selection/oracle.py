@@ -17,31 +17,23 @@ the two is the price of not seeing the labels. The counts come from the in-proce
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from fedal.class_balance import balance_greedy
+from fedal.class_balance import balance_order
 from fedal.selection.base import ClientStats, register
-
-
-@dataclass(frozen=True)
-class OracleParams:
-    points_per_client: int = 200  # W: what one pick adds (min(W, |U_z|) points)
+from fedal.selection.rules import MixBalanceParams  # W, as mix balance reads it
 
 
 @register("oracle-balance", probes=False, simulator_only=True,
-          params=lambda cfg: OracleParams(cfg.points_per_client))
-def oracle_balance_order(stats: ClientStats, rng: np.random.Generator, params: OracleParams,
+          params=lambda cfg: MixBalanceParams(cfg.points_per_client))
+def oracle_balance_order(stats: ClientStats, rng: np.random.Generator, params: MixBalanceParams,
                          n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     """The class-mix oracle (simulator only): ``balance_greedy`` on the clients' true counts."""
     if stats.true_unlabeled is None or stats.true_labeled is None:
         raise ValueError("client-strategy 'oracle-balance' reads the clients' true class counts, which only the "
                          "in-process simulator gives (python -m simulations.compare SUITE --engine inprocess)")
-    elig = stats.eligible
-    n = int(elig.sum()) if n is None else n
-    take = np.minimum(params.points_per_client, stats.n_unlabeled)
-    order, after = balance_greedy(stats.true_unlabeled, np.asarray(stats.true_labeled).sum(0), take, n, elig)
+    order, after = balance_order(stats.true_unlabeled, np.asarray(stats.true_labeled).sum(0), stats.n_unlabeled,
+                                 params.points_per_client, n, stats.eligible)
     if diagnostics is not None:
-        diagnostics["oracle_entropy"] = [round(float(v), 6) for v in after[:n]]
+        diagnostics["oracle_entropy"] = [round(float(v), 6) for v in after]
     return order

@@ -177,17 +177,15 @@ def mix_balance_order(stats: ClientStats, rng: np.random.Generator, params: MixB
     (``fedal.class_balance.balance_greedy``) on what clients may send: |U_z| times each client's
     predicted class mix over U_z stands in for its true class counts, and the labeled set's class
     counts (the aggregate acquire replies carry) for the true labeled counts."""
-    from fedal.class_balance import balance_greedy
+    from fedal import class_balance
 
     if stats.predicted_mix is None or stats.labeled_per_class is None:
         raise ValueError("mix-balance needs each client's predicted class mix and the labeled set's class counts")
-    elig = stats.eligible
-    n = int(elig.sum()) if n is None else n
     counts = np.asarray(stats.predicted_mix, dtype=np.float64) * stats.n_unlabeled[:, None]
-    take = np.minimum(params.points_per_client, stats.n_unlabeled)
-    order, after = balance_greedy(counts, stats.labeled_per_class, take, n, elig)
+    order, after = class_balance.balance_order(counts, stats.labeled_per_class, stats.n_unlabeled,
+                                               params.points_per_client, n, stats.eligible)
     if diagnostics is not None:
-        diagnostics["balance_entropy"] = [round(float(v), 6) for v in after[:n]]
+        diagnostics["balance_entropy"] = [round(float(v), 6) for v in after]
     return order
 
 
