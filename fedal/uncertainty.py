@@ -84,13 +84,18 @@ def bbse_mix(confusion, argmax_share) -> np.ndarray:
     Smola, ICML 2018): μ = M q with M[h, t] = P(predicted h | true t) from ``confusion`` (true ×
     predicted counts of labeled points), solved for q ≥ 0 by non-negative least squares and
     normalised. A class with no labeled point has a zero column and gets no mass; a pool with no
-    prediction (μ = 0) gets zeros. docs/method.md, "Mix balance"."""
+    prediction (μ = 0) gets zeros. ``argmax_share`` may be (C,) or one row per pool, (M, C): M is
+    built once for all of them. docs/method.md, "Mix balance"."""
     from scipy.optimize import nnls
 
-    mu = np.asarray(argmax_share, dtype=np.float64)
-    if mu.sum() <= 0:
-        return np.zeros_like(mu)
     conf = np.asarray(confusion, dtype=np.float64)
     m = (conf / np.maximum(conf.sum(1, keepdims=True), 1)).T
-    q = nnls(m, mu)[0]
-    return q / q.sum() if q.sum() > 0 else np.full(len(q), 1.0 / len(q))
+
+    def one(mu: np.ndarray) -> np.ndarray:
+        if mu.sum() <= 0:
+            return np.zeros_like(mu)
+        q = nnls(m, mu)[0]
+        return q / q.sum() if q.sum() > 0 else np.full(len(q), 1.0 / len(q))
+
+    mu = np.asarray(argmax_share, dtype=np.float64)
+    return one(mu) if mu.ndim == 1 else np.stack([one(row) for row in mu])

@@ -185,7 +185,7 @@ class FederatedActiveLearning(Federation):
 
                 c = self.num_classes
                 conf = sum(np.asarray(r.confusion, dtype=np.float64).reshape(c, c) for r in last.values())
-                mix = np.stack([bbse_mix(conf, row) for row in mix])
+                mix = bbse_mix(conf, mix)
         return ClientStats(entropy=g, n_unlabeled=n_u, embeddings=emb,
                            prev_entropy=None if np.all(np.isnan(prev)) else prev,
                            predicted_mix=mix, labeled_per_class=state.labeled_per_class, n_labeled=n_l)
