@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedal.class_balance import balance_greedy, entropy
-from fedal.uncertainty import bbse_mix
+from fedal.uncertainty import bbse_mix, bbse_skill
 
 ESTIMATES = ("softmax", "argmax", "em", "bbse")
 
@@ -69,6 +69,7 @@ class SeedResult:
     seed: int
     accuracy: float  # the round-0 model's test accuracy
     unseen: int  # classes the labeled set's confusion matrix never predicts right
+    skill: float  # fedal.uncertainty.bbse_skill: mix balance's trust gate at this selection
     random: float  # entropy of random batches (mean)
     oracle: float
     tv: dict[str, float]
@@ -106,7 +107,7 @@ def first_selection(run_config: dict, num_clients: int, draws: int = 200) -> See
     pids = [str(p) for p in range(num_clients)]
     unl, lab = true_class_counts(grid, rc, c)(pids)
     labeled = lab.sum(0)
-    conf = np.zeros((c, c))
+    confs = np.zeros((num_clients, c, c))
     probs: dict[int, np.ndarray] = {}
     for ctx in grid.contexts.values():
         w = worker(ctx, rc)
@@ -115,7 +116,8 @@ def first_selection(run_config: dict, num_clients: int, draws: int = 200) -> See
             probs[z] = predict(model, w.data.x[pools.unlabeled])[0]
         if pools.labeled:
             idx = np.asarray(pools.labeled, dtype=np.int64)
-            conf += confusion_counts(predict(model, w.data.x[idx])[0], w.data.y[idx], c)
+            confs[z] = confusion_counts(predict(model, w.data.x[idx])[0], w.data.y[idx], c)
+    conf = confs.sum(0)
     n_u = unl.sum(1)
     true_mix = unl / np.maximum(n_u, 1)[:, None]
     take = np.minimum(cfg.points_per_client, n_u)
@@ -133,18 +135,23 @@ def first_selection(run_config: dict, num_clients: int, draws: int = 200) -> See
     greedy = {k: batch_entropy(balance_greedy(e * n_u[:, None], labeled, take, v)[0], labeled, true_mix, take)
               for k, e in est.items()}
     recall = np.diag(conf) / np.maximum(conf.sum(1), 1)
-    return SeedResult(cfg.seed, float(rows[0]["accuracy"]), int((recall == 0).sum()), random, oracle, tv, greedy)
+    share = np.zeros((num_clients, c))
+    for z, p in probs.items():
+        share[z] = np.bincount(p.argmax(1), minlength=c) / len(p)
+    return SeedResult(cfg.seed, float(rows[0]["accuracy"]), int((recall == 0).sum()), bbse_skill(confs, share),
+                      random, oracle, tv, greedy)
 
 
 def table(results: list[SeedResult]) -> str:
-    head = "| seed | round-0 accuracy | classes never recognised | random | oracle | " + \
+    head = "| seed | round-0 accuracy | classes never recognised | BBSE skill | random | oracle | " + \
         " | ".join(f"{k}: TV / greedy" for k in ESTIMATES) + " |"
-    lines = [head, "|" + "---|" * (5 + len(ESTIMATES))]
+    lines = [head, "|" + "---|" * (6 + len(ESTIMATES))]
     for r in results:
-        lines.append(f"| {r.seed} | {100 * r.accuracy:.1f}% | {r.unseen} | {r.random:.3f} | {r.oracle:.3f} | "
+        lines.append(f"| {r.seed} | {100 * r.accuracy:.1f}% | {r.unseen} | {r.skill:+.2f} | {r.random:.3f} | {r.oracle:.3f} | "
                      + " | ".join(f"{r.tv[k]:.2f} / {r.greedy[k]:.3f}" for k in ESTIMATES) + " |")
     mean = lambda f: np.mean([f(r) for r in results])  # noqa: E731
     lines.append(f"| mean | {100 * mean(lambda r: r.accuracy):.1f}% | {mean(lambda r: r.unseen):.1f} | "
+                 f"{mean(lambda r: r.skill):+.2f} | "
                  f"{mean(lambda r: r.random):.3f} | {mean(lambda r: r.oracle):.3f} | "
                  + " | ".join(f"{mean(lambda r: r.tv[k]):.2f} / {mean(lambda r: r.greedy[k]):.3f}" for k in ESTIMATES)
                  + " |")

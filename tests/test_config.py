@@ -105,7 +105,7 @@ IN_HASH = {
     "annotator-latency": "constant:seconds=4", "label-noise": 0.1, "sim-fl-round-s": 10.0, "sim-select-s": 5.0,
     "annotators": "simulated", "labeling-deadline-s": 120.0, "async-budget": "standing",
     "lr-schedule": "constant", "lr-step-rounds": 5, "coverage-steps": 10, "pow-d-candidates": 12,
-    "predicted-mix": "argmax", "cumulative-cover": "share", "numerics": "portable"}
+    "predicted-mix": "argmax", "cumulative-cover": "share", "mix-trust": 0.3, "numerics": "portable"}
 # every key read: asynchronous labeling with people (their keys), both diffusion strategies (the
 # keys they declare), a weights file (freeze-backbone needs one on mnist1d)
 HASH_BASE = {"labeling": "async", "annotators": "people", "labeling-deadline-s": 60.0,
@@ -116,7 +116,8 @@ BOTH_CHANGE = {"labeling": {"annotators": "simulated"}}  # people need labeling 
 KEY_BASE = {"coverage-steps": {"client-strategy": "diffusion-coverage"},
             "pow-d-candidates": {"client-strategy": "pow-d"},
             "predicted-mix": {"client-strategy": "balanced-divfl"},
-            "cumulative-cover": {"client-strategy": "cumulative-divfl"}}
+            "cumulative-cover": {"client-strategy": "cumulative-divfl"},
+            "mix-trust": {"client-strategy": "mix-balance", "predicted-mix": "bbse"}}
 
 
 def test_every_experiment_key_and_only_those_change_the_hash():

@@ -167,20 +167,34 @@ def balanced_divfl_order(stats: ClientStats, rng: np.random.Generator, params: B
 @dataclass(frozen=True)
 class MixBalanceParams:
     points_per_client: int = 200  # W: what one pick adds (min(W, |U_z|) points)
+    trust: float = 0.0  # mix-trust: the BBSE skill below which clients are drawn at random; 0: no gate
 
 
-@register("mix-balance", needs_predicted_mix=True, needs_label_histogram=True,
-          params=lambda cfg: MixBalanceParams(cfg.points_per_client))
+@register("mix-balance", needs_predicted_mix=True, needs_label_histogram=True, config_keys=("mix-trust",),
+          params=lambda cfg: MixBalanceParams(cfg.points_per_client, cfg.mix_trust))
 def mix_balance_order(stats: ClientStats, rng: np.random.Generator, params: MixBalanceParams,
                       n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     """fedal's mix balance (docs/method.md, "Mix balance"): the class-mix oracle's greedy
     (``fedal.class_balance.balance_greedy``) on what clients may send: |U_z| times each client's
     predicted class mix over U_z stands in for its true class counts, and the labeled set's class
-    counts (the aggregate acquire replies carry) for the true labeled counts."""
+    counts (the aggregate acquire replies carry) for the true labeled counts.
+
+    With ``trust`` > 0 (``mix-trust``) the greedy runs only while the mixes have earned it: when
+    BBSE predicts the labeled clients' histograms at a skill of at least ``trust``
+    (``stats.mix_skill``); until then the clients come in random order, as ``random`` draws them."""
     from fedal import class_balance
 
     if stats.predicted_mix is None or stats.labeled_per_class is None:
         raise ValueError("mix-balance needs each client's predicted class mix and the labeled set's class counts")
+    if params.trust > 0:
+        if stats.mix_skill is None:
+            raise ValueError("mix-balance with mix-trust > 0 needs the BBSE skill (predicted-mix = bbse)")
+        trusted = bool(np.isfinite(stats.mix_skill) and stats.mix_skill >= params.trust)
+        if diagnostics is not None:
+            diagnostics["mix_skill"] = round(float(stats.mix_skill), 6) if np.isfinite(stats.mix_skill) else None
+            diagnostics["mix_trusted"] = trusted
+        if not trusted:
+            return rng.permutation(np.flatnonzero(stats.eligible))
     counts = np.asarray(stats.predicted_mix, dtype=np.float64) * stats.n_unlabeled[:, None]
     order, after = class_balance.balance_order(counts, stats.labeled_per_class, stats.n_unlabeled,
                                                params.points_per_client, n, stats.eligible)
