@@ -51,7 +51,7 @@ LATER_ASYNC_KEYS = ("annotators", "labeling-deadline-s", "async-budget")
 LR_KEYS = ("lr-schedule", "lr-step-rounds")
 # client-rule keys added after runs that read them had been recorded: out of the hash at their
 # defaults, which those runs used (the mean softmax; a labeled client covering wholly)
-LATER_RULE_KEYS = ("predicted-mix", "cumulative-cover", "mix-trust")
+LATER_RULE_KEYS = ("predicted-mix", "cumulative-cover", "mix-gate")
 # added after every recorded run had computed on its machine's own kernels: out of the hash at
 # "native", so those runs keep their hashes; "portable" is another experiment (fedal/numerics.py)
 LATER_ENV_KEYS = ("numerics",)
@@ -170,7 +170,7 @@ class Config:
     pow_d_candidates: int
     predicted_mix: str
     cumulative_cover: str
-    mix_trust: float
+    mix_gate: str
     local_k: int
     local_space: str
     backbone: str
@@ -264,7 +264,7 @@ class Config:
         # the choices of the maths that reads them (their modules check them too)
         from fedal.graph import LAPLACIANS, SIGMA_SCOPES
         from fedal.training import PSEUDO_OPTIMIZERS
-        from fedal.selection.rules import CUMULATIVE_COVERS
+        from fedal.selection.rules import CUMULATIVE_COVERS, MIX_GATES
         from fedal.uncertainty import PREDICTED_MIXES
 
         if self.experiment_id and not CLIENT_ID_PATTERN.match(self.experiment_id):
@@ -280,6 +280,7 @@ class Config:
         _choice("pseudo-optimizer", self.pseudo_optimizer, PSEUDO_OPTIMIZERS)
         _choice("predicted-mix", self.predicted_mix, PREDICTED_MIXES)
         _choice("cumulative-cover", self.cumulative_cover, CUMULATIVE_COVERS)
+        _choice("mix-gate", self.mix_gate, MIX_GATES)
         _choice("sigma-scope", self.sigma_scope, SIGMA_SCOPES)
         _choice("laplacian", self.laplacian, LAPLACIANS)
         _choice("local-space", self.local_space, LOCAL_SPACES)
@@ -344,12 +345,6 @@ class Config:
             raise invalid("pow-d-candidates", self.pow_d_candidates,
                           f"0 (2 × clients-per-round) or at least clients-per-round = {self.clients_per_round}",
                           ConfigError)
-        _number("mix-trust", self.mix_trust, 0, 1, hi_open=True, note="0: no gate")
-        if self.mix_trust > 0 and self.predicted_mix != "bbse":
-            raise ConfigError(
-                f"mix-trust = {self.mix_trust} gates mix balance on how well BBSE predicts the labeled clients' "
-                f"class histograms, which needs predicted-mix = 'bbse' (it is {self.predicted_mix!r}); "
-                "set predicted-mix = 'bbse' or mix-trust = 0")
 
     @property
     def worker_measures(self) -> tuple[str, ...]:

@@ -57,10 +57,9 @@ DEFAULTS: dict[str, Any] = {
     # cumulative-divfl: a client that holds labels covers its neighbours "full"y, or by the
     # "share" of its data already labeled (docs/method.md, "Cumulative DivFL")
     "cumulative-cover": "full",
-    # mix-balance with predicted-mix = bbse: random clients until BBSE predicts the labeled
-    # clients' histograms this much better than the pooled shares do (docs/method.md, "Mix
-    # balance", the trust gate); 0: no gate
-    "mix-trust": 0.0,
+    # mix-balance's gate: "none", or "all-classes": random clients while some class has no
+    # labeled point, which no class-mix estimate can see (docs/method.md, "Mix balance")
+    "mix-gate": "none",
     # local batch (docs/method.md, "Local batch")
     "local-k": 7,
     "local-space": "embedding",

@@ -100,37 +100,3 @@ def bbse_mix(confusion, argmax_share) -> np.ndarray:
     mu = np.asarray(argmax_share, dtype=np.float64)
     return one(mu) if mu.ndim == 1 else np.stack([one(row) for row in mu])
 
-
-def bbse_skill(confusions, argmax_share) -> float:
-    """How much better BBSE predicts each labeled client's class histogram than the rest of the
-    labeled set's class shares do: 1 − TV_bbse / TV_prior, leave-one-client-out, both averaged
-    with weights |L_z| (mix balance's trust gate, docs/method.md, "Mix balance").
-
-    ``confusions`` (M, C, C): each client's true × predicted counts of its labeled points, as it
-    sends them; ``argmax_share`` (M, C): each client's argmax share over U_z. For a client z with
-    labels, BBSE solves its share through the other clients' summed counts (its own labels never
-    enter its estimate) and is scored by the total variation to z's labeled histogram; the prior
-    predicts the other clients' pooled class shares. With random points a client's labels are a
-    sample of its pool, so the histogram stands in for the true mix no server may see. 1: exact,
-    0: no better than knowing nothing about the client, < 0: worse; NaN when fewer than two
-    clients with labels and unlabeled points remain (nothing to check against)."""
-    conf = np.asarray(confusions, dtype=np.float64)
-    mu = np.asarray(argmax_share, dtype=np.float64)
-    hist = conf.sum(2)  # (M, C): each client's labeled histogram (the counts' row sums)
-    n = hist.sum(1)
-    held = np.flatnonzero((n > 0) & (mu.sum(1) > 0))  # labels to check, and a U to estimate
-    if len(held) < 2:
-        return float("nan")
-    total, labeled = conf.sum(0), hist.sum(0)
-    err = np.zeros(len(held))
-    base = np.zeros(len(held))
-    for i, z in enumerate(held):
-        truth = hist[z] / n[z]
-        est = bbse_mix(total - conf[z], mu[z])
-        rest = labeled - hist[z]
-        prior = rest / rest.sum() if rest.sum() > 0 else np.full(len(rest), 1.0 / len(rest))
-        err[i] = 0.5 * np.abs(est - truth).sum()
-        base[i] = 0.5 * np.abs(prior - truth).sum()
-    w = n[held]
-    tv_prior = float(w @ base / w.sum())
-    return 1.0 - float(w @ err / w.sum()) / tv_prior if tv_prior > 0 else float("nan")

@@ -19,7 +19,10 @@ class mix over U can be estimated from what a client may compute and send:
 Per estimate: the mean total-variation distance to the true mix (simulator side), and the label
 entropy (nats) a batch of V clients picked by the balance greedy (``fedal/class_balance.py``) on
 that estimate would reach, scored on the true counts: the labeled set plus each pick's expected
-random points. Beside them: random batches (mean of 200 draws) and the oracle's batch.
+random points. Beside them: random batches (mean of 200 draws) and the oracle's batch. And what a
+gate on the estimate could read: the classes the round-0 model never recognises, the classes
+without a labeled point (``mix-gate = all-classes`` waits for none), and BBSE's skill on the
+labeled clients' own histograms (``bbse_skill``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedal.class_balance import balance_greedy, entropy
-from fedal.uncertainty import bbse_mix, bbse_skill
+from fedal.uncertainty import bbse_mix
 
 ESTIMATES = ("softmax", "argmax", "em", "bbse")
 
@@ -57,6 +60,42 @@ def estimates(probs: np.ndarray, train_prior: np.ndarray, confusion: np.ndarray)
             "bbse": bbse_mix(confusion, share)}
 
 
+def bbse_skill(confusions, argmax_share) -> float:
+    """How much better BBSE predicts each labeled client's class histogram than the rest of the
+    labeled set's class shares do: 1 − TV_bbse / TV_prior, leave-one-client-out, both averaged
+    with weights |L_z|. A gate considered for mix balance and left out (docs/results.md, "The
+    class-mix gate"): it cannot see a class no labeled point holds.
+
+    ``confusions`` (M, C, C): each client's true × predicted counts of its labeled points, as it
+    sends them; ``argmax_share`` (M, C): each client's argmax share over U_z. For a client z with
+    labels, BBSE solves its share through the other clients' summed counts (its own labels never
+    enter its estimate) and is scored by the total variation to z's labeled histogram; the prior
+    predicts the other clients' pooled class shares. With random points a client's labels are a
+    sample of its pool, so the histogram stands in for the true mix no server may see. 1: exact,
+    0: no better than knowing nothing about the client, < 0: worse; NaN when fewer than two
+    clients with labels and unlabeled points remain (nothing to check against)."""
+    conf = np.asarray(confusions, dtype=np.float64)
+    mu = np.asarray(argmax_share, dtype=np.float64)
+    hist = conf.sum(2)  # (M, C): each client's labeled histogram (the counts' row sums)
+    n = hist.sum(1)
+    held = np.flatnonzero((n > 0) & (mu.sum(1) > 0))  # labels to check, and a U to estimate
+    if len(held) < 2:
+        return float("nan")
+    total, labeled = conf.sum(0), hist.sum(0)
+    err = np.zeros(len(held))
+    base = np.zeros(len(held))
+    for i, z in enumerate(held):
+        truth = hist[z] / n[z]
+        est = bbse_mix(total - conf[z], mu[z])
+        rest = labeled - hist[z]
+        prior = rest / rest.sum() if rest.sum() > 0 else np.full(len(rest), 1.0 / len(rest))
+        err[i] = 0.5 * np.abs(est - truth).sum()
+        base[i] = 0.5 * np.abs(prior - truth).sum()
+    w = n[held]
+    tv_prior = float(w @ base / w.sum())
+    return 1.0 - float(w @ err / w.sum()) / tv_prior if tv_prior > 0 else float("nan")
+
+
 def batch_entropy(order, labeled: np.ndarray, true_mix: np.ndarray, take: np.ndarray) -> float:
     """Label entropy (nats) of the labeled set plus the batch's expected random points."""
     order = np.asarray(order, dtype=np.int64)
@@ -69,7 +108,8 @@ class SeedResult:
     seed: int
     accuracy: float  # the round-0 model's test accuracy
     unseen: int  # classes the labeled set's confusion matrix never predicts right
-    skill: float  # fedal.uncertainty.bbse_skill: mix balance's trust gate at this selection
+    unlabeled_classes: int  # classes without a labeled point (what mix-gate = all-classes waits on)
+    skill: float  # bbse_skill: BBSE's leave-one-client-out skill on the labeled clients' histograms
     random: float  # entropy of random batches (mean)
     oracle: float
     tv: dict[str, float]
@@ -138,19 +178,21 @@ def first_selection(run_config: dict, num_clients: int, draws: int = 200) -> See
     share = np.zeros((num_clients, c))
     for z, p in probs.items():
         share[z] = np.bincount(p.argmax(1), minlength=c) / len(p)
-    return SeedResult(cfg.seed, float(rows[0]["accuracy"]), int((recall == 0).sum()), bbse_skill(confs, share),
+    return SeedResult(cfg.seed, float(rows[0]["accuracy"]), int((recall == 0).sum()),
+                      int((conf.sum(1) == 0).sum()), bbse_skill(confs, share),
                       random, oracle, tv, greedy)
 
 
 def table(results: list[SeedResult]) -> str:
-    head = "| seed | round-0 accuracy | classes never recognised | BBSE skill | random | oracle | " + \
+    head = "| seed | round-0 accuracy | classes never recognised | classes without labels | BBSE skill | random | oracle | " + \
         " | ".join(f"{k}: TV / greedy" for k in ESTIMATES) + " |"
-    lines = [head, "|" + "---|" * (6 + len(ESTIMATES))]
+    lines = [head, "|" + "---|" * (7 + len(ESTIMATES))]
     for r in results:
-        lines.append(f"| {r.seed} | {100 * r.accuracy:.1f}% | {r.unseen} | {r.skill:+.2f} | {r.random:.3f} | {r.oracle:.3f} | "
+        lines.append(f"| {r.seed} | {100 * r.accuracy:.1f}% | {r.unseen} | {r.unlabeled_classes} | {r.skill:+.2f} | {r.random:.3f} | {r.oracle:.3f} | "
                      + " | ".join(f"{r.tv[k]:.2f} / {r.greedy[k]:.3f}" for k in ESTIMATES) + " |")
     mean = lambda f: np.mean([f(r) for r in results])  # noqa: E731
     lines.append(f"| mean | {100 * mean(lambda r: r.accuracy):.1f}% | {mean(lambda r: r.unseen):.1f} | "
+                 f"{mean(lambda r: r.unlabeled_classes):.1f} | "
                  f"{mean(lambda r: r.skill):+.2f} | "
                  f"{mean(lambda r: r.random):.3f} | {mean(lambda r: r.oracle):.3f} | "
                  + " | ".join(f"{mean(lambda r: r.tv[k]):.2f} / {mean(lambda r: r.greedy[k]):.3f}" for k in ESTIMATES)

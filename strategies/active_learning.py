@@ -167,7 +167,7 @@ class FederatedActiveLearning(Federation):
         g = np.array([float(last[p].g) if p in last else 0.0 for p in pids])
         prev = np.array([state.prev_entropy.get(p, np.nan) for p in pids])
         state.prev_entropy.update({p: float(last[p].g) for p in last})
-        emb = mix = skill = None
+        emb = mix = None
         if self.strategy.needs_pseudo_updates:
             dim = next(iter(last.values())).m.shape[-1]
             emb = np.zeros((len(pids), len(rounds), dim))  # rows of unprobed (|U| = 0) clients stay 0
@@ -181,20 +181,14 @@ class FederatedActiveLearning(Federation):
                 if p in last:
                     mix[z] = np.asarray(last[p].mix, dtype=np.float64)
             if self.cfg.predicted_mix == "bbse":  # argmax shares through the summed confusion counts
-                from fedal.uncertainty import bbse_mix, bbse_skill
+                from fedal.uncertainty import bbse_mix
 
                 c = self.num_classes
-                confs = np.zeros((len(pids), c, c))
-                for z, p in enumerate(pids):
-                    if p in last:
-                        confs[z] = np.asarray(last[p].confusion, dtype=np.float64).reshape(c, c)
-                if self.cfg.mix_trust > 0:  # the trust gate: BBSE scored on each labeled client, left out
-                    skill = bbse_skill(confs, mix)
-                mix = bbse_mix(confs.sum(0), mix)
+                conf = sum(np.asarray(r.confusion, dtype=np.float64).reshape(c, c) for r in last.values())
+                mix = bbse_mix(conf, mix)
         return ClientStats(entropy=g, n_unlabeled=n_u, embeddings=emb,
                            prev_entropy=None if np.all(np.isnan(prev)) else prev,
-                           predicted_mix=mix, labeled_per_class=state.labeled_per_class, n_labeled=n_l,
-                           mix_skill=skill)
+                           predicted_mix=mix, labeled_per_class=state.labeled_per_class, n_labeled=n_l)
 
     def with_truth(self, pids: list[str], stats: ClientStats) -> ClientStats:
         """``stats`` with the clients' true class counts added, for a simulator-only strategy."""

@@ -105,7 +105,7 @@ IN_HASH = {
     "annotator-latency": "constant:seconds=4", "label-noise": 0.1, "sim-fl-round-s": 10.0, "sim-select-s": 5.0,
     "annotators": "simulated", "labeling-deadline-s": 120.0, "async-budget": "standing",
     "lr-schedule": "constant", "lr-step-rounds": 5, "coverage-steps": 10, "pow-d-candidates": 12,
-    "predicted-mix": "argmax", "cumulative-cover": "share", "mix-trust": 0.3, "numerics": "portable"}
+    "predicted-mix": "argmax", "cumulative-cover": "share", "mix-gate": "all-classes", "numerics": "portable"}
 # every key read: asynchronous labeling with people (their keys), both diffusion strategies (the
 # keys they declare), a weights file (freeze-backbone needs one on mnist1d)
 HASH_BASE = {"labeling": "async", "annotators": "people", "labeling-deadline-s": 60.0,
@@ -117,7 +117,7 @@ KEY_BASE = {"coverage-steps": {"client-strategy": "diffusion-coverage"},
             "pow-d-candidates": {"client-strategy": "pow-d"},
             "predicted-mix": {"client-strategy": "balanced-divfl"},
             "cumulative-cover": {"client-strategy": "cumulative-divfl"},
-            "mix-trust": {"client-strategy": "mix-balance", "predicted-mix": "bbse"}}
+            "mix-gate": {"client-strategy": "mix-balance"}}
 
 
 def test_every_experiment_key_and_only_those_change_the_hash():
@@ -206,7 +206,7 @@ CHOICES = {
     "device": "auto, cpu, cuda", "backbone": "auto, cnn1d, mlp, resnet18, resnet50, resnet101",
     "on-client-failure": "skip, stop", "labeling": "sync, async", "annotators": "simulated, people",
     "async-budget": "selection, standing", "lr-schedule": "constant, step", "predicted-mix": "softmax, argmax, bbse",
-    "cumulative-cover": "full, share", "numerics": "native, portable",
+    "cumulative-cover": "full, share", "mix-gate": "none, all-classes", "numerics": "native, portable",
 }
 
 

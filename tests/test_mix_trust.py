@@ -1,15 +1,15 @@
-"""Mix balance's trust gate (``mix-trust``, docs/method.md, "Mix balance"): the BBSE skill it reads
-(``fedal.uncertainty.bbse_skill``), the random order while the skill is short of the threshold,
-the greedy once it is reached, and the server computing the skill from what clients send."""
+"""Mix balance's gate (``mix-gate = all-classes``, docs/method.md, "Mix balance"): random clients
+while some class has no labeled point, the greedy once every class has one; and the BBSE skill
+of simulations/mix_estimates.py (a gate measured and left out)."""
 
 import numpy as np
 import pytest
 
-import fedal.uncertainty as unc
+import simulations.mix_estimates as me
 from fedal.config import Config, experiment_hash
 from fedal.errors import ConfigError
 from fedal.selection import ClientStats, MixBalanceParams, order_clients
-from fedal.uncertainty import bbse_skill
+from simulations.mix_estimates import bbse_skill
 from tests.inprocess import run_inprocess
 from tests.test_protocol import SMALL, M
 
@@ -52,8 +52,8 @@ def test_a_clients_own_labels_never_enter_its_estimate(monkeypatch):
     confs = _pure_clients()
     confs[3] = [[6, 4, 0], [3, 7, 0], [0, 0, 0]]
     seen = []
-    real = unc.bbse_mix
-    monkeypatch.setattr(unc, "bbse_mix", lambda conf, mu: (seen.append(np.array(conf)), real(conf, mu))[1])
+    real = me.bbse_mix
+    monkeypatch.setattr(me, "bbse_mix", lambda conf, mu: (seen.append(np.array(conf)), real(conf, mu))[1])
     bbse_skill(confs, np.full((len(confs), C), 1 / C))
     assert len(seen) == len(confs)
     for z, conf in enumerate(seen):
@@ -70,53 +70,42 @@ def test_skill_needs_two_labeled_clients_with_unlabeled_points():
     assert np.isnan(bbse_skill(confs, shares))
 
 
-def _stats(skill):
+def _stats(labeled):
     mix = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0]], dtype=float)
     return ClientStats(entropy=np.zeros(5), n_unlabeled=np.array([50, 40, 30, 20, 0]), predicted_mix=mix,
-                       labeled_per_class=np.array([100, 0, 0]), mix_skill=skill)
+                       labeled_per_class=np.asarray(labeled))
 
 
-@pytest.mark.parametrize("skill", [0.2, float("nan")])
-def test_an_untrusted_estimate_leaves_clients_in_random_order(skill):
+def test_a_class_without_labels_leaves_clients_in_random_order():
     diag = {}
-    got = order_clients("mix-balance", _stats(skill), np.random.default_rng(4), MixBalanceParams(10, 0.5),
-                        diagnostics=diag)
+    got = order_clients("mix-balance", _stats([100, 5, 0]), np.random.default_rng(4),
+                        MixBalanceParams(10, "all-classes"), diagnostics=diag)
     assert list(got) == list(np.random.default_rng(4).permutation([0, 1, 2, 3]))
-    assert diag["mix_trusted"] is False
+    assert diag == {"classes_without_labels": 1}
 
 
-def test_a_trusted_estimate_runs_the_greedy():
+def test_once_every_class_has_a_label_the_greedy_runs():
     diag = {}
-    gated = order_clients("mix-balance", _stats(0.6), np.random.default_rng(4), MixBalanceParams(10, 0.5),
-                          diagnostics=diag)
-    plain = order_clients("mix-balance", _stats(None), np.random.default_rng(4), MixBalanceParams(10))
+    gated = order_clients("mix-balance", _stats([100, 1, 1]), np.random.default_rng(4),
+                          MixBalanceParams(10, "all-classes"), diagnostics=diag)
+    plain = order_clients("mix-balance", _stats([100, 1, 1]), np.random.default_rng(4), MixBalanceParams(10))
     assert list(gated) == list(plain) and set(gated[:2]) == {2, 3}  # the classes the labels lack first
-    assert diag["mix_trusted"] is True and diag["mix_skill"] == 0.6
+    assert diag["classes_without_labels"] == 0 and "balance_entropy" in diag
 
 
-def test_the_gate_is_refused_without_bbse_and_out_of_range():
+def test_the_gate_is_a_validated_choice_out_of_old_runs_hashes():
     rc = {"client-strategy": "mix-balance", "predicted-mix": "bbse"}
-    with pytest.raises(ConfigError, match="mix-trust = 0.3.*predicted-mix = 'bbse'.*'softmax'"):
-        Config.from_run_config({**rc, "predicted-mix": "softmax", "mix-trust": 0.3})
-    for bad in (-0.1, 1.0):
-        with pytest.raises(ConfigError, match="mix-trust"):
-            Config.from_run_config({**rc, "mix-trust": bad})
-    # mix-trust = 0 (no gate) is how every earlier mix-balance run was recorded: same hash
-    assert experiment_hash({**rc, "mix-trust": 0.0}) == experiment_hash(rc)
-    assert experiment_hash({**rc, "mix-trust": 0.3}) != experiment_hash(rc)
+    with pytest.raises(ConfigError, match="mix-gate.*'some'.*none, all-classes"):
+        Config.from_run_config({**rc, "mix-gate": "some"})
+    # mix-gate = none is how every earlier mix-balance run was recorded: the same hash
+    assert experiment_hash({**rc, "mix-gate": "none"}) == experiment_hash(rc)
+    assert experiment_hash({**rc, "mix-gate": "all-classes"}) != experiment_hash(rc)
 
 
-def test_the_server_scores_bbse_on_what_clients_send():
-    rc = {**SMALL, "client-strategy": "mix-balance", "point-strategy": "random", "predicted-mix": "bbse",
-          "mix-trust": 0.999, "al-rounds": 1}
-    probes = []
-    rows, _ = run_inprocess(rc, M, on_reply=lambda m, r: probes.append(r) if r.metadata.message_type == "query.probe" else None)
-    got = {}
-    for r in probes:
-        met = {k: v for rec in r.content.metric_records.values() for k, v in rec.items()}
-        got[int(met["partition-id"])] = met
-    confs = np.stack([np.asarray(got[z]["confusion"], dtype=float).reshape(10, 10) for z in range(M)])
-    want = bbse_skill(confs, np.stack([got[z]["mix"] for z in range(M)]))
-    graph = rows[0]["graph"]
-    assert graph["mix_skill"] == pytest.approx(want, abs=1e-6) and graph["mix_trusted"] is False
-    assert "balance_entropy" not in graph  # random order: the greedy did not run
+def test_the_server_gates_on_the_labeled_class_counts():
+    # a row records the labeled set after its round's acquisition, which is what the next
+    # selection reads: in the small federation some class still has no label at the second one
+    rc = {**SMALL, "client-strategy": "mix-balance", "point-strategy": "random", "mix-gate": "all-classes"}
+    rows, _ = run_inprocess(rc, M)
+    missing = int((np.asarray(rows[0]["labeled_per_class"]) == 0).sum())
+    assert missing > 0 and rows[1]["graph"] == {"classes_without_labels": missing, "probes": rows[1]["graph"]["probes"]}

@@ -30,9 +30,6 @@ class ClientStats:
     predicted_mix: np.ndarray | None = None  # (M, C) mean softmax over U_z (balanced variant)
     labeled_per_class: np.ndarray | None = None  # (C,) labels paid so far, per class (aggregate)
     n_labeled: np.ndarray | None = None  # |L_z|: labels each client holds (from its acquire replies)
-    # predicted-mix = bbse with mix-trust > 0: how much better BBSE predicts the labeled clients'
-    # histograms than the pooled shares (fedal.uncertainty.bbse_skill); NaN: nothing to check yet
-    mix_skill: float | None = None
     # simulator only (``ClientStrategy.simulator_only``): each client's true class counts over U_z
     # and over L_z, (M, C), read by the in-process simulator from the clients' own pools
     # (simulations/inprocess.py). No message carries them; a server outside the simulator has none.

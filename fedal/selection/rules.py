@@ -167,11 +167,15 @@ def balanced_divfl_order(stats: ClientStats, rng: np.random.Generator, params: B
 @dataclass(frozen=True)
 class MixBalanceParams:
     points_per_client: int = 200  # W: what one pick adds (min(W, |U_z|) points)
-    trust: float = 0.0  # mix-trust: the BBSE skill below which clients are drawn at random; 0: no gate
+    gate: str = "none"  # mix-gate: "all-classes" draws clients at random while a class has no label
 
 
-@register("mix-balance", needs_predicted_mix=True, needs_label_histogram=True, config_keys=("mix-trust",),
-          params=lambda cfg: MixBalanceParams(cfg.points_per_client, cfg.mix_trust))
+# mix-balance's gates: none, or random clients while some class has no labeled point
+MIX_GATES = ("none", "all-classes")
+
+
+@register("mix-balance", needs_predicted_mix=True, needs_label_histogram=True, config_keys=("mix-gate",),
+          params=lambda cfg: MixBalanceParams(cfg.points_per_client, cfg.mix_gate))
 def mix_balance_order(stats: ClientStats, rng: np.random.Generator, params: MixBalanceParams,
                       n: int | None = None, diagnostics: dict | None = None) -> np.ndarray:
     """fedal's mix balance (docs/method.md, "Mix balance"): the class-mix oracle's greedy
@@ -179,21 +183,21 @@ def mix_balance_order(stats: ClientStats, rng: np.random.Generator, params: MixB
     predicted class mix over U_z stands in for its true class counts, and the labeled set's class
     counts (the aggregate acquire replies carry) for the true labeled counts.
 
-    With ``trust`` > 0 (``mix-trust``) the greedy runs only while the mixes have earned it: when
-    BBSE predicts the labeled clients' histograms at a skill of at least ``trust``
-    (``stats.mix_skill``); until then the clients come in random order, as ``random`` draws them."""
+    With ``gate = "all-classes"`` (``mix-gate``) the greedy waits until every class has a labeled
+    point: an estimate learned from labeled points cannot put mass on a class none of them holds
+    (BBSE's M has no column for it), so the greedy would be blind to the very classes it exists to
+    fill. Until then the clients come in random order, as ``random`` draws them."""
     from fedal import class_balance
 
     if stats.predicted_mix is None or stats.labeled_per_class is None:
         raise ValueError("mix-balance needs each client's predicted class mix and the labeled set's class counts")
-    if params.trust > 0:
-        if stats.mix_skill is None:
-            raise ValueError("mix-balance with mix-trust > 0 needs the BBSE skill (predicted-mix = bbse)")
-        trusted = bool(np.isfinite(stats.mix_skill) and stats.mix_skill >= params.trust)
+    if params.gate not in MIX_GATES:
+        raise ValueError(f"mix-gate = {params.gate!r} is not valid; valid values: {', '.join(MIX_GATES)}")
+    if params.gate == "all-classes":
+        missing = int((np.asarray(stats.labeled_per_class) == 0).sum())
         if diagnostics is not None:
-            diagnostics["mix_skill"] = round(float(stats.mix_skill), 6) if np.isfinite(stats.mix_skill) else None
-            diagnostics["mix_trusted"] = trusted
-        if not trusted:
+            diagnostics["classes_without_labels"] = missing
+        if missing:
             return rng.permutation(np.flatnonzero(stats.eligible))
     counts = np.asarray(stats.predicted_mix, dtype=np.float64) * stats.n_unlabeled[:, None]
     order, after = class_balance.balance_order(counts, stats.labeled_per_class, stats.n_unlabeled,
