@@ -166,7 +166,7 @@ CLIENT_RULE_METHODS = (
     Method("MixB+Rand", {"client-strategy": "mix-balance", "point-strategy": "random", "predicted-mix": "bbse"}),
     Method("MixB+BASE", {"client-strategy": "mix-balance", "point-strategy": "base", "predicted-mix": "bbse"}),
     # and gated: random clients while some class has no labeled point (at the first selection of
-    # B Shard pretrained 3-4 classes have none, and BBSE cannot see them: simulations/mix_estimates.py)
+    # B Shard pretrained 2-7 classes have none, and BBSE cannot see them: simulations/mix_estimates.py)
     Method("MixG+Rand", {"client-strategy": "mix-balance", "point-strategy": "random", "predicted-mix": "bbse",
                          "mix-gate": "all-classes"}),
     Method("Clustered", {"client-strategy": "clustered", "point-strategy": RULE_POINTS}),

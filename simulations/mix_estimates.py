@@ -14,7 +14,9 @@ class mix over U can be estimated from what a client may compute and send:
   Computation 2002), with the labeled set's class shares as the training prior;
 - ``bbse``: black-box shift estimation (Lipton, Wang and Smola, ICML 2018): the argmax share
   solved through the confusion matrix of the labeled points (``fedal.uncertainty.bbse_mix``,
-  what ``predicted-mix = bbse`` runs).
+  what ``predicted-mix = bbse`` runs);
+- ``bbse-soft``: the same with probabilities for counts (Lipton et al.'s soft variant): the mean
+  softmax over U solved through the labeled points' mean softmax per true class.
 
 Per estimate: the mean total-variation distance to the true mix (simulator side), and the label
 entropy (nats) a batch of V clients picked by the balance greedy (``fedal/class_balance.py``) on
@@ -36,7 +38,7 @@ import numpy as np
 from fedal.class_balance import balance_greedy, entropy
 from fedal.uncertainty import bbse_mix
 
-ESTIMATES = ("softmax", "argmax", "em", "bbse")
+ESTIMATES = ("softmax", "argmax", "em", "bbse", "bbse-soft")
 
 
 def saerens_em(probs: np.ndarray, train_prior: np.ndarray, iters: int = 100) -> np.ndarray:
@@ -52,12 +54,13 @@ def saerens_em(probs: np.ndarray, train_prior: np.ndarray, iters: int = 100) -> 
     return q
 
 
-def estimates(probs: np.ndarray, train_prior: np.ndarray, confusion: np.ndarray) -> dict[str, np.ndarray]:
+def estimates(probs: np.ndarray, train_prior: np.ndarray, confusion: np.ndarray,
+              soft_confusion: np.ndarray) -> dict[str, np.ndarray]:
     """Each estimate of ``ESTIMATES`` of one pool's class mix from its posteriors."""
     p = np.asarray(probs, dtype=np.float64)
     share = np.bincount(p.argmax(1), minlength=p.shape[1]) / len(p)
     return {"softmax": p.mean(0), "argmax": share, "em": saerens_em(p, train_prior),
-            "bbse": bbse_mix(confusion, share)}
+            "bbse": bbse_mix(confusion, share), "bbse-soft": bbse_mix(soft_confusion, p.mean(0))}
 
 
 def bbse_skill(confusions, argmax_share) -> float:
@@ -148,6 +151,7 @@ def first_selection(run_config: dict, num_clients: int, draws: int = 200) -> See
     unl, lab = true_class_counts(grid, rc, c)(pids)
     labeled = lab.sum(0)
     confs = np.zeros((num_clients, c, c))
+    soft = np.zeros((c, c))  # true class × summed softmax: BBSE's soft confusion
     probs: dict[int, np.ndarray] = {}
     for ctx in grid.contexts.values():
         w = worker(ctx, rc)
@@ -156,7 +160,9 @@ def first_selection(run_config: dict, num_clients: int, draws: int = 200) -> See
             probs[z] = predict(model, w.data.x[pools.unlabeled])[0]
         if pools.labeled:
             idx = np.asarray(pools.labeled, dtype=np.int64)
-            confs[z] = confusion_counts(predict(model, w.data.x[idx])[0], w.data.y[idx], c)
+            p_l = predict(model, w.data.x[idx])[0]
+            confs[z] = confusion_counts(p_l, w.data.y[idx], c)
+            np.add.at(soft, w.data.y[idx], p_l)
     conf = confs.sum(0)
     n_u = unl.sum(1)
     true_mix = unl / np.maximum(n_u, 1)[:, None]
@@ -168,7 +174,7 @@ def first_selection(run_config: dict, num_clients: int, draws: int = 200) -> See
     oracle = batch_entropy(balance_greedy(unl, labeled, take, v)[0], labeled, true_mix, take)
     est = {k: np.zeros_like(true_mix) for k in ESTIMATES}
     for z, p in probs.items():
-        for k, e in estimates(p, labeled / labeled.sum(), conf).items():
+        for k, e in estimates(p, labeled / labeled.sum(), conf, soft).items():
             est[k][z] = e
     live = n_u > 0
     tv = {k: float(0.5 * np.abs(e - true_mix).sum(1)[live].mean()) for k, e in est.items()}
