@@ -50,7 +50,7 @@ LATER_ASYNC_KEYS = ("annotators", "labeling-deadline-s", "async-budget")
 # constant one every recorded run used (lr-step-rounds is read only by the step schedule)
 LR_KEYS = ("lr-schedule", "lr-step-rounds")
 # client-rule keys added after runs that read them had been recorded: out of the hash at their
-# defaults, which those runs used (the mean softmax; a labeled client covering wholly)
+# defaults, which those runs used (the mean softmax; a labeled client covering wholly; no gate)
 LATER_RULE_KEYS = ("predicted-mix", "cumulative-cover", "mix-gate")
 # added after every recorded run had computed on its machine's own kernels: out of the hash at
 # "native", so those runs keep their hashes; "portable" is another experiment (fedal/numerics.py)

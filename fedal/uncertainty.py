@@ -99,4 +99,3 @@ def bbse_mix(confusion, argmax_share) -> np.ndarray:
 
     mu = np.asarray(argmax_share, dtype=np.float64)
     return one(mu) if mu.ndim == 1 else np.stack([one(row) for row in mu])
-
