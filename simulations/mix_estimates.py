@@ -66,8 +66,8 @@ def estimates(probs: np.ndarray, train_prior: np.ndarray, confusion: np.ndarray,
 def bbse_skill(confusions, argmax_share) -> float:
     """How much better BBSE predicts each labeled client's class histogram than the rest of the
     labeled set's class shares do: 1 − TV_bbse / TV_prior, leave-one-client-out, both averaged
-    with weights |L_z|. A gate considered for mix balance and left out (docs/results.md, "The
-    class-mix gate"): it cannot see a class no labeled point holds.
+    with weights |L_z|. A gate considered for mix balance and left out (docs/method.md, "Mix
+    balance", the gate): it cannot see a class no labeled point holds.
 
     ``confusions`` (M, C, C): each client's true × predicted counts of its labeled points, as it
     sends them; ``argmax_share`` (M, C): each client's argmax share over U_z. For a client z with
@@ -181,11 +181,8 @@ def first_selection(run_config: dict, num_clients: int, draws: int = 200) -> See
     greedy = {k: batch_entropy(balance_greedy(e * n_u[:, None], labeled, take, v)[0], labeled, true_mix, take)
               for k, e in est.items()}
     recall = np.diag(conf) / np.maximum(conf.sum(1), 1)
-    share = np.zeros((num_clients, c))
-    for z, p in probs.items():
-        share[z] = np.bincount(p.argmax(1), minlength=c) / len(p)
     return SeedResult(cfg.seed, float(rows[0]["accuracy"]), int((recall == 0).sum()),
-                      int((conf.sum(1) == 0).sum()), bbse_skill(confs, share),
+                      int((conf.sum(1) == 0).sum()), bbse_skill(confs, est["argmax"]),
                       random, oracle, tv, greedy)
 
 
