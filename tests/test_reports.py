@@ -351,9 +351,10 @@ def test_significance_uses_students_pooled_test_not_welchs():
     assert c.verdict == "better"  # Welch's test (p ≈ 0.12) would call it a tie
 
 
-def _with_environment(d, golden):
+def _with_environment(d, golden, cpu=None):
     meta = json.loads((d / "config.json").read_text())
-    meta["environment"] = {"golden": golden, "cpu": "CPU-" + golden, "cpu_capability": "AVX2", "numerics": "portable"}
+    meta["environment"] = {"golden": golden, "cpu": cpu or "CPU-" + golden, "cpu_capability": "AVX2",
+                           "numerics": "portable"}
     (d / "config.json").write_text(json.dumps(meta))
 
 
@@ -369,3 +370,15 @@ def test_a_report_says_which_numerics_its_runs_computed_on_and_when_they_span_se
     assert "- Ours: 2 on golden `g1` (CPU-g1, AVX2 kernels, numerics = portable); 1 on numerics not recorded" in md
     data = json.loads((tmp_path / "two" / "report.json").read_text())
     assert data["environments"]["g1"]["runs"] == 4 and data["environments"]["not recorded"]["runs"] == 1
+
+
+def test_a_report_names_every_cpu_that_computed_one_golden(tmp_path):
+    # portable numerics: an AMD and an Intel machine compute the same golden; the report must not
+    # credit all runs to whichever CPU happened to come first
+    for seed in range(2):
+        _with_environment(write_run(tmp_path, f"r{seed}", "Rand", seed, [0.5, 0.6]), "g1", cpu="AMD EPYC")
+        _with_environment(write_run(tmp_path, f"o{seed}", "Ours", seed, [0.5, 0.7]), "g1", cpu="Intel Xeon")
+    md = R.write_report(tmp_path, tmp_path / "o", command="CMD").read_text()
+    assert "Numerics: every run here, golden `g1` (AMD EPYC, Intel Xeon, AVX2 kernels, numerics = portable)." in md
+    data = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert data["environments"]["g1"]["cpus"] == ["AMD EPYC", "Intel Xeon"]

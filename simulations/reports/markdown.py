@@ -119,16 +119,21 @@ def _environment_lines(runs: Sequence[Run], group_by: str, data: dict) -> list[s
     from simulations.run_index import NOT_RECORDED  # the key compare's check uses too
 
     envs: dict[str, dict] = {}
+    # One golden can be computed on several CPU models (that is what portable numerics is for):
+    # name them all (sorted), not just the first run's.
+    cpus: dict[str, dict[str, None]] = defaultdict(dict)
     per_group: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in runs:
         key = str(r.environment.get("golden", NOT_RECORDED))
         envs.setdefault(key, dict(r.environment))
+        cpus[key][str(r.environment.get("cpu", "?"))] = None
         per_group[r.group(group_by)][key] += 1
-    data["environments"] = {k: {**e, "runs": sum(g.get(k, 0) for g in per_group.values())} for k, e in envs.items()}
+    data["environments"] = {k: {**e, "cpus": sorted(cpus[k]) if e else [],
+                                "runs": sum(g.get(k, 0) for g in per_group.values())} for k, e in envs.items()}
 
     def name(k: str) -> str:
         e = envs[k]
-        return (f"golden `{k}` ({e.get('cpu', '?')}, {e.get('cpu_capability', '?')} kernels, numerics = "
+        return (f"golden `{k}` ({', '.join(sorted(cpus[k]))}, {e.get('cpu_capability', '?')} kernels, numerics = "
                 f"{e.get('numerics', '?')})" if e else "numerics not recorded (runs made before fedal recorded them)")
 
     if len(envs) == 1:
