@@ -121,12 +121,12 @@ def _environment_lines(runs: Sequence[Run], group_by: str, data: dict) -> list[s
     envs: dict[str, dict] = {}
     # One golden can be computed on several CPU models (that is what portable numerics is for):
     # name them all (sorted), not just the first run's.
-    cpus: dict[str, dict[str, None]] = defaultdict(dict)
+    cpus: dict[str, set[str]] = defaultdict(set)
     per_group: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in runs:
         key = str(r.environment.get("golden", NOT_RECORDED))
         envs.setdefault(key, dict(r.environment))
-        cpus[key][str(r.environment.get("cpu", "?"))] = None
+        cpus[key].add(str(r.environment.get("cpu", "?")))
         per_group[r.group(group_by)][key] += 1
     data["environments"] = {k: {**e, "cpus": sorted(cpus[k]) if e else [],
                                 "runs": sum(g.get(k, 0) for g in per_group.values())} for k, e in envs.items()}
