@@ -133,7 +133,7 @@ def _environment_lines(runs: Sequence[Run], group_by: str, data: dict) -> list[s
 
     def name(k: str) -> str:
         e = envs[k]
-        return (f"golden `{k}` ({', '.join(sorted(cpus[k]))}, {e.get('cpu_capability', '?')} kernels, numerics = "
+        return (f"golden `{k}` ({', '.join(data['environments'][k]['cpus'])}, {e.get('cpu_capability', '?')} kernels, numerics = "
                 f"{e.get('numerics', '?')})" if e else "numerics not recorded (runs made before fedal recorded them)")
 
     if len(envs) == 1:
