@@ -87,6 +87,59 @@ def test_student_t_statistic_matches_hand_formula():
     assert c.paired_p is None and c.paired_verdict is None  # different seeds: no pairing
 
 
+def test_paired_test_pairs_the_seeds_both_groups_ran():
+    # A method on seeds 0-4 beside a baseline on 0-9: the paired test runs on seeds 0-4 and
+    # matches ttest_rel on those pairs; Student's t keeps all the seeds.
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    base = rng.normal(0.6, 0.05, size=10)
+    mine = base[:5] + 0.01 + rng.normal(0, 0.002, size=5)  # small but consistent per-seed gain
+    a = R.Cell(seeds=(4, 3, 2, 1, 0), values=tuple(mine[::-1]))  # seed order must not matter
+    b = R.Cell(seeds=tuple(range(10)), values=tuple(base))
+    c = R.compare_cells(a, b, alpha=0.05)
+    assert c.paired_n == 5
+    assert c.paired_p == pytest.approx(stats.ttest_rel(mine, base[:5]).pvalue)
+    assert c.paired_verdict == "better"
+    assert c.p == pytest.approx(stats.ttest_ind(mine, base).pvalue)
+    # One common seed: nothing to pair.
+    lone = R.compare_cells(R.Cell(seeds=(0, 11), values=(0.7, 0.8)), b)
+    assert lone.paired_p is None and lone.paired_n == 0
+    # A repeated seed leaves pairing undefined.
+    twice = R.compare_cells(R.Cell(seeds=(0, 0, 1), values=(0.7, 0.8, 0.7)), b)
+    assert twice.paired_p is None
+
+
+def test_paired_direction_comes_from_the_paired_difference():
+    # Full means say the method is worse (the baseline's extra seeds are high), the pairs say
+    # better: the paired verdict follows the pairs.
+    a = R.Cell(seeds=(0, 1, 2, 3), values=(0.51, 0.42, 0.61, 0.33))
+    b = R.Cell(seeds=(0, 1, 2, 3, 4, 5), values=(0.50, 0.40, 0.60, 0.30, 0.95, 0.97))
+    c = R.compare_cells(a, b, alpha=0.05)
+    assert c.diff < 0 and c.paired_verdict == "better"
+
+
+def test_report_names_the_common_seeds_of_a_partial_pairing(tmp_path):
+    rng = np.random.default_rng(5)
+    for seed in range(6):
+        base = list(0.5 + 0.1 * np.arange(4) + rng.normal(0, 0.02, 4))
+        write_run(tmp_path, f"rand{seed}", "Rand", seed, base)
+        if seed < 3:
+            write_run(tmp_path, f"half{seed}", "Half", seed, [v + 0.01 for v in base])
+        write_run(tmp_path, f"full{seed}", "Full", seed, [v + 0.01 for v in base])
+    runs = R.load_runs(tmp_path)
+    counts = R.significance_counts(runs, baseline="Rand")
+    assert counts["Half"].paired_partial and counts["Half"].paired_seeds == (3,)
+    assert not counts["Full"].paired_partial and counts["Full"].paired_seeds == (6,)
+    md = R.write_report(tmp_path, tmp_path / "rep", command="CMD").read_text()
+    sig = md.split("## Significance vs Rand")[1]
+    row = next(line for line in sig.splitlines() if line.startswith("| Half |"))
+    assert row.rstrip(" |").endswith("(of 4), 3 common seeds")
+    full = next(line for line in sig.splitlines() if line.startswith("| Full |"))
+    assert "common seeds" not in full
+    assert "it pairs the seeds both ran" in md
+
+
 def test_fewer_than_two_seeds_is_na_not_tie(tmp_path):
     for seed in range(3):
         write_run(tmp_path, f"rand{seed}", "Rand", seed, [0.5, 0.6, 0.7])

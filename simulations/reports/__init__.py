@@ -22,7 +22,7 @@ What is computed, and the paper it mirrors:
   * significance counts vs the baseline (its Table 1): at how many budgets a group is
     significantly better / worse under Student's two-sample t-test over seeds (equal variances,
     two-sided, alpha = 0.05; the paper's "alpha = 0.95" is the confidence level). A paired
-    t-test is added as a separate, clearly labelled column when seeds pair up;
+    t-test is added as a separate, clearly labelled column, on the seeds both groups ran;
   * the class-imbalance ratio of the labeled set (BASE paper: labels of the most sampled class /
     labels of the least sampled class), inf when some class has no label;
   * cumulative training time per budget and the speedup over a reference group (for the

@@ -296,6 +296,8 @@ def write_report(
             f"Budgets where either side has fewer than 2 seeds are counted as n/a, not as ties. "
             f"The last column is an extra paired t-test (`scipy.stats.ttest_rel`), run only at budgets where "
             f"the seeds pair up. "
+            + ("Where one side ran more seeds than the other, it pairs the seeds both ran (their number follows "
+               "the count). " if any(c.paired_partial for c in counts.values()) else "")
             + ("The initial budget (round 0, random labels before any selection) is excluded."
                if exclude_initial else "Every budget counts, including round 0 (the initial random labels)."),
             "",
@@ -306,6 +308,8 @@ def write_report(
                 continue
             c = counts[g]
             paired = f"{_counts(c.paired_better, c.paired_worse)} (of {c.paired_tested})" if c.paired_tested else "seeds not paired"
+            if c.paired_partial:
+                paired += f", {'–'.join(map(str, c.paired_seeds))} common seeds"
             rows.append([g, _counts(c.better, c.worse), c.ties, c.na, c.tested + c.na, paired])
         md += [
             _md_table(

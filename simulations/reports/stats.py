@@ -77,6 +77,13 @@ def _pairs_up(a: Cell, b: Cell) -> bool:
     return len(set(a.seeds)) == a.n and len(set(b.seeds)) == b.n and set(a.seeds) == set(b.seeds)
 
 
+def _common_seeds(a: Cell, b: Cell) -> list[int]:
+    """The seeds both cells hold, when neither repeats a seed (else no pairing is defined)."""
+    if len(set(a.seeds)) != a.n or len(set(b.seeds)) != b.n:
+        return []
+    return sorted(set(a.seeds) & set(b.seeds))
+
+
 def _paired_diffs(a: Cell, b: Cell) -> np.ndarray:
     bv = dict(zip(b.seeds, b.values))
     return np.array([v - bv[s] for s, v in zip(a.seeds, a.values)])
@@ -128,7 +135,10 @@ class Comparison:
 
     verdict: "better" / "worse" (significant at alpha, direction by the mean difference), "tie"
     (not significant) or "n/a" (either side has < 2 seeds: no test possible, not a tie).
-    paired_*: the same with the paired t-test, only when seeds pair up (else None).
+    paired_*: the same with the paired t-test on the seeds both cells hold, when there are at
+    least two (else None); paired_n counts them. With 5 seeds of a method beside 10 of the
+    baseline, the test pairs those 5: a seed fixes the partition, the initial labels and the
+    initialisation for every method, so the pair is the same experiment either way.
     """
 
     n: int
@@ -139,6 +149,7 @@ class Comparison:
     verdict: str
     paired_p: float | None = None
     paired_verdict: str | None = None
+    paired_n: int = 0
 
 
 def _verdict(p: float, diff: float, alpha: float) -> str:
@@ -170,11 +181,15 @@ def compare_cells(cell: Cell | None, ref: Cell | None, alpha: float = 0.05) -> C
     t, p = _ttest("ttest_ind", np.array(cell.values), np.array(ref.values))
     verdict = _verdict(p, diff, alpha)
     pp = pv = None
-    if _pairs_up(cell, ref):
-        bv = dict(zip(ref.seeds, ref.values))
-        _, pp = _ttest("ttest_rel", np.array(cell.values), np.array([bv[s] for s in cell.seeds]))
-        pv = _verdict(pp, diff, alpha)
-    return Comparison(n, nb, diff, t, p, verdict, pp, pv)
+    common = _common_seeds(cell, ref)
+    if len(common) >= 2:
+        mine, base = dict(zip(cell.seeds, cell.values)), dict(zip(ref.seeds, ref.values))
+        a, b = np.array([mine[s] for s in common]), np.array([base[s] for s in common])
+        _, pp = _ttest("ttest_rel", a, b)
+        # Direction from the paired mean difference: on a subset of seeds it can differ in sign
+        # from the difference of the full means.
+        pv = _verdict(pp, float(np.mean(a - b)), alpha)
+    return Comparison(n, nb, diff, t, p, verdict, pp, pv, len(common) if pp is not None else 0)
 
 
 def significance_table(table: Table, baseline: str, alpha: float = 0.05) -> dict[str, dict[int, Comparison]]:
@@ -197,7 +212,9 @@ class SignificanceCounts:
     na: int  # budgets where a test was impossible (< 2 seeds on either side)
     paired_better: int
     paired_worse: int
-    paired_tested: int  # budgets where seeds paired up and the paired test ran
+    paired_tested: int  # budgets where at least two seeds paired up and the paired test ran
+    paired_seeds: tuple[int, ...] = ()  # how many seeds paired at those budgets (distinct counts, ascending)
+    paired_partial: bool = False  # some tested budget paired fewer seeds than one side holds
 
     @property
     def tested(self) -> int:
@@ -206,7 +223,8 @@ class SignificanceCounts:
 
 def count_significance(comparisons: Mapping[int, Comparison]) -> SignificanceCounts:
     vs = [c.verdict for c in comparisons.values()]
-    pvs = [c.paired_verdict for c in comparisons.values() if c.paired_verdict is not None]
+    tested = [c for c in comparisons.values() if c.paired_verdict is not None]
+    pvs = [c.paired_verdict for c in tested]
     return SignificanceCounts(
         better=vs.count("better"),
         worse=vs.count("worse"),
@@ -215,6 +233,8 @@ def count_significance(comparisons: Mapping[int, Comparison]) -> SignificanceCou
         paired_better=pvs.count("better"),
         paired_worse=pvs.count("worse"),
         paired_tested=len(pvs),
+        paired_seeds=tuple(sorted({c.paired_n for c in tested})),
+        paired_partial=any(c.paired_n < max(c.n, c.n_baseline) for c in tested),
     )
 
 
