@@ -1,7 +1,7 @@
 """Can a deployable rule see the class mixes the class-mix oracle sees? (docs/results.md, "The
 class-mix oracle").
 
-    python -m simulations.mix_estimates SUITE --seeds 0 1 2 3 4 [--set KEY=VALUE ...] [--out FILE.md]
+    python -m simulations.mix_estimates SUITE --seeds 0 1 2 3 4 [--set KEY=VALUE ...] [--out FILE.md] [--dry-run]
 
 For each seed it trains the suite's round 0 in-process (random clients and points, as every method
 of a seed does), takes the model that makes the first selection and asks how well each client's
@@ -216,9 +216,24 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra run-config values")
     ap.add_argument("--out", help="write the table (Markdown) here as well")
+    ap.add_argument("--dry-run", action="store_true", help="validate every seed's run config and stop")
     args = ap.parse_args(argv)
     suite = SUITES[args.suite]
+    bad = [kv for kv in args.set if "=" not in kv]
+    if bad:
+        ap.error(f"--set takes KEY=VALUE, got {bad}")
     extra = dict(kv.partition("=")[::2] for kv in args.set)
+    # Every seed's config is checked before the first seed's round 0 trains (minutes each).
+    from fedal.config import Config, ConfigError
+
+    for seed in args.seeds:
+        try:
+            Config.from_run_config({**suite.base, **extra, "seed": seed})
+        except ConfigError as e:
+            raise SystemExit(f"suite {suite.name!r}, seed {seed}: {e}") from None
+    if args.dry_run:
+        print(f"{suite.name}: seeds {' '.join(map(str, args.seeds))} validated; nothing was run")
+        return 0
     results = []
     for seed in args.seeds:
         results.append(first_selection({**suite.base, **extra, "seed": seed}, suite.clients))

@@ -44,3 +44,38 @@ def test_first_selection_runs_and_tabulates():
     assert 0 < r.random <= np.log(10) and 0 < r.oracle <= np.log(10)
     text = table([r])
     assert "| 3 |" in text and "oracle" in text
+
+
+def _documented_mix_estimates_commands():
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        # Inline commands may wrap over a line break inside backticks: join each `...` span.
+        for span in [*text.splitlines(), *(" ".join(m.split()) for m in text.split("`")[1::2])]:
+            words = shlex.split(span.split(" #")[0], posix=True) if "simulations.mix_estimates" in span else []
+            if "simulations.mix_estimates" in words:
+                args = words[words.index("simulations.mix_estimates") + 1:]
+                if args and (doc.name, args) not in found:  # a bare module mention names no suite
+                    found.append((doc.name, args))
+    return found
+
+
+def test_documented_mix_estimates_commands_validate(capsys):
+    import pytest
+
+    from simulations.mix_estimates import main
+
+    cmds = _documented_mix_estimates_commands()
+    assert len(cmds) >= 3, cmds  # results.md twice, method.md once (wrapped inside backticks)
+    for where, args in cmds:
+        assert main([*args, "--dry-run"]) == 0, where
+        assert "validated; nothing was run" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="numerics = 'portabel' is invalid; valid: native, portable"):
+        main(["mnist1d-shard-pretrained", "--seeds", "0", "--set", "numerics=portabel"])
+    with pytest.raises(SystemExit):
+        main(["mnist1d-shard-pretrained", "--set", "numerics"])
+    assert "KEY=VALUE" in capsys.readouterr().err
