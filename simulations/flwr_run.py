@@ -6,11 +6,15 @@ config, writes a ``local`` connection with the requested number of simulated Sup
 CPU each), runs ``flwr run . --stream``, and stops the detached local SuperLink by PID.
 
     python -m simulations.flwr_run [--supernodes 100] [--run-config "client-strategy='entropy'"]
+
+The overrides are validated before a SuperLink starts (exit 2 on a bad key or value), and the
+exit status is 1 when `flwr run` exits 0 but the run itself failed (its status from `flwr ls`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 
 from fedal.deploy import QUIET_ENV
+from fedal.errors import ConfigError
 from fedal.numerics import process_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,8 +89,45 @@ def requested_numerics(run_config: str = "") -> str:
     return str(overrides.get("numerics", DEFAULTS["numerics"]))
 
 
+def check_run_config(run_config: str = "") -> None:
+    """Validate ``--run-config`` overrides as the ServerApp will (``Config.from_run_config`` over
+    the defaults pyproject.toml repeats) before a SuperLink starts: otherwise a typo costs half a
+    minute and ends in a traceback inside Flower's log. Raises ConfigError, or ValueError for
+    what flwr itself cannot parse."""
+    from flwr.common.config import parse_config_args
+
+    from fedal.config import Config
+
+    try:
+        overrides = parse_config_args([run_config]) if run_config else {}
+    except Exception as e:  # tomli's decode error, flwr's ValueError, a missing .toml file
+        raise ValueError(f"--run-config {run_config!r} is not key=value pairs or a .toml file flwr can read: {e}") from None
+    Config.from_run_config(overrides)
+
+
+def run_outcome(env: dict, since: float) -> tuple[str, str] | None:
+    """(status, details) of the latest run the local SuperLink under ``env``'s FLWR_HOME started
+    at or after ``since``: `flwr run --stream` exits 0 when the run fails (flwr 1.41), so the
+    run's own status ("finished:completed", "finished:failed", ...) says how it went. None when
+    `flwr ls` cannot tell."""
+    try:
+        out = subprocess.run([str(Path(sys.executable).parent / "flwr"), "ls", "--format", "json"], env=env,
+                             capture_output=True, text=True, timeout=120).stdout
+        runs = json.loads(out).get("runs", [])
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    floor = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(int(since)))
+    mine = [r for r in runs if str(r.get("pending-at", "")) >= floor]
+    if not mine:
+        return None
+    last = max(mine, key=lambda r: str(r.get("pending-at", "")))
+    return str(last.get("status", "")), str(last.get("status-details", ""))
+
+
 def flwr_run(run_config: str = "", supernodes: int = 100, home: Path | None = None,
              timeout: float | None = None, capture: bool = False, gpus: float = 0.0) -> subprocess.CompletedProcess:
+    """`flwr run` on a local simulation SuperLink. The returned returncode is 1 when flwr exits 0
+    but the run itself did not complete (its status, from `flwr ls`, is printed on stderr)."""
     home = write_flower_home(home or ROOT / ".flwr")
     bindir = Path(sys.executable).parent
     env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(home), "PATH": f"{bindir}:{os.environ.get('PATH', '')}"}
@@ -95,8 +137,16 @@ def flwr_run(run_config: str = "", supernodes: int = 100, home: Path | None = No
            "--federation-config", federation_config(supernodes, 1, gpus)]
     if run_config:
         cmd += ["--run-config", run_config]
+    since = time.time() - 1  # the SuperLink stamps whole seconds
     try:
-        return subprocess.run(cmd, env=env, timeout=timeout, text=True, capture_output=capture)
+        p = subprocess.run(cmd, env=env, timeout=timeout, text=True, capture_output=capture)
+        if p.returncode == 0:
+            outcome = run_outcome(env, since)
+            if outcome is not None and outcome[0] != "finished:completed":
+                msg = f"fedal run: the run ended {outcome[0]}: {outcome[1]}"
+                print(msg, file=sys.stderr, flush=True)
+                p = subprocess.CompletedProcess(p.args, 1, p.stdout, (p.stderr or "") + msg + "\n" if capture else p.stderr)
+        return p
     finally:
         stop_local_superlink(home)
 
@@ -107,6 +157,13 @@ def main(argv=None, prog: str = "python -m simulations.flwr_run") -> int:
     ap.add_argument("--run-config", default="", help="run-config overrides, e.g. \"client-strategy='entropy'\"")
     ap.add_argument("--gpus-per-client", type=float, default=0.0, help="GPU fraction per client (device=cuda)")
     args = ap.parse_args(argv)
+    if args.supernodes < 1:
+        ap.error(f"--supernodes must be at least 1, got {args.supernodes}")
+    try:
+        check_run_config(args.run_config)
+    except (ConfigError, ValueError) as e:
+        print(f"{prog}: configuration error: {e}", file=sys.stderr)
+        return 2
     return flwr_run(args.run_config, args.supernodes, gpus=args.gpus_per_client).returncode
 
 

@@ -70,3 +70,32 @@ def test_flwr_run_cli(tmp_path, numerics):
         assert env["numerics"] == "portable" and env["golden"] == golden_here("portable")
     ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
     assert str(tmp_path / "flwr-home") not in ps  # the local SuperLink was stopped
+
+
+def test_fedal_run_refuses_a_bad_run_config_before_starting_flower(tmp_path, monkeypatch, capsys):
+    # Caught before a SuperLink starts: flwr_run is never called, and the exit status is 2.
+    import simulations.flwr_run as F
+
+    monkeypatch.setattr(F, "flwr_run", lambda *a, **k: pytest.fail("a SuperLink was started"))
+    assert F.main(["--run-config", "client-strategy='bogus'"], prog="fedal run") == 2
+    err = capsys.readouterr().err
+    assert "fedal run: configuration error: client-strategy = 'bogus' is invalid; valid: random" in err
+    assert F.main(["--run-config", "al-roundz=3"]) == 2
+    assert "unknown run-config key(s) ['al-roundz']" in capsys.readouterr().err
+    assert F.main(["--run-config", "client-strategy=bogus"]) == 2  # unquoted string: flwr cannot parse it
+    assert "is not key=value pairs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        F.main(["--supernodes", "0"])
+
+
+@pytest.mark.skipif(shutil.which("flwr", path=str(Path(sys.executable).parent)) is None,
+                    reason="the flwr CLI is not installed next to this Python")
+def test_a_failed_flwr_run_exits_nonzero(tmp_path):
+    # `flwr run --stream` itself exits 0 when the ServerApp raises (flwr 1.41); fedal reads the
+    # run's status and says why. A valid config whose data set is missing fails in the ServerApp.
+    from simulations.flwr_run import flwr_run
+
+    rc = f"dataset='cifar10' data-root='{tmp_path / 'nowhere'}' run-dir='{tmp_path / 'runs'}'"
+    p = flwr_run(rc, supernodes=2, home=tmp_path / "flwr-home", timeout=300, capture=True)
+    assert p.returncode == 1, (p.stdout + p.stderr)[-3000:]
+    assert "fedal run: the run ended finished:failed" in p.stderr and "cifar-10-batches-py" in p.stderr
