@@ -99,3 +99,20 @@ def test_a_failed_flwr_run_exits_nonzero(tmp_path):
     p = flwr_run(rc, supernodes=2, home=tmp_path / "flwr-home", timeout=300, capture=True)
     assert p.returncode == 1, (p.stdout + p.stderr)[-3000:]
     assert "fedal run: the run ended finished:failed" in p.stderr and "cifar-10-batches-py" in p.stderr
+
+
+def test_every_run_config_the_docs_write_is_valid():
+    # `make demo RUN_CONFIG="..."` and `--run-config "..."` in README.md and docs/: each passes the
+    # check `fedal run` makes before it starts a SuperLink (values with shell variables are left to
+    # the deployment tests, which run them).
+    import re
+
+    from simulations.flwr_run import check_run_config
+
+    found = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"\s*\\?\n\s*", " ", doc.read_text())  # commands wrapped over lines
+        found += [(doc.name, v) for v in re.findall(r'(?:RUN_CONFIG=|--run-config )"([^"]*)"', text) if "$" not in v]
+    assert len(found) >= 5, found
+    for where, value in found:
+        check_run_config(value)  # raises ConfigError naming the bad key or value
