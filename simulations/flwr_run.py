@@ -14,7 +14,6 @@ exit status is 1 when `flwr run` exits 0 but the run itself failed (its status f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedal.deploy import QUIET_ENV
+from fedal.deploy import QUIET_ENV, parse_flwr_json
 from fedal.errors import ConfigError
 from fedal.numerics import process_env
 
@@ -113,7 +112,7 @@ def run_outcome(env: dict, since: float) -> tuple[str, str] | None:
     try:
         out = subprocess.run([str(Path(sys.executable).parent / "flwr"), "ls", "--format", "json"], env=env,
                              capture_output=True, text=True, timeout=120).stdout
-        runs = json.loads(out).get("runs", [])
+        runs = parse_flwr_json(out).get("runs", [])
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
     floor = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(int(since)))

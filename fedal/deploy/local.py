@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import json
 import os
 import signal
 import socket
@@ -48,7 +47,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedal.deploy import QUIET_ENV
+from fedal.deploy import QUIET_ENV, parse_flwr_json
 from fedal.deploy.rehearsal import DeploymentError, check_fits_sites, rehearsal_config, site_points, write_sites
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,7 +140,7 @@ class LocalDeployment:
     def flwr_json(self, *args: str, timeout: float = 120) -> dict:
         r = self.flwr(*args, "--format", "json", timeout=timeout, check=False)
         try:
-            return json.loads(r.stdout[r.stdout.index("{"):])
+            return parse_flwr_json(r.stdout)
         except ValueError:
             raise DeploymentError(f"flwr {' '.join(args)} gave no JSON ({r.returncode}): "
                                   f"{r.stdout[-2000:]} {r.stderr[-2000:]}") from None

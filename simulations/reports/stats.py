@@ -72,16 +72,16 @@ def budgets(table: Table) -> list[int]:
     return sorted({b for cells in table.values() for b in cells})
 
 
-def _pairs_up(a: Cell, b: Cell) -> bool:
-    """Seeds pair up when both cells hold exactly the same seeds, each once."""
-    return len(set(a.seeds)) == a.n and len(set(b.seeds)) == b.n and set(a.seeds) == set(b.seeds)
-
-
 def _common_seeds(a: Cell, b: Cell) -> list[int]:
     """The seeds both cells hold, when neither repeats a seed (else no pairing is defined)."""
     if len(set(a.seeds)) != a.n or len(set(b.seeds)) != b.n:
         return []
     return sorted(set(a.seeds) & set(b.seeds))
+
+
+def _pairs_up(a: Cell, b: Cell) -> bool:
+    """Seeds pair up fully when both cells hold exactly the same seeds, each once."""
+    return a.n == b.n == len(_common_seeds(a, b))
 
 
 def _paired_diffs(a: Cell, b: Cell) -> np.ndarray:
